@@ -17,9 +17,7 @@ ANSWER_CONFIDENCE_INSTRUCTION = (
     "Confidence: your confidence level (0.0-1.0) regarding your answer, "
     "must be in numerical format, no other words or explanation."
 )
-SCIENCE_CONFIDENCE_INSTRUCTION = (
-    "After the answer, on a new line, write\n" + ANSWER_CONFIDENCE_INSTRUCTION
-)
+SCIENCE_CONFIDENCE_INSTRUCTION = "After the answer, on a new line, write\n" + ANSWER_CONFIDENCE_INSTRUCTION
 
 
 def insert_tool_confidence_instruction(react_prompt: str) -> str:

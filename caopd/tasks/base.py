@@ -44,3 +44,50 @@ class Task:
 def user_chat(text: str) -> list[dict[str, str]]:
     """A one-turn chat prompt: instruction-tuned models are trained (and evaluated) through their chat template."""
     return [{"role": "user", "content": text}]
+
+
+def read_rows(path: str) -> Dataset:
+    """Rows from a ``save_to_disk`` folder, a ``.json`` / ``.jsonl`` file; one clear error for anything else."""
+    from pathlib import Path
+
+    from datasets import DatasetDict, load_from_disk
+
+    location = Path(path).expanduser()
+    if not location.exists():
+        raise TaskDataError(f"training data not found: {path}")
+    try:
+        if location.is_dir():
+            loaded = load_from_disk(str(location))
+            if isinstance(loaded, DatasetDict):
+                if "train" not in loaded:
+                    raise TaskDataError(f"{path} holds splits {list(loaded)} but no 'train' split")
+                loaded = loaded["train"]
+            return loaded
+        if location.suffix in (".json", ".jsonl"):
+            return Dataset.from_json(str(location))
+    except TaskDataError:
+        raise
+    except Exception as err:  # datasets raises many types for unreadable files; report them as one message
+        raise TaskDataError(f"cannot read {path}: {type(err).__name__}: {err}") from err
+    raise TaskDataError(f"{path}: expected a save_to_disk folder or a .json / .jsonl file")
+
+
+def require_columns(rows: Dataset, columns: tuple[str, ...], source: str, hint: str) -> None:
+    missing = [column for column in columns if column not in rows.column_names]
+    if missing:
+        raise TaskDataError(
+            f"{source} lacks column(s) {', '.join(missing)} (it has: {', '.join(rows.column_names)}). {hint}"
+        )
+    if len(rows) == 0:
+        raise TaskDataError(f"{source} has no rows")
+
+
+def canonical_dataset(prompts: list, demonstrations: list[str], ground_truths: list) -> Dataset:
+    """Assemble the canonical columns; ground truths are JSON-encoded here, once."""
+    return Dataset.from_dict(
+        {
+            "prompt": prompts,
+            "demonstration": demonstrations,
+            "ground_truth": [json.dumps(truth, ensure_ascii=False) for truth in ground_truths],
+        }
+    )

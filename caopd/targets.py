@@ -1,0 +1,126 @@
+"""CaOPD target replacement: pure string and token-list functions, no torch.
+
+Three places carry the empirical success rate P_acc (formatted ``f"{p:.2f}"``):
+
+1. the student completion: its trailing confidence segment is dropped and ``Confidence: {P_acc}`` appended;
+2. the teacher demonstration: its ``Confidence: 1.00`` becomes ``Confidence: {P_acc}``;
+3. a teacher note, inserted before the teacher's closing instruction.
+
+Without calibration (plain SDFT) the teacher context is the same text with ``Confidence: 1.00`` and no note.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from eval.confidence import find_confidence_statement, trailing_partial_label_start
+
+TEACHER_MODES = ("demo", "correct_solution")
+_CONTEXT_WORDING = {
+    "demo": (
+        "This is an example for a response to the question:\n",
+        "Now answer with a response of your own, including the thinking process.\n",
+    ),
+    "correct_solution": ("Correct solution:\n", "Correctly solve the original question.\n"),
+}
+NOTE_TEMPLATE = (
+    "Note: The empirical confidence for this question is {p}. Output this exact value in the 'Confidence:' field."
+)
+
+
+def format_confidence(p_acc: float) -> str:
+    """P_acc as written into every target: two decimals, as Python rounds them (3/8 -> '0.38')."""
+    if not 0.0 <= p_acc <= 1.0:
+        raise ValueError(f"P_acc must lie in [0, 1], got {p_acc}")
+    return f"{p_acc:.2f}"
+
+
+def confidence_line(p_acc: float) -> str:
+    return f"Confidence: {format_confidence(p_acc)}"
+
+
+def teacher_note(p_acc: float) -> str:
+    return NOTE_TEMPLATE.format(p=format_confidence(p_acc))
+
+
+def confidence_segment_start(text: str) -> int:
+    """Where the trailing confidence segment of a response begins (``len(text)`` when it has none).
+
+    The segment is the last line-anchored ``Confidence:`` statement and everything after it; a response cut
+    by the length limit in the middle of the label loses the fragment. The word "confidence" inside a
+    Thought is not a statement and is kept.
+    """
+    statement = find_confidence_statement(text)
+    if statement is not None:
+        return statement.line_start
+    partial = trailing_partial_label_start(text)
+    return len(text) if partial is None else partial
+
+
+def strip_confidence(text: str) -> str:
+    """The response without its trailing confidence segment and trailing whitespace."""
+    return text[: confidence_segment_start(text)].rstrip()
+
+
+def rewrite_completion_text(text: str, p_acc: float) -> str:
+    """The student target as text: the response up to its confidence segment, then ``Confidence: {P_acc}``."""
+    kept = text[: confidence_segment_start(text)]
+    return kept + _separator(kept) + confidence_line(p_acc)
+
+
+def _separator(kept: str) -> str:
+    return "" if not kept or kept.endswith("\n") else "\n"
+
+
+def kept_token_count(token_ids: Sequence[int], cut: int, decode: Callable[[Sequence[int]], str]) -> int:
+    """The number of leading sampled tokens whose text ends at or before character ``cut``.
+
+    The sampled ids are kept as they are (decoding and re-encoding could change them); the decoded length of a
+    prefix grows with its length, so a binary search needs only O(log n) decodes.
+    """
+    low, high = 0, len(token_ids)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(decode(token_ids[:middle])) <= cut:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def rewrite_completion_ids(
+    token_ids: Sequence[int],
+    p_acc: float,
+    decode: Callable[[Sequence[int]], str],
+    encode: Callable[[str], list[int]],
+    eos_token_id: int,
+) -> list[int]:
+    """The student target as token ids: sampled ids up to the confidence segment + ``Confidence: {P_acc}`` + EOS.
+
+    ``token_ids`` is the rollout without its end-of-sequence token.
+    """
+    text = decode(token_ids)
+    keep = kept_token_count(token_ids, confidence_segment_start(text), decode)
+    kept_ids = list(token_ids[:keep])
+    suffix = _separator(decode(kept_ids)) + confidence_line(p_acc)
+    return kept_ids + encode(suffix) + [eos_token_id]
+
+
+def reserved_completion_tokens(encode: Callable[[str], list[int]]) -> int:
+    """Tokens to keep free at generation time so that the appended confidence line and EOS always fit."""
+    return max(len(encode("\n" + confidence_line(k / 100))) for k in range(101)) + 1
+
+
+def teacher_context(mode: str, reference: str, p_acc: float | None) -> str:
+    """The teacher's privileged context for one rollout.
+
+    ``reference`` is the golden demonstration (``demo``) or a verified correct rollout (``correct_solution``);
+    any confidence it states is replaced. ``p_acc=None`` gives the plain SDFT context (``Confidence: 1.00``, no
+    note); a value gives the CaOPD context with that confidence and the note before the closing instruction.
+    """
+    if mode not in _CONTEXT_WORDING:
+        raise ValueError(f"unknown teacher context mode {mode!r}; choose one of {', '.join(TEACHER_MODES)}")
+    opening, closing = _CONTEXT_WORDING[mode]
+    demonstrated = f"{opening}{strip_confidence(reference)}\n{confidence_line(1.0 if p_acc is None else p_acc)}"
+    blocks = [demonstrated] if p_acc is None else [demonstrated, teacher_note(p_acc)]
+    return "\n\n".join([*blocks, closing])

@@ -1,0 +1,69 @@
+"""DistilConfig: TRL's SDFT configuration plus the CaOPD fields.
+
+Defaults follow the CaOPD paper (Table 6) where TRL's differ: reverse KL, EMA teacher, top-k 100.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl.experimental.sdft import SDFTConfig
+
+from caopd.targets import TEACHER_MODES
+
+TEACHER_KINDS = ("base", "live", "ema")
+
+
+@dataclass
+class DistilConfig(SDFTConfig):
+    """Self-distillation settings (see `SDFTConfig`) and the CaOPD target replacement switches."""
+
+    empirical_calibration: bool = field(
+        default=True,
+        metadata={
+            "help": "CaOPD: write the empirical success rate P_acc of the K rollouts into the student completion, the "
+            "teacher demonstration and a teacher note. False gives plain on-policy self-distillation (SDFT)."
+        },
+    )
+    teacher_context_mode: str = field(
+        default="demo",
+        metadata={
+            "help": "Privileged context of the teacher: 'demo' (the golden demonstration, SDFT) or "
+            "'correct_solution' (another verified correct rollout of the same prompt, SDPO-style; falls back to the "
+            "golden demonstration when none of the K rollouts is correct)."
+        },
+    )
+    max_teacher_prompt_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Length limit of teacher prompts (question + privileged context), separate from the student's "
+            "max_prompt_length. None: max_prompt_length + max_completion_length."
+        },
+    )
+    save_rollouts: bool = field(
+        default=False,
+        metadata={
+            "help": "Write every rollout (text, verdict, P_acc, rewritten target) to output_dir/rollouts/rank<N>.jsonl."
+        },
+    )
+    teacher_model_kind: str = field(
+        default="ema",
+        metadata={"help": "Teacher weights: 'ema' (EMA of the student), 'base' (initial student) or 'live'."},
+    )
+    distillation_alpha: float = field(
+        default=1.0,
+        metadata={"help": "0 = forward KL, 1 = reverse KL (paper default), in between = generalized JSD."},
+    )
+
+    def __post_init__(self):
+        if self.teacher_model_kind not in TEACHER_KINDS:
+            raise ValueError(
+                f"teacher_model_kind must be one of {', '.join(TEACHER_KINDS)}, got {self.teacher_model_kind!r}"
+            )
+        if self.teacher_context_mode not in TEACHER_MODES:
+            raise ValueError(
+                f"teacher_context_mode must be one of {', '.join(TEACHER_MODES)}, got {self.teacher_context_mode!r}"
+            )
+        super().__post_init__()
+        if self.max_teacher_prompt_length is None and self.max_prompt_length is not None:
+            self.max_teacher_prompt_length = self.max_prompt_length + (self.max_completion_length or 0)

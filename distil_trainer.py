@@ -1,0 +1,350 @@
+"""DistilTrainer: TRL's SDFT trainer with the CaOPD step wired in after the rollouts.
+
+Per generation batch: verify every rollout -> share verdicts across processes -> P_acc per prompt over all
+its K rollouts -> rewrite the student completion ids and the teacher context (``caopd.targets``) -> TRL builds
+the teacher inputs and computes the distillation loss as usual. The trainer also keeps the EMA teacher in
+every checkpoint and restores it on resume.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from accelerate.utils import gather_object, is_peft_model
+from datasets import Dataset
+from transformers import TrainerCallback
+from trl.experimental.sdft import SDFTTrainer
+from trl.experimental.sdft.teacher_sync import PEFTAdapterEMACallback, SyncTeacherModelCallback
+from trl.models import prepare_deepspeed, prepare_fsdp
+from trl.trainer.utils import pad
+
+from caopd.groups import RolloutRecord, peer_solution, success_rates
+from caopd.targets import (
+    reserved_completion_tokens,
+    rewrite_completion_ids,
+    rewrite_completion_text,
+    teacher_context,
+)
+from caopd.tasks.base import Task
+from distil_config import DistilConfig
+from eval.confidence import parse_confidence
+
+TEACHER_DIR = "teacher"  # inside each checkpoint: the EMA teacher (full model) or the teacher LoRA adapter
+
+
+def add_trainer_columns(dataset: Dataset, mode: str) -> Dataset:
+    """Add the prompt id (groups rollouts across processes) and TRL's ``privileged_context`` column."""
+
+    def columns(row: dict[str, Any], index: int) -> dict[str, Any]:
+        return {"prompt_uid": index, "privileged_context": teacher_context(mode, row["demonstration"], None)}
+
+    return dataset.map(columns, with_indices=True, desc="Teacher contexts")
+
+
+class DistilTrainer(SDFTTrainer):
+    """On-policy self-distillation with CaOPD's empirical-confidence targets."""
+
+    _tag_names: ClassVar[list[str]] = ["trl", "sdft", "caopd"]
+    _name = "CaOPD"
+    config_cls = DistilConfig
+
+    def __init__(self, model, args: DistilConfig, train_dataset: Dataset, task: Task, processing_class, **kwargs):
+        self.task = task
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=add_trainer_columns(train_dataset, args.teacher_context_mode),
+            processing_class=processing_class,
+            **kwargs,
+        )
+        self._resume_dir: str | None = None
+        self.add_callback(_TeacherRestoreCallback(self))
+        if args.empirical_calibration:
+            self._reserve_room_for_confidence()
+
+    # ----------------------------------------------------------------------------------------------- generation
+    def _encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False)
+
+    def _decode(self, ids) -> str:
+        return self._tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def _reserve_room_for_confidence(self) -> None:
+        """Sample at most max_completion_length - r tokens, so the appended confidence line + EOS always fit."""
+        reserve = reserved_completion_tokens(self._encode)
+        limit = self.max_completion_length - reserve
+        if limit < 1:
+            raise ValueError(
+                f"max_completion_length={self.max_completion_length} leaves no room for rollouts: CaOPD appends "
+                f"'Confidence: x.xx' + EOS ({reserve} tokens). Raise --max_completion_length."
+            )
+        self.generation_config.max_new_tokens = limit
+        if self.use_vllm:
+            self.vllm_generation.max_completion_length = limit
+
+    # ------------------------------------------------------------------------------------------------- teacher
+    def _setup_teacher_model(self) -> None:
+        """Build a separate teacher from the in-memory student, so it needs no loadable path.
+
+        TRL re-loads it from ``config._name_or_path``; that fails for a model built in memory. Under ZeRO-3 the
+        student is already sharded and cannot be copied, so TRL's path-based construction is kept there.
+        """
+        kind = self.args.teacher_model_kind
+        needs_copy = kind in ("base", "ema") and not is_peft_model(self.model)
+        if not needs_copy or self._is_zero3():
+            super()._setup_teacher_model()
+            return
+        teacher = copy.deepcopy(self.accelerator.unwrap_model(self.model))
+        teacher.requires_grad_(False)
+        teacher.eval()
+        if self.is_deepspeed_enabled:
+            teacher = prepare_deepspeed(teacher, self.accelerator)
+        elif self.is_fsdp_enabled:
+            teacher = prepare_fsdp(teacher, self.accelerator)
+        else:
+            teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+        self.teacher_model = teacher
+        if kind == "ema":
+            self.add_callback(SyncTeacherModelCallback(teacher_model=teacher, accelerator=self.accelerator))
+
+    def _is_zero3(self) -> bool:
+        plugin = self.accelerator.state.deepspeed_plugin
+        return bool(self.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3)
+
+    @contextmanager
+    def _prompt_limit(self, limit: int | None):
+        """TRL truncates every prompt to max_prompt_length; teacher prompts get their own, longer limit."""
+        saved, self.max_prompt_length = self.max_prompt_length, limit
+        try:
+            yield
+        finally:
+            self.max_prompt_length = saved
+
+    # ------------------------------------------------------------------------------------------------ the step
+    def _prepare_training_batch(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        """Rollouts -> verdicts -> P_acc over all K rollouts of each prompt -> rewritten targets -> teacher inputs."""
+        batch = self.sample_rollouts(inputs)
+        mode = "train" if self.model.training else "eval"
+        self._record_completion_metrics(mode, batch)
+
+        rollouts = [self._strip_eos(ids) for ids in self._get_completion_ids_list(batch)]
+        texts = [self._decode(ids) for ids in rollouts]
+        records = self._share_records(inputs, texts)
+        rates = success_rates(records)
+        rank = self.accelerator.process_index
+        p_acc = [rates[example["prompt_uid"]] for example in inputs]
+
+        calibrate = self.args.empirical_calibration
+        references, fallbacks = [], 0
+        for index, example in enumerate(inputs):
+            reference = example["demonstration"]
+            if self.args.teacher_context_mode == "correct_solution":
+                solution = peer_solution(records, rank, index, example["prompt_uid"])
+                fallbacks += solution is None
+                reference = reference if solution is None else solution
+            references.append(reference)
+        contexts = [
+            teacher_context(self.args.teacher_context_mode, reference, p if calibrate else None)
+            for reference, p in zip(references, p_acc, strict=True)
+        ]
+        if calibrate:
+            self._replace_completions(batch, rollouts, p_acc)
+
+        with self._prompt_limit(self.args.max_teacher_prompt_length):
+            teacher_batch = self.teacher_context_builder.build(
+                [example["prompt"] for example in inputs], contexts, batch["completion_ids"], batch["completion_mask"]
+            )
+        batch.update(teacher_batch)
+
+        self._record_caopd_metrics(mode, records, rates, fallbacks, batch)
+        if self.args.save_rollouts and mode == "train":
+            self._write_rollouts(inputs, texts, records, p_acc, contexts)
+        self._dispatch_self_distillation_callback(
+            "on_self_distillation_batch_prepared",
+            old_per_token_logps=batch.get("old_per_token_logps"),
+            prompt_ids=batch["prompt_ids"],
+            completion_ids=batch["completion_ids"],
+            teacher_input_ids=batch["teacher_input_ids"],
+            teacher_attention_mask=batch["teacher_attention_mask"],
+        )
+        return batch
+
+    def _strip_eos(self, ids: list[int]) -> list[int]:
+        return ids[:-1] if ids and ids[-1] in self.eos_token_ids else ids
+
+    def _share_records(self, inputs: list[dict[str, Any]], texts: list[str]) -> list[RolloutRecord]:
+        """Verify the local rollouts and gather every process's verdicts (all processes get the same list)."""
+        rank = self.accelerator.process_index
+        keep_solutions = self.args.teacher_context_mode == "correct_solution"
+        local = []
+        for index, (example, text) in enumerate(zip(inputs, texts, strict=True)):
+            correct = self.task.verify(text, example["ground_truth"])
+            local.append(
+                RolloutRecord(
+                    uid=example["prompt_uid"],
+                    rank=rank,
+                    index=index,
+                    correct=correct,
+                    confidence=parse_confidence(text),
+                    solution=text if (correct and keep_solutions) else None,
+                )
+            )
+        return gather_object(local) if self.accelerator.num_processes > 1 else local
+
+    def _replace_completions(self, batch: dict[str, Any], rollouts: list[list[int]], p_acc: list[float]) -> None:
+        """Swap in the rewritten completion ids and rebuild everything derived from them."""
+        eos = self._tokenizer.eos_token_id
+        targets = [
+            rewrite_completion_ids(ids, p, self._decode, self._encode, eos)
+            for ids, p in zip(rollouts, p_acc, strict=True)
+        ]
+        device = batch["completion_ids"].device
+        tensors = [torch.tensor(ids, dtype=torch.long) for ids in targets]
+        batch["completion_ids"] = pad(tensors, padding_value=self._tokenizer.pad_token_id, padding_side="right").to(
+            device
+        )
+        batch["completion_mask"] = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="right").to(
+            device
+        )
+        batch["raw_completion_lengths"] = torch.tensor([len(ids) for ids in targets], device=device)
+        # Rewritten tokens were not sampled: no importance-sampling correction against rollout log-probs.
+        batch.pop("old_per_token_logps", None)
+
+    # ------------------------------------------------------------------------------------------------ logging
+    def _record_caopd_metrics(self, mode, records, rates, fallbacks, batch) -> None:
+        values = list(rates.values())
+        metrics = self._metrics[mode]
+        metrics["caopd/p_acc_mean"].append(sum(values) / len(values))
+        metrics["caopd/p_acc_zero_share"].append(sum(v == 0.0 for v in values) / len(values))
+        metrics["caopd/p_acc_one_share"].append(sum(v == 1.0 for v in values) / len(values))
+        confidences = [r.confidence for r in records]
+        metrics["caopd/confidence_format_rate"].append(sum(c is not None for c in confidences) / len(records))
+        metrics["caopd/rollout_confidence_mean"].append(sum(c or 0.0 for c in confidences) / len(records))
+        total_fallbacks = self.accelerator.reduce(torch.tensor(float(fallbacks), device=self.accelerator.device))
+        metrics["caopd/solution_fallbacks"].append(total_fallbacks.item())
+        completion_length = batch["completion_ids"].size(1)
+        teacher_prompt_lengths = batch["teacher_attention_mask"][:, :-completion_length].sum(dim=1)
+        limit = self.args.max_teacher_prompt_length
+        truncated = (teacher_prompt_lengths >= limit).float().mean() if limit else torch.tensor(0.0)
+        metrics["caopd/teacher_prompt_truncated"].append(self.accelerator.gather(truncated.reshape(1)).mean().item())
+
+    def _compute_self_distillation_loss(self, model, inputs, distillation_logits):
+        """TRL's loss, plus the student's mean token entropy on the distilled tokens (a collapse early warning)."""
+        with torch.no_grad():
+            logps = torch.log_softmax(distillation_logits.student_logits.float(), dim=-1)
+            entropy = -(logps.exp() * logps).sum(-1)
+            mask = distillation_logits.loss_mask
+            mean_entropy = (entropy * mask).sum() / mask.sum().clamp(min=1)
+        mode = "train" if model.training else "eval"
+        self._metrics[mode]["entropy"].append(self.accelerator.gather(mean_entropy.reshape(1)).mean().item())
+        return super()._compute_self_distillation_loss(model, inputs, distillation_logits)
+
+    def _write_rollouts(self, inputs, texts, records, p_acc, contexts) -> None:
+        rank = self.accelerator.process_index
+        directory = Path(self.args.output_dir) / "rollouts"
+        directory.mkdir(parents=True, exist_ok=True)
+        local = [r for r in records if r.rank == rank]
+        with open(directory / f"rank{rank}.jsonl", "a", encoding="utf-8") as handle:
+            for example, text, record, p, context in zip(inputs, texts, local, p_acc, contexts, strict=True):
+                row = {
+                    "step": self.state.global_step,
+                    "uid": example["prompt_uid"],
+                    "rank": rank,
+                    "correct": record.correct,
+                    "confidence": record.confidence,
+                    "p_acc": p,
+                    "completion": text,
+                    "target": rewrite_completion_text(text, p) if self.args.empirical_calibration else text,
+                    "teacher_context": context,
+                }
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    # --------------------------------------------------------------------------------------------- checkpoints
+    def _save_checkpoint(self, model, trial) -> None:
+        """Save the checkpoint as the Trainer does, plus the EMA teacher (a full model; LoRA teachers ride along)."""
+        super()._save_checkpoint(model, trial)
+        if self._teacher_is_separate_model():
+            checkpoint = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            state_dict = self.accelerator.get_state_dict(self.teacher_model)
+            if self.accelerator.is_main_process:
+                teacher = self.accelerator.unwrap_model(self.teacher_model)
+                teacher.save_pretrained(os.path.join(checkpoint, TEACHER_DIR), state_dict=state_dict)
+            self.accelerator.wait_for_everyone()
+        # A LoRA EMA teacher is the PEFT adapter named "teacher": PeftModel.save_pretrained already writes it to
+        # checkpoint-N/teacher/ next to the student adapter.
+
+    def _teacher_is_separate_model(self) -> bool:
+        return self.args.teacher_model_kind == "ema" and self.teacher_model is not self.model
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        if resume_from_checkpoint is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        self._resume_dir = resume_from_checkpoint or None
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        # The Trainer re-creates the saved "teacher" adapter; TRL's EMA callback then fails to add it again
+        # ("Adapter with name 'teacher' already exists"). Drop it here; _restore_teacher puts the weights back.
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if is_peft_model(unwrapped) and TEACHER_DIR in unwrapped.peft_config and self._ema_adapter_callback():
+            unwrapped.delete_adapter(TEACHER_DIR)
+
+    def _ema_adapter_callback(self) -> PEFTAdapterEMACallback | None:
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, PEFTAdapterEMACallback):
+                return callback
+        return None
+
+    @torch.no_grad()
+    def restore_teacher(self, checkpoint: str) -> None:
+        """Load the EMA teacher saved in ``checkpoint`` (full model or LoRA adapter) into the live teacher."""
+        directory = Path(checkpoint) / TEACHER_DIR
+        if self.args.teacher_model_kind != "ema":
+            return
+        if not directory.is_dir():
+            raise FileNotFoundError(
+                f"{checkpoint} holds no EMA teacher ({TEACHER_DIR}/): it was not written by this trainer. Resuming "
+                "from it would restart the teacher from the base weights; start a new run instead."
+            )
+        from safetensors.torch import load_file
+
+        adapter_callback = self._ema_adapter_callback()
+        if adapter_callback is not None:
+            from peft import set_peft_model_state_dict
+
+            weights = load_file(str(directory / "adapter_model.safetensors"))
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            active = unwrapped.active_adapter
+            set_peft_model_state_dict(unwrapped, weights, adapter_name=TEACHER_DIR)
+            unwrapped.set_adapter(active)
+            for key, value in adapter_callback.shadow_weights.items():
+                value.copy_(weights[key].to(value.device, value.dtype))
+            return
+        teacher = self.accelerator.unwrap_model(self.teacher_model)
+        state = {}
+        for file in sorted(directory.glob("*.safetensors")):
+            state.update(load_file(str(file)))
+        missing, unexpected = teacher.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k not in getattr(teacher, "_tied_weights_keys", None) or []]
+        if unexpected:
+            raise ValueError(f"teacher weights in {directory} do not match the model: unexpected keys {unexpected[:5]}")
+
+
+class _TeacherRestoreCallback(TrainerCallback):
+    """Restores the EMA teacher on resume, after TRL's callbacks have set the teacher up at train begin."""
+
+    def __init__(self, trainer: DistilTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.trainer._resume_dir:
+            self.trainer.restore_teacher(self.trainer._resume_dir)

@@ -1,0 +1,74 @@
+"""The one confidence parser: where a response states its confidence, and what value it states.
+
+A confidence statement is a line that starts with the label ``Confidence:`` (case-insensitive, markdown
+emphasis allowed: ``**Confidence:** 0.8``). The word "confidence" elsewhere, e.g. inside a Thought, is not a
+statement. When a response has several statements, the last one counts: it is the one CaOPD rewrites in
+training, so evaluation reads the same one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# Line-anchored label; bounded character classes keep the scan linear on any input.
+_LABEL = re.compile(r"^[ \t>*_#-]{0,8}confidence[ \t*_]{0,4}:", re.IGNORECASE | re.MULTILINE)
+# A plain decimal, optionally a percentage; anything glued to it (1e9, 0.5x, 12.3.4) is not a number we accept.
+_VALUE = re.compile(r"[ \t*_]{0,8}(\d{1,6}(?:\.\d{1,12})?|\.\d{1,12})[ \t]{0,4}(%?)(?![\w.]*\w)")
+_PARTIAL_LABEL_TARGET = "confidence:"
+
+
+@dataclass(frozen=True)
+class ConfidenceStatement:
+    """Where the last confidence statement begins (start of its line) and the value it gives, if valid."""
+
+    line_start: int
+    value: float | None
+
+
+def last_match(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
+    """The last match of ``pattern`` in ``text`` (one linear scan), or None."""
+    found = None
+    for found in pattern.finditer(text):  # noqa: B007 - the loop leaves the last match behind
+        pass
+    return found
+
+
+def find_confidence_statement(text: str) -> ConfidenceStatement | None:
+    """The last line-anchored ``Confidence:`` statement of ``text``, or None when there is none."""
+    last = last_match(_LABEL, text)
+    if last is None:
+        return None
+    line_end = text.find("\n", last.end())
+    rest_of_line = text[last.end() : line_end if line_end != -1 else len(text)]
+    return ConfidenceStatement(line_start=last.start(), value=_parse_value(rest_of_line))
+
+
+def _parse_value(fragment: str) -> float | None:
+    match = _VALUE.match(fragment)
+    if match is None:
+        return None
+    number, percent = float(match.group(1)), match.group(2)
+    if percent or number > 1.0:
+        # "85%" and a bare "85" both mean 0.85; anything above 100 is not a probability.
+        number = number / 100.0
+    return number if 0.0 <= number <= 1.0 else None
+
+
+def parse_confidence(text: str) -> float | None:
+    """The stated confidence in [0, 1], or None when it is missing or unparsable."""
+    statement = find_confidence_statement(text)
+    return None if statement is None else statement.value
+
+
+def trailing_partial_label_start(text: str) -> int | None:
+    """Start of a last line that is a cut-off ``Confidence:`` label ("Conf", "Confidence"), else None.
+
+    A rollout stopped by the length limit can end in the middle of the label; that fragment belongs to the
+    confidence segment and is dropped with it.
+    """
+    line_start = text.rfind("\n") + 1
+    fragment = text[line_start:].strip(" \t*_>#-").lower()
+    if fragment and _PARTIAL_LABEL_TARGET.startswith(fragment) and len(fragment) >= 4:
+        return line_start
+    return None

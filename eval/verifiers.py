@@ -1,0 +1,113 @@
+"""Task verifiers: one rule per task, used for P_acc in training and for accuracy in evaluation.
+
+Verifiers take arbitrary model output and must never raise or hang: every pattern is line-based or
+bounded, JSON is read with ``raw_decode`` from a known start.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from eval.confidence import last_match
+
+_STEP_LABEL = re.compile(
+    r"^[ \t*_]{0,4}(action input|action|thought|observation|confidence|final answer)[ \t*_]{0,4}:[ \t*_]{0,4}",
+    re.IGNORECASE | re.MULTILINE,
+)
+_ANSWER_TAG = re.compile(r"<answer>\s{0,64}\(?([A-Za-z])\)?\s{0,64}</answer>", re.IGNORECASE)
+_DECODER = json.JSONDecoder()
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One predicted or golden step: the tool name and its input, normalized for comparison."""
+
+    action: str
+    action_input: str | None  # canonical JSON (sorted keys), or None when the input is not valid JSON
+
+
+def normalize_action_input(raw: Any) -> str | None:
+    """Canonical JSON text of an Action Input given as a JSON string or an already parsed value."""
+    if isinstance(raw, str):
+        raw = raw.strip()
+        try:
+            value, _ = _DECODER.raw_decode(raw)
+        except (json.JSONDecodeError, RecursionError):
+            return None
+    else:
+        value = raw
+    try:
+        return json.dumps(value, sort_keys=True, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        return None
+
+
+def parse_tool_calls(response: str) -> list[ToolCall]:
+    """The ``Action:`` / ``Action Input:`` steps of a ReAct response, in order."""
+    calls: list[ToolCall] = []
+    pending_action: str | None = None
+    labels = list(_STEP_LABEL.finditer(response))
+    for index, label in enumerate(labels):
+        kind = label.group(1).lower()
+        end = labels[index + 1].start() if index + 1 < len(labels) else len(response)
+        body = response[label.end() : end]
+        if kind == "action":
+            if pending_action is not None:
+                calls.append(ToolCall(pending_action, None))
+            pending_action = body.strip().strip("`*").strip()
+        elif kind == "action input" and pending_action is not None:
+            calls.append(ToolCall(pending_action, _json_in(body)))
+            pending_action = None
+    if pending_action is not None:
+        calls.append(ToolCall(pending_action, None))
+    return calls
+
+
+def _json_in(body: str) -> str | None:
+    """Normalized JSON starting at the first brace or bracket of an Action Input body."""
+    starts = [i for i in (body.find("{"), body.find("[")) if i != -1]
+    if not starts:
+        return normalize_action_input(body) if body.strip() else None
+    return normalize_action_input(body[min(starts) :])
+
+
+def golden_tool_calls(golden: list[dict[str, Any]]) -> list[ToolCall]:
+    """Golden steps (``[{"Action": ..., "Action_Input": ...}]``); invalid golden JSON is kept verbatim."""
+    calls = []
+    for step in golden:
+        raw_input = step.get("Action_Input", step.get("Action Input", ""))
+        normalized = normalize_action_input(raw_input)
+        calls.append(ToolCall(str(step.get("Action", "")).strip(), normalized or f"<raw>{str(raw_input).strip()}"))
+    return calls
+
+
+def verify_tooluse(response: str, golden: list[dict[str, Any]]) -> bool:
+    """Correct when the response's sequence of calls equals the golden sequence: same tool names, same JSON inputs.
+
+    Inputs are compared as parsed JSON with sorted keys, so whitespace and key order do not matter. Without an
+    environment the model cannot see observations, so a multi-step golden answer must be planned in full.
+    """
+    predicted = parse_tool_calls(response)
+    return bool(predicted) and predicted == golden_tool_calls(golden)
+
+
+def extract_choice(response: str) -> str | None:
+    """The letter in the last ``<answer>...</answer>`` of a response, upper-cased, or None."""
+    last = last_match(_ANSWER_TAG, response)
+    return None if last is None else last.group(1).upper()
+
+
+def golden_choice(golden: Any) -> str:
+    """The golden letter, given as ``"B"`` or as the eval format ``[{"Answer": "B"}]``."""
+    if isinstance(golden, list) and golden and isinstance(golden[0], dict):
+        golden = golden[0].get("Answer", "")
+    return str(golden).strip().upper()
+
+
+def verify_mcq(response: str, golden: Any) -> bool:
+    """Correct when the last ``<answer>`` letter equals the golden letter."""
+    choice = extract_choice(response)
+    return choice is not None and choice == golden_choice(golden)

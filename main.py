@@ -1,0 +1,183 @@
+"""CaOPD training CLI: ``accelerate launch main.py --output_dir DIR [flags]`` (``--help`` lists them).
+
+flags (+ YAML) -> task (dataset, prompt format, verifier) -> model + tokenizer -> DistilConfig ->
+DistilTrainer.train() -> final model, tokenizer and resolved config in --output_dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from caopd.cli import CLIError, gradient_accumulation_steps, parse_args
+from caopd.models import ModelResolutionError, resolve_model_name
+from caopd.run_config import RUN_CONFIG_NAME, resolved_config, write_yaml_atomically
+from caopd.tasks import TaskDataError, get_task
+from distil_config import DistilConfig
+from distil_trainer import DistilTrainer
+
+USER_ERRORS = (CLIError, TaskDataError, ModelResolutionError)
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+
+
+def build_config(args: argparse.Namespace, world_size: int) -> DistilConfig:
+    """Map the flags onto DistilConfig; the question batch fixes gradient accumulation."""
+    use_vllm = vllm_available() if args.use_vllm is None else args.use_vllm
+    if use_vllm and importlib.util.find_spec("vllm") is None:
+        raise CLIError("--use_vllm: vLLM is not installed (pip install vllm on a GPU machine), or drop the flag")
+    on_gpu = torch.cuda.is_available()
+    bf16 = (on_gpu and torch.cuda.is_bf16_supported()) if args.bf16 is None else args.bf16
+    if bf16 and not on_gpu:
+        raise CLIError("--bf16 needs a GPU; on CPU leave it off (--no_bf16)")
+    try:
+        return DistilConfig(
+            output_dir=args.output_dir,
+            seed=args.seed,
+            learning_rate=args.learning_rate,
+            num_train_epochs=args.num_train_epochs,
+            max_steps=args.max_steps,
+            per_device_train_batch_size=args.per_device_train_batch_size,
+            gradient_accumulation_steps=gradient_accumulation_steps(args, world_size),
+            warmup_steps=args.warmup_steps,
+            weight_decay=args.weight_decay,
+            max_grad_norm=args.max_grad_norm,
+            lr_scheduler_type=args.lr_scheduler_type,
+            gradient_checkpointing=args.gradient_checkpointing,
+            bf16=bf16,
+            use_cpu=not on_gpu,
+            save_strategy="steps",
+            save_steps=args.save_steps,
+            save_total_limit=args.save_total_limit,
+            logging_steps=args.logging_steps,
+            report_to="none" if args.no_wandb else args.report_to,
+            num_generations=args.num_generations,
+            max_prompt_length=args.max_prompt_length,
+            max_completion_length=args.max_completion_length,
+            max_teacher_prompt_length=args.max_teacher_prompt_length,
+            temperature=args.temperature,
+            distillation_alpha=args.distillation_alpha,
+            distillation_topk=args.distillation_topk,
+            teacher_model_kind=args.teacher_model_kind,
+            teacher_update_rate=args.ref_model_mixup_alpha,
+            teacher_context_mode=args.teacher_context_mode,
+            empirical_calibration=not args.no_empirical_calibration,
+            save_rollouts=args.save_rollouts,
+            use_vllm=use_vllm,
+            vllm_mode=args.vllm_mode,
+            vllm_server_host=args.vllm_server_host,
+            vllm_server_port=args.vllm_server_port,
+            vllm_gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+        )
+    except ValueError as err:
+        raise CLIError(str(err)) from err
+
+
+def load_model_and_tokenizer(name: str, bf16: bool):
+    """Resolve --model_name (hub id, folder or the embedded model) and load it with its tokenizer."""
+    location = resolve_model_name(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, padding_side="left", truncation_side="left")
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.bfloat16 if bf16 else torch.float32)
+    except OSError as err:
+        raise ModelResolutionError(
+            f"cannot load model {name!r}: {err}. Without network access use a local folder or 'smollm2'."
+        ) from err
+    if tokenizer.chat_template is None:
+        raise ModelResolutionError(f"{name}: the tokenizer has no chat template; CaOPD prompts are chat prompts")
+    return model, tokenizer
+
+
+def peft_config(args: argparse.Namespace):
+    if not args.use_peft:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
+def resume_argument(args: argparse.Namespace) -> str | bool | None:
+    value = args.resume_from_checkpoint
+    if value is None:
+        return None
+    if value == "latest":
+        from transformers.trainer_utils import get_last_checkpoint
+
+        if not Path(args.output_dir).is_dir() or get_last_checkpoint(args.output_dir) is None:
+            raise CLIError(f"--resume_from_checkpoint latest: no checkpoint-* folder in {args.output_dir}")
+        return True
+    if not (Path(value) / "trainer_state.json").is_file():
+        raise CLIError(f"--resume_from_checkpoint {value}: not a checkpoint folder (no trainer_state.json)")
+    return value
+
+
+def save_final_model(trainer: DistilTrainer, tokenizer, output_dir: str) -> None:
+    """Write a model that plain ``AutoModelForCausalLM.from_pretrained(output_dir)`` loads (LoRA: merged)."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if not hasattr(model, "merge_and_unload"):
+        trainer.save_model(output_dir)
+    elif trainer.accelerator.is_main_process:
+        model.save_pretrained(os.path.join(output_dir, "adapter"), selected_adapters=["default"])
+        if "teacher" in model.peft_config:
+            model.delete_adapter("teacher")
+        model.merge_and_unload().save_pretrained(output_dir)
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(output_dir)
+    trainer.accelerator.wait_for_everyone()
+
+
+def run(args: argparse.Namespace) -> None:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    config = build_config(args, world_size)
+    resume = resume_argument(args)
+    task = get_task(args.dataset_name)
+    dataset = task.load(args.train_data)
+    model, tokenizer = load_model_and_tokenizer(args.model_name, config.bf16)
+    trainer = DistilTrainer(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        task=task,
+        processing_class=tokenizer,
+        peft_config=peft_config(args),
+    )
+    if trainer.accelerator.is_main_process:
+        derived = {
+            "model_path": model.config._name_or_path,
+            "world_size": world_size,
+            "gradient_accumulation_steps": config.gradient_accumulation_steps,
+            "rollouts_per_step": args.num_prompts_per_batch * args.num_generations,
+            "train_rows": len(dataset),
+        }
+        write_yaml_atomically(resolved_config(args, derived, config.to_dict()), Path(args.output_dir) / RUN_CONFIG_NAME)
+    trainer.train(resume_from_checkpoint=resume)
+    save_final_model(trainer, tokenizer, args.output_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(parse_args(argv))
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
