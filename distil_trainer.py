@@ -334,9 +334,13 @@ class DistilTrainer(SDFTTrainer):
         for file in sorted(directory.glob("*.safetensors")):
             state.update(load_file(str(file)))
         missing, unexpected = teacher.load_state_dict(state, strict=False)
-        missing = [k for k in missing if k not in getattr(teacher, "_tied_weights_keys", None) or []]
-        if unexpected:
-            raise ValueError(f"teacher weights in {directory} do not match the model: unexpected keys {unexpected[:5]}")
+        parameters = dict(teacher.named_parameters())  # tied aliases (lm_head = embeddings) are not listed here
+        missing = [key for key in missing if key in parameters]
+        if missing or unexpected:
+            raise ValueError(
+                f"the teacher saved in {directory} does not match the model (missing {missing[:3]}, unexpected "
+                f"{unexpected[:3]}): resume with the same --model_name and LoRA settings as the original run"
+            )
 
 
 class _TeacherRestoreCallback(TrainerCallback):

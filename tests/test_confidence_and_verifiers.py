@@ -1,0 +1,86 @@
+"""The shared confidence parser and task verifiers on hand-written responses."""
+
+import time
+
+import pytest
+
+from eval.confidence import parse_confidence
+from eval.verifiers import extract_choice, parse_tool_calls, verify_mcq, verify_tooluse
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Confidence: 0.85", 0.85),
+        ("Confidence: 0.85.", 0.85),
+        ("confidence:0.3", 0.3),
+        ("**Confidence:** 85%", 0.85),
+        ("Confidence: 85", 0.85),
+        ("Confidence: 1", 1.0),
+        ("Confidence: .5", 0.5),
+        ("Confidence: 1e9", None),
+        ("Confidence: 150%", None),
+        ("Confidence: high", None),
+        ("Confidence: 0.5x", None),
+        ("I have confidence: 0.9", None),  # not line-anchored: inside a sentence
+        ("Confidence: 0.2\nmore\nConfidence: 0.7", 0.7),  # the last statement counts
+        ("", None),
+    ],
+)
+def test_parse_confidence(text, expected):
+    assert parse_confidence(text) == expected
+
+
+GOLDEN = [{"Action": "search", "Action_Input": '{"q": "cats", "page": 1}'}]
+
+
+def test_tooluse_correct_with_reordered_keys_and_whitespace():
+    response = 'Thought: go\nAction: search\nAction Input: {"page": 1,   "q": "cats"}\nConfidence: 0.9'
+    assert verify_tooluse(response, GOLDEN)
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        'Action: search\nAction Input: {"q": "dogs", "page": 1}',  # wrong input
+        'Action: find\nAction Input: {"q": "cats", "page": 1}',  # wrong tool
+        'Action: search\nAction Input: {"q": "cats", "page": 1',  # broken JSON
+        "Action: search",  # no input
+        "no action at all",
+        'Action: search\nAction Input: {"q": "cats", "page": 1}\nAction: search\nAction Input: {}',  # extra step
+    ],
+)
+def test_tooluse_incorrect(response):
+    assert not verify_tooluse(response, GOLDEN)
+
+
+def test_tooluse_multi_step_needs_every_step_in_order():
+    golden = [{"Action": "a", "Action_Input": "{}"}, {"Action": "b", "Action_Input": '{"x": 1}'}]
+    assert verify_tooluse('Action: a\nAction Input: {}\nAction: b\nAction Input: {"x":1}', golden)
+    assert not verify_tooluse('Action: b\nAction Input: {"x":1}\nAction: a\nAction Input: {}', golden)
+
+
+def test_tooluse_invalid_golden_json_is_compared_verbatim_not_fatal():
+    golden = [{"Action": "a", "Action_Input": "{not json"}]
+    assert not verify_tooluse("Action: a\nAction Input: {}", golden)
+
+
+def test_parse_tool_calls_json_spanning_lines():
+    calls = parse_tool_calls('Action: a\nAction Input: {\n  "k": [1, 2]\n}\nConfidence: 0.5')
+    assert [(c.action, c.action_input) for c in calls] == [("a", '{"k": [1, 2]}')]
+
+
+def test_mcq_last_answer_tag_counts():
+    assert extract_choice("<answer>A</answer> wait <answer>\n c \n</answer>") == "C"
+    assert verify_mcq("<answer>\nB\n</answer>\nConfidence: 0.4", "B")
+    assert verify_mcq("<answer>B</answer>", [{"Answer": "B"}])
+    assert not verify_mcq("The answer is B", "B")
+
+
+def test_parsers_are_fast_on_a_megabyte_of_junk():
+    junk = ("Confidence:" + "9" * 50 + " Action: {" * 3 + "<answer>" + "é" * 20 + "\n") * 8000
+    start = time.perf_counter()
+    parse_confidence(junk)
+    verify_tooluse(junk, GOLDEN)
+    verify_mcq(junk, "A")
+    assert time.perf_counter() - start < 5.0

@@ -1,0 +1,97 @@
+"""Checkpoints hold the EMA teacher; resuming restores it (full model and LoRA adapter) and training goes on."""
+
+import hashlib
+
+import torch
+from helpers import toy_trainer
+from peft import LoraConfig, get_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from distil_trainer import TEACHER_DIR
+
+
+def _digest(tensors: dict) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class _TeacherAtStart(TrainerCallback):
+    """Hashes the teacher when training (re)starts, after every on_train_begin callback has run."""
+
+    def __init__(self, read_teacher):
+        self.read_teacher = read_teacher
+        self.digest = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.digest is None:
+            self.digest = _digest(self.read_teacher())
+
+
+def _full_teacher(trainer):
+    state = trainer.accelerator.unwrap_model(trainer.teacher_model).state_dict()
+    return {k: v for k, v in state.items() if k != "lm_head.weight"}  # tied to the embeddings, not saved
+
+
+def _saved_full_teacher(checkpoint):
+    return load_file(str(checkpoint / TEACHER_DIR / "model.safetensors"))
+
+
+def test_resume_restores_the_full_model_ema_teacher(model, tokenizer, tmp_path):
+    from tiny_model import tiny_model
+
+    base = _digest({k: v for k, v in model.state_dict().items() if k != "lm_head.weight"})
+    first = toy_trainer(model, tokenizer, tmp_path, max_steps=1, save_strategy="steps", save_steps=1)
+    first.train()
+    checkpoint = tmp_path / "checkpoint-1"
+    saved = _digest(_saved_full_teacher(checkpoint))
+    assert saved == _digest(_full_teacher(first))
+    assert saved != base  # one EMA step moved the teacher: a restart from the base weights would be caught
+
+    second = toy_trainer(tiny_model(tokenizer), tokenizer, tmp_path, max_steps=2, save_strategy="steps", save_steps=1)
+    probe = _TeacherAtStart(lambda: _full_teacher(second))
+    second.add_callback(probe)
+    second.train(resume_from_checkpoint=str(checkpoint))
+    assert probe.digest == saved
+    assert second.state.global_step == 2
+    assert (tmp_path / "checkpoint-2" / TEACHER_DIR / "model.safetensors").is_file()
+
+
+def _lora():
+    return LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+
+
+def test_resume_restores_the_lora_ema_teacher_adapter(model, tokenizer, tmp_path):
+    from tiny_model import tiny_model
+
+    first = toy_trainer(model, tokenizer, tmp_path, peft_config=_lora(), save_strategy="steps", save_steps=1)
+    first.train()
+    checkpoint = tmp_path / "checkpoint-1"
+    saved_file = load_file(str(checkpoint / TEACHER_DIR / "adapter_model.safetensors"))
+    assert any(v.abs().sum() > 0 for v in saved_file.values())  # the EMA moved away from its zero start
+
+    second = toy_trainer(
+        tiny_model(tokenizer),
+        tokenizer,
+        tmp_path,
+        peft_config=_lora(),
+        max_steps=2,
+        save_strategy="steps",
+        save_steps=1,
+    )
+
+    def teacher_adapter():
+        unwrapped = second.accelerator.unwrap_model(second.model)
+        return get_peft_model_state_dict(unwrapped, adapter_name=TEACHER_DIR)
+
+    probe = _TeacherAtStart(teacher_adapter)
+    second.add_callback(probe)
+    second.train(resume_from_checkpoint=str(checkpoint))  # TRL alone fails: "Adapter 'teacher' already exists"
+    assert probe.digest == _digest(saved_file)
+    assert second.state.global_step == 2
+    shadow = second._ema_adapter_callback().shadow_weights
+    assert set(shadow) == set(saved_file)
+    assert not all(torch.equal(shadow[k], saved_file[k]) for k in shadow)  # and the EMA went on from there

@@ -1,0 +1,133 @@
+"""The CaOPD step inside TRL's trainer, on a tiny model: ids, teacher inputs, modes, teacher construction."""
+
+from collections import defaultdict
+
+import pytest
+import torch
+from helpers import read_rollouts, toy_trainer
+
+from caopd.targets import confidence_segment_start, kept_token_count, rewrite_completion_text
+
+
+def _capture(trainer):
+    """Record the raw rollouts and the final training batches of every generation."""
+    captured = {"raw": [], "final": []}
+    sample, prepare = trainer.sample_rollouts, trainer._prepare_training_batch
+
+    def sample_and_keep(inputs):
+        batch = sample(inputs)
+        captured["raw"].append(trainer._get_completion_ids_list(batch))
+        return batch
+
+    def prepare_and_keep(inputs):
+        batch = prepare(inputs)
+        captured["final"].append((inputs, batch))
+        return batch
+
+    trainer.sample_rollouts, trainer._prepare_training_batch = sample_and_keep, prepare_and_keep
+    return captured
+
+
+def _texts(trainer, ids_list):
+    return [trainer._decode(trainer._strip_eos(ids)) for ids in ids_list]
+
+
+def test_caopd_rewrites_completion_ids_and_teacher_contexts(model, tokenizer, tmp_path):
+    trainer = toy_trainer(model, tokenizer, tmp_path)
+    captured = _capture(trainer)
+    trainer.train()
+
+    raw = captured["raw"][0]
+    inputs, batch = captured["final"][0]
+    final = trainer._get_completion_ids_list(batch)
+    raw_texts = _texts(trainer, raw)
+
+    verdicts = defaultdict(list)
+    for example, text in zip(inputs, raw_texts):
+        verdicts[example["prompt_uid"]].append(len(text) % 2 == 0)
+    assert all(len(v) == 4 for v in verdicts.values())  # K rollouts per prompt
+    eos = tokenizer.eos_token_id
+    for example, text, final_ids in zip(inputs, raw_texts, final):
+        p_acc = sum(verdicts[example["prompt_uid"]]) / 4
+        assert final_ids[-1] == eos
+        assert trainer._decode(final_ids[:-1]) == rewrite_completion_text(text, p_acc)
+        assert len(final_ids) <= trainer.max_completion_length
+    assert "old_per_token_logps" not in batch
+
+    teacher_text = tokenizer.decode(batch["teacher_input_ids"][0], skip_special_tokens=True)
+    p_first = sum(verdicts[inputs[0]["prompt_uid"]]) / 4
+    assert (
+        f"Confidence: {p_first:.2f}\n\nNote: The empirical confidence for this question is {p_first:.2f}."
+        in teacher_text
+    )
+    assert f"Question {inputs[0]['prompt_uid']}: name a colour." in teacher_text
+
+    logged = trainer.state.log_history[0]
+    assert logged["caopd/p_acc_mean"] == pytest.approx(sum(sum(v) / 4 for v in verdicts.values()) / len(verdicts))
+    for key in ("caopd/p_acc_zero_share", "caopd/p_acc_one_share", "caopd/confidence_format_rate", "entropy", "loss"):
+        assert key in logged
+
+
+def test_sampled_prefix_ids_are_kept_exactly(model, tokenizer, tmp_path):
+    trainer = toy_trainer(model, tokenizer, tmp_path)
+    captured = _capture(trainer)
+    trainer.train()
+    _, batch = captured["final"][0]
+    for raw_ids, final_ids in zip(captured["raw"][0], trainer._get_completion_ids_list(batch)):
+        raw_ids = trainer._strip_eos(raw_ids)
+        text = trainer._decode(raw_ids)
+        keep = kept_token_count(raw_ids, confidence_segment_start(text), trainer._decode)
+        assert final_ids[:keep] == raw_ids[:keep]
+        suffix = trainer._decode(final_ids[keep:-1])
+        assert suffix.lstrip("\n").startswith("Confidence: ")
+
+
+def test_sdft_baseline_keeps_rollouts_and_writes_confidence_one(model, tokenizer, tmp_path):
+    trainer = toy_trainer(model, tokenizer, tmp_path, empirical_calibration=False)
+    captured = _capture(trainer)
+    trainer.train()
+    _, batch = captured["final"][0]
+    assert trainer._get_completion_ids_list(batch) == captured["raw"][0]
+    teacher_text = tokenizer.decode(batch["teacher_input_ids"][0], skip_special_tokens=True)
+    assert "Confidence: 1.00\n\nNow answer with a response of your own" in teacher_text
+    assert "Note:" not in teacher_text
+    assert "caopd/p_acc_mean" in trainer.state.log_history[0]  # still measured for comparison
+
+
+def test_correct_solution_mode_uses_another_correct_rollout(model, tokenizer, tmp_path):
+    trainer = toy_trainer(model, tokenizer, tmp_path, teacher_context_mode="correct_solution")
+    trainer.train()
+    rows = read_rollouts(tmp_path)
+    by_uid = defaultdict(list)
+    for row in rows:
+        by_uid[row["uid"]].append(row)
+    fallbacks = 0
+    for group in by_uid.values():
+        for row in group:
+            others = [r["completion"] for r in group if r["correct"] and r is not row]
+            assert row["teacher_context"].startswith("Correct solution:\n")
+            if others:
+                assert any(row["teacher_context"].startswith(f"Correct solution:\n{o.rstrip()}") for o in others)
+            else:
+                fallbacks += 1
+                assert row["teacher_context"].startswith("Correct solution:\nAnswer: colour")
+    assert trainer.state.log_history[0]["caopd/solution_fallbacks"] == fallbacks
+
+
+def test_teacher_is_built_from_the_in_memory_student(model, tokenizer, tmp_path):
+    model.config._name_or_path = "/nonexistent/model"
+    trainer = toy_trainer(model, tokenizer, tmp_path)
+    for student, teacher in zip(trainer.model.parameters(), trainer.teacher_model.parameters()):
+        assert torch.equal(student, teacher) and student.data_ptr() != teacher.data_ptr()
+
+
+def test_teacher_prompts_get_their_own_length_limit(model, tokenizer, tmp_path):
+    trainer = toy_trainer(model, tokenizer, tmp_path, max_prompt_length=40, max_teacher_prompt_length=400)
+    captured = _capture(trainer)
+    trainer.train()
+    _, batch = captured["final"][0]
+    completion = batch["completion_ids"].size(1)
+    teacher_prompt_lengths = batch["teacher_attention_mask"][:, :-completion].sum(dim=1)
+    assert batch["prompt_mask"].sum(dim=1).max() <= 40
+    assert teacher_prompt_lengths.min() > 40
+    assert trainer.state.log_history[0]["caopd/teacher_prompt_truncated"] == 0.0
