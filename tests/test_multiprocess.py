@@ -1,0 +1,37 @@
+"""P_acc across processes: a prompt whose K rollouts are split over two processes gets the rate of all K."""
+
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from helpers import read_rollouts
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_p_acc_pools_rollouts_split_across_two_processes(tmp_path, tokenizer):
+    # accelerate 1.15 spawns CPU processes for `--cpu` only through mpirun; `--multi_gpu` goes through torchrun,
+    # which on a machine without GPUs gives gloo processes on the CPU.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command += [str(ROOT / "tests" / "mp_train.py"), str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ}, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    rows = read_rollouts(tmp_path)
+    assert {row["rank"] for row in rows} == {0, 1}
+    groups = defaultdict(list)
+    for row in rows:
+        groups[(row["step"], row["uid"])].append(row)
+    assert all(len(group) == 4 for group in groups.values())  # every prompt has its K = 4 rollouts
+
+    split = [group for group in groups.values() if len({row["rank"] for row in group}) == 2]
+    assert split, "no prompt had rollouts on both processes: the test set-up no longer exercises the gather"
+    for group in groups.values():
+        expected = sum(row["correct"] for row in group) / len(group)
+        assert all(row["p_acc"] == expected for row in group)
+        assert all(row["target"].endswith(f"Confidence: {expected:.2f}") for row in group)
