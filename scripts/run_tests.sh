@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Sets up .venv (scripts/setup.sh), installs the test tools, then lints and runs the whole test suite offline.
+# Usage: bash scripts/run_tests.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+.venv/bin/python -m pip install -q -r requirements-dev.txt
+# shellcheck disable=SC1091
+source .venv/bin/activate
+export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TRL_EXPERIMENTAL_SILENCE=1 TOKENIZERS_PARALLELISM=false
+
+echo "[tests] ruff"
+ruff check .
+ruff format --check .
+
+echo "[tests] pytest"
+status=0
+python -m pytest -q "$@" || status=$?
+if [[ $status -eq 5 ]]; then
+  echo "[tests] pytest collected no tests: failing" >&2
+  exit 1
+fi
+exit $status
