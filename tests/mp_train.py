@@ -8,8 +8,8 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from helpers import toy_trainer  # noqa: E402
-from tiny_model import real_tokenizer, tiny_model  # noqa: E402
+from helpers import toy_trainer
+from tiny_model import real_tokenizer, tiny_model
 
 if __name__ == "__main__":
     output_dir = Path(sys.argv[1])

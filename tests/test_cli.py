@@ -1,0 +1,104 @@
+"""The CLI: flags and YAML, one clear message per user error, and an end-to-end run that saves a loadable model."""
+
+import pytest
+import yaml
+from conftest import ROOT
+from transformers import AutoModelForCausalLM
+
+import main
+from caopd.cli import build_parser, parse_args
+from caopd.run_config import RUN_CONFIG_NAME
+
+FIXTURE = str(ROOT / "tests" / "fixtures" / "tooluse_rows.jsonl")
+
+
+def _error(capsys, argv) -> str:
+    assert main.main(argv) == 2
+    message = capsys.readouterr().err
+    assert message.startswith("error: ") and "Traceback" not in message
+    return message
+
+
+def test_original_flags_and_defaults():
+    args = parse_args(["--output_dir", "out"])
+    assert (args.learning_rate, args.num_train_epochs, args.num_prompts_per_batch) == (2e-5, 1, 32)
+    assert (args.ref_model_mixup_alpha, args.dataset_name, args.seed, args.num_generations) == (0.01, "tooluse", 42, 8)
+    assert (args.max_prompt_length, args.max_completion_length, args.vllm_gpu_memory_utilization) == (1024, 1024, 0.3)
+    assert (args.teacher_context_mode, args.no_empirical_calibration, args.no_wandb) == ("demo", False, False)
+    assert args.distillation_alpha == 1.0
+    assert "distinct questions per optimizer step" in build_parser().format_help()
+
+
+def test_yaml_config_and_command_line_precedence(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"output_dir": "from_yaml", "learning_rate": "3e-6", "num_generations": 4}))
+    args = parse_args(["--config", str(config), "--num_generations", "16"])
+    assert (args.output_dir, args.learning_rate, args.num_generations) == ("from_yaml", 3e-6, 16)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "--output_dir is required"),
+        (["--output_dir", "o", "--num_generations", "0"], "--num_generations must be a positive"),
+        (["--output_dir", "o", "--ref_model_mixup_alpha", "2"], "EMA rate in [0, 1]"),
+        (["--output_dir", "o", "--distillation_alpha", "-1"], "--distillation_alpha"),
+        (["--output_dir", "o", "--temperature", "0"], "--temperature must be positive"),
+        (["--output_dir", "o", "--max_steps", "0"], "--max_steps must be positive"),
+        (["--output_dir", "o", "--per_device_train_batch_size", "3"], "not a multiple of"),
+        (["--output_dir", "o", "--resume_from_checkpoint", "/nope"], "not a checkpoint folder"),
+        (["--output_dir", "/nonexistent/o", "--resume_from_checkpoint", "latest"], "no checkpoint-"),
+        (["--output_dir", "o", "--use_vllm"], "vLLM is not installed"),
+        (["--output_dir", "o", "--bf16"], "--bf16 needs a GPU"),
+        (["--output_dir", "o", "--train_data", "/nope.jsonl"], "training data not found"),
+    ],
+)
+def test_bad_flags_give_one_clear_message(capsys, argv, message):
+    assert message in _error(capsys, argv)
+
+
+def test_bad_yaml_configs(capsys, tmp_path):
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("output_dir: o\nlearning_rat: 1e-5\n")
+    assert "unknown key(s) learning_rat" in _error(capsys, ["--config", str(unknown)])
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("output_dir: o\nnum_generations: many\n")
+    assert "num_generations='many' is not a valid int" in _error(capsys, ["--config", str(wrong)])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("output_dir: [unclosed\n")
+    assert "not valid YAML" in _error(capsys, ["--config", str(broken)])
+    assert "cannot read it" in _error(capsys, ["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_model_folder_without_config(capsys, tmp_path):
+    argv = ["--output_dir", str(tmp_path / "o"), "--model_name", str(tmp_path), "--train_data", FIXTURE]
+    assert "has no config.json" in _error(capsys, argv)
+
+
+def _tiny_run(tmp_path, *extra):
+    from tiny_model import save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "tiny")
+    output = tmp_path / "run"
+    argv = ["--output_dir", str(output), "--model_name", str(model_dir), "--train_data", FIXTURE, "--no_wandb"]
+    argv += ["--max_steps", "1", "--num_prompts_per_batch", "2", "--num_generations", "2"]
+    argv += ["--per_device_train_batch_size", "4", "--max_completion_length", "24", "--max_prompt_length", "256"]
+    assert main.main(argv + list(extra)) == 0
+    return output
+
+
+def test_end_to_end_run_saves_a_loadable_model_and_the_resolved_config(tmp_path):
+    output = _tiny_run(tmp_path, "--save_steps", "1")
+    config = yaml.safe_load((output / RUN_CONFIG_NAME).read_text())
+    assert config["flags"]["num_prompts_per_batch"] == 2
+    assert config["derived"]["gradient_accumulation_steps"] == 1
+    assert config["trainer"]["teacher_update_rate"] == 0.01
+    assert (output / "checkpoint-1" / "teacher" / "model.safetensors").is_file()
+    assert AutoModelForCausalLM.from_pretrained(output).config.vocab_size > 0
+
+
+def test_lora_run_saves_a_merged_model(tmp_path):
+    output = _tiny_run(tmp_path, "--use_peft", "--lora_r", "4", "--lora_alpha", "8")
+    model = AutoModelForCausalLM.from_pretrained(output)
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    assert (output / "adapter" / "adapter_config.json").is_file()
