@@ -36,6 +36,9 @@ def build_config(args: argparse.Namespace, world_size: int) -> DistilConfig:
     use_vllm = vllm_available() if args.use_vllm is None else args.use_vllm
     if use_vllm and importlib.util.find_spec("vllm") is None:
         raise CLIError("--use_vllm: vLLM is not installed (pip install vllm on a GPU machine), or drop the flag")
+    report_to = "none" if args.no_wandb else args.report_to
+    if "wandb" in report_to.split(",") and importlib.util.find_spec("wandb") is None:
+        raise CLIError("reporting to wandb needs `pip install wandb`; or pass --no_wandb (or --report_to none)")
     on_gpu = torch.cuda.is_available()
     bf16 = (on_gpu and torch.cuda.is_bf16_supported()) if args.bf16 is None else args.bf16
     if bf16 and not on_gpu:
@@ -60,7 +63,7 @@ def build_config(args: argparse.Namespace, world_size: int) -> DistilConfig:
             save_steps=args.save_steps,
             save_total_limit=args.save_total_limit,
             logging_steps=args.logging_steps,
-            report_to="none" if args.no_wandb else args.report_to,
+            report_to=report_to,
             num_generations=args.num_generations,
             max_prompt_length=args.max_prompt_length,
             max_completion_length=args.max_completion_length,

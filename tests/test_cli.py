@@ -45,12 +45,13 @@ def test_yaml_config_and_command_line_precedence(tmp_path):
         (["--output_dir", "o", "--distillation_alpha", "-1"], "--distillation_alpha"),
         (["--output_dir", "o", "--temperature", "0"], "--temperature must be positive"),
         (["--output_dir", "o", "--max_steps", "0"], "--max_steps must be positive"),
-        (["--output_dir", "o", "--per_device_train_batch_size", "3"], "not a multiple of"),
-        (["--output_dir", "o", "--resume_from_checkpoint", "/nope"], "not a checkpoint folder"),
-        (["--output_dir", "/nonexistent/o", "--resume_from_checkpoint", "latest"], "no checkpoint-"),
-        (["--output_dir", "o", "--use_vllm"], "vLLM is not installed"),
-        (["--output_dir", "o", "--bf16"], "--bf16 needs a GPU"),
-        (["--output_dir", "o", "--train_data", "/nope.jsonl"], "training data not found"),
+        (["--output_dir", "o", "--per_device_train_batch_size", "3", "--no_wandb"], "not a multiple of"),
+        (["--output_dir", "o", "--resume_from_checkpoint", "/nope", "--no_wandb"], "not a checkpoint folder"),
+        (["--output_dir", "/nonexistent/o", "--resume_from_checkpoint", "latest", "--no_wandb"], "no checkpoint-"),
+        (["--output_dir", "o", "--use_vllm", "--no_wandb"], "vLLM is not installed"),
+        (["--output_dir", "o", "--report_to", "wandb"], "pip install wandb"),
+        (["--output_dir", "o", "--bf16", "--no_wandb"], "--bf16 needs a GPU"),
+        (["--output_dir", "o", "--train_data", "/nope.jsonl", "--no_wandb"], "training data not found"),
     ],
 )
 def test_bad_flags_give_one_clear_message(capsys, argv, message):
@@ -71,7 +72,7 @@ def test_bad_yaml_configs(capsys, tmp_path):
 
 
 def test_model_folder_without_config(capsys, tmp_path):
-    argv = ["--output_dir", str(tmp_path / "o"), "--model_name", str(tmp_path), "--train_data", FIXTURE]
+    argv = ["--output_dir", str(tmp_path / "o"), "--model_name", str(tmp_path), "--train_data", FIXTURE, "--no_wandb"]
     assert "has no config.json" in _error(capsys, argv)
 
 
