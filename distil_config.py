@@ -12,6 +12,9 @@ from trl.experimental.sdft import SDFTConfig
 from caopd.targets import TEACHER_MODES
 
 TEACHER_KINDS = ("base", "live", "ema")
+# Teacher prompts add to the question a demonstration (up to a completion long), the closing instruction and the
+# CaOPD note: about 80 tokens of wording with common tokenizers, so 128 leaves a margin.
+TEACHER_WORDING_TOKENS = 128
 
 
 @dataclass
@@ -37,7 +40,7 @@ class DistilConfig(SDFTConfig):
         default=None,
         metadata={
             "help": "Length limit of teacher prompts (question + privileged context), separate from the student's "
-            "max_prompt_length. None: max_prompt_length + max_completion_length."
+            "max_prompt_length. None: max_prompt_length + max_completion_length + 128 (wording and note)."
         },
     )
     save_rollouts: bool = field(
@@ -66,4 +69,5 @@ class DistilConfig(SDFTConfig):
             )
         super().__post_init__()
         if self.max_teacher_prompt_length is None and self.max_prompt_length is not None:
-            self.max_teacher_prompt_length = self.max_prompt_length + (self.max_completion_length or 0)
+            completion = self.max_completion_length or 0
+            self.max_teacher_prompt_length = self.max_prompt_length + completion + TEACHER_WORDING_TOKENS

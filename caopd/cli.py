@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     distil.add_argument("--temperature", type=float, default=1.0, help="rollout sampling temperature")
     distil.add_argument("--max_prompt_length", type=int, default=1024)
     distil.add_argument("--max_completion_length", type=int, default=1024, help="includes the appended confidence")
-    distil.add_argument("--max_teacher_prompt_length", type=int, default=None, help="default: prompt + completion")
+    distil.add_argument(
+        "--max_teacher_prompt_length", type=int, default=None, help="default: prompt + completion + 128"
+    )
 
     peft = parser.add_argument_group("LoRA")
     peft.add_argument("--use_peft", action="store_true", help="train LoRA adapters; the EMA teacher is an adapter too")
