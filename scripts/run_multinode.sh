@@ -12,7 +12,7 @@
 #   NUM_NODES      number of nodes (2; SLURM: $SLURM_NNODES)
 #   GPUS_PER_NODE  GPUs used on each node (8)
 #   TASK           tooluse | science (tooluse): picks the dataset and the paper's lr
-#   MODEL, OUTPUT_DIR, CONFIG, ACCELERATE_CONFIG, LEARNING_RATE, ...: as in scripts/run_tooluse.sh
+#   MODEL, OUTPUT_DIR, CONFIG, ACCELERATE_CONFIG, LEARNING_RATE, ...: as in scripts/paper_run.sh
 # OUTPUT_DIR should be on a file system shared by all nodes (checkpoints are
 # written by every rank under ZeRO-3). Extra arguments go to main.py last.
 # With K = 8 and 32 questions per step (256 rollouts), NUM_NODES * GPUS_PER_NODE *
@@ -43,67 +43,15 @@ NUM_NODES="${NUM_NODES:-${SLURM_NNODES:-2}}"
 GPUS_PER_NODE="${GPUS_PER_NODE:-8}"
 TASK="${TASK:-tooluse}"
 ACCELERATE_CONFIG="${ACCELERATE_CONFIG:-scripts/accelerate/multinode.yaml}"
-CONFIG="${CONFIG:-}"
 
-MODEL="${MODEL:-Qwen/Qwen3-8B}"
-OUTPUT_DIR="${OUTPUT_DIR:-outputs/${TASK}_caopd_qwen3_8b_multinode}"
-case "$TASK" in
-  tooluse) DEFAULT_LR=2e-5 ;;
-  science) DEFAULT_LR=1e-5 ;;
-  *) echo "error: TASK must be tooluse or science, got '$TASK'" >&2; exit 1 ;;
-esac
-TRAIN_DATA="${TRAIN_DATA:-data/$TASK/train}"
-LEARNING_RATE="${LEARNING_RATE:-$DEFAULT_LR}"
-NUM_TRAIN_EPOCHS="${NUM_TRAIN_EPOCHS:-1}"
-NUM_PROMPTS_PER_BATCH="${NUM_PROMPTS_PER_BATCH:-32}"
-NUM_GENERATIONS="${NUM_GENERATIONS:-8}"
-PER_DEVICE_TRAIN_BATCH_SIZE="${PER_DEVICE_TRAIN_BATCH_SIZE:-8}"
-REF_MODEL_MIXUP_ALPHA="${REF_MODEL_MIXUP_ALPHA:-0.01}"
-MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-2048}"
-MAX_COMPLETION_LENGTH="${MAX_COMPLETION_LENGTH:-8192}"
-REPORT_TO="${REPORT_TO:-wandb}"
+export TASK OUTPUT_DIR="${OUTPUT_DIR:-outputs/${TASK}_caopd_qwen3_8b_multinode}"
 
 if [[ -z "$NODE_RANK" || -z "$MASTER_ADDR" ]]; then
   echo "error: set NODE_RANK (0..$((NUM_NODES - 1))) and MASTER_ADDR (the rank-0 node) for every node" >&2
   exit 1
 fi
-if [[ -z "${VIRTUAL_ENV:-}" && -f .venv/bin/activate ]]; then
-  # shellcheck disable=SC1091
-  source .venv/bin/activate
-fi
-
-if [[ -n "$CONFIG" ]]; then
-  ARGS=(--config "$CONFIG")
-else
-  ARGS=(
-    --model_name "$MODEL"
-    --dataset_name "$TASK"
-    --train_data "$TRAIN_DATA"
-    --learning_rate "$LEARNING_RATE"
-    --num_train_epochs "$NUM_TRAIN_EPOCHS"
-    --num_prompts_per_batch "$NUM_PROMPTS_PER_BATCH"
-    --num_generations "$NUM_GENERATIONS"
-    --per_device_train_batch_size "$PER_DEVICE_TRAIN_BATCH_SIZE"
-    --temperature 1.0
-    --distillation_alpha 1.0
-    --distillation_topk 100
-    --ref_model_mixup_alpha "$REF_MODEL_MIXUP_ALPHA"
-    --max_prompt_length "$MAX_PROMPT_LENGTH"
-    --max_completion_length "$MAX_COMPLETION_LENGTH"
-    --warmup_steps 10
-    --weight_decay 0.01
-    --max_grad_norm 1.0
-    --gradient_checkpointing
-    --report_to "$REPORT_TO"
-  )
-fi
-
-CMD=(accelerate launch --config_file "$ACCELERATE_CONFIG"
-  --num_machines "$NUM_NODES"
-  --num_processes "$((NUM_NODES * GPUS_PER_NODE))"
-  --machine_rank "$NODE_RANK"
-  --main_process_ip "$MASTER_ADDR"
-  --main_process_port "$MASTER_PORT"
-  main.py "${ARGS[@]}" --output_dir "$OUTPUT_DIR" "$@")
-echo "[run_multinode] node $NODE_RANK/$NUM_NODES: ${CMD[*]}"
-"${CMD[@]}"
+LAUNCH_ARGS="--num_machines $NUM_NODES --machine_rank $NODE_RANK --main_process_ip $MASTER_ADDR"
+LAUNCH_ARGS+=" --main_process_port $MASTER_PORT"
+echo "[run_multinode] node $NODE_RANK/$NUM_NODES"
+NUM_GPUS=$((NUM_NODES * GPUS_PER_NODE)) ACCELERATE_CONFIG="$ACCELERATE_CONFIG" LAUNCH_ARGS="$LAUNCH_ARGS" \
+  exec bash scripts/paper_run.sh "$@"
