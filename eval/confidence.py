@@ -48,10 +48,13 @@ def _parse_value(fragment: str) -> float | None:
     match = _VALUE.match(fragment)
     if match is None:
         return None
-    number, percent = float(match.group(1)), match.group(2)
-    if percent or number > 1.0:
-        # "85%" and a bare "85" both mean 0.85; anything above 100 is not a probability.
+    text, percent = match.group(1), match.group(2)
+    number = float(text)
+    if percent:
         number = number / 100.0
+    elif number > 1.0:
+        # A bare whole number such as "85" is a percentage; "1.25" or "14.0" is not a probability at all.
+        number = number / 100.0 if text.isdigit() else -1.0
     return number if 0.0 <= number <= 1.0 else None
 
 

@@ -4,12 +4,13 @@ Why this task exists: the CPU demo needs a task that runs with no downloads, who
 which the embedded model (SmolLM2-135M-Instruct) is *partly* competent. CaOPD's target is the empirical success
 rate P_acc over K rollouts; a task the model always solves (or never solves) gives constant targets and nothing to
 calibrate. The difficulty levels below were chosen by measuring that model at temperature 1.0 (see
-``bench/probe_arithmetic.py``): times tables and one-digit sums are mostly right, two-digit sums are a coin flip,
-negative differences and two-digit products are mostly wrong, so per-question P_acc spreads over 0..1.
+``bench/probe_arithmetic.py``): times tables and one-digit sums are mostly right, one-digit differences and sums
+of tens are hit and miss, anything with a two-digit operand or a negative result is mostly wrong, so per-question
+P_acc spreads over 0..1 (48 questions x 8 samples: mean 0.33, 30 of 48 strictly between 0 and 1).
 
 Prompt shape: three fixed worked examples as earlier chat turns, then the question. At temperature 1.0 a 135M
 model ignores a format that is only described in words (measured: about 0% of completions had an ``Answer:``
-line); with the examples as user/assistant turns about 98% do. The example user turns carry the same format
+line); with the examples as user/assistant turns about 95% do. The example user turns carry the same format
 sentence and confidence instruction as the real question, because the model only copies the format when the
 final turn looks like the examples.
 
@@ -37,9 +38,10 @@ from datasets import Dataset
 from caopd.prompts import ANSWER_CONFIDENCE_INSTRUCTION, append_confidence_instruction
 from caopd.tasks.base import CANONICAL_COLUMNS, Task, TaskDataError, user_chat
 
-DEFAULT_TRAIN_SIZE = 512
+DEFAULT_TRAIN_SIZE = 256
 SPLITS = ("train", "validation", "test")
 MAX_ANSWER_LINE_CHARS = 120
+MAX_MISSES_IN_A_ROW = 20_000
 FORMAT_SENTENCE = "Give only the final result on a line 'Answer: <number>'."
 
 _ANSWER_LINE = re.compile(
@@ -83,24 +85,31 @@ class Level:
     draw: Callable[[random.Random], tuple[int, str, int]]
 
 
+def _one_digit_difference(rng: random.Random) -> tuple[int, str, int]:
+    first = rng.randint(1, 9)
+    return first, "-", rng.randint(0, first)
+
+
 def _negative_difference(rng: random.Random) -> tuple[int, str, int]:
     first = rng.randint(1, 19)
     return first, "-", rng.randint(first + 1, 29)
 
 
+# Comments: accuracy of SmolLM2-135M-Instruct (K=8, temperature 1.0; 2 to 10 questions per level, so rough).
+# The weights put about half the questions on levels the model often solves and keep a tail it mostly fails.
 LEVELS = (
-    Level("add_1d", 1.0, lambda rng: (rng.randint(1, 9), "+", rng.randint(1, 9))),
-    Level("mul_1d", 1.0, lambda rng: (rng.randint(2, 9), "*", rng.randint(2, 9))),
-    Level("add_tens", 1.0, lambda rng: (10 * rng.randint(1, 9), "+", 10 * rng.randint(1, 9))),
-    Level("add_2d_1d", 1.0, lambda rng: (rng.randint(10, 99), "+", rng.randint(1, 9))),
-    Level("sub_2d_1d", 1.0, lambda rng: (rng.randint(10, 99), "-", rng.randint(1, 9))),
-    Level("add_2d", 1.0, lambda rng: (rng.randint(10, 99), "+", rng.randint(10, 99))),
-    Level("sub_neg", 1.0, _negative_difference),
-    Level("mul_2d_1d", 1.0, lambda rng: (rng.randint(11, 99), "*", rng.randint(2, 9))),
+    Level("add_1d", 3.0, lambda rng: (rng.randint(0, 9), "+", rng.randint(0, 9))),  # ~0.55
+    Level("mul_1d", 3.0, lambda rng: (rng.randint(1, 9), "*", rng.randint(1, 9))),  # ~0.7
+    Level("sub_1d", 2.0, _one_digit_difference),  # ~0.3
+    Level("add_tens", 2.0, lambda rng: (10 * rng.randint(1, 9), "+", 10 * rng.randint(1, 9))),  # ~0.3
+    Level("add_2d_1d", 2.0, lambda rng: (rng.randint(10, 99), "+", rng.randint(1, 9))),  # ~0.1
+    Level("add_2d", 1.0, lambda rng: (rng.randint(10, 99), "+", rng.randint(10, 99))),  # ~0.05
+    Level("sub_neg", 1.0, _negative_difference),  # ~0.02
+    Level("mul_2d_1d", 1.0, lambda rng: (rng.randint(11, 99), "*", rng.randint(2, 9))),  # ~0.05
 )
 
 # Worked examples shown before every question: (expression, confidence written in the example answer).
-FEW_SHOT_EXAMPLES = (((4, "+", 3), "0.95"), ((15, "-", 22), "0.7"), ((12, "*", 3), "0.8"))
+FEW_SHOT_EXAMPLES = (((4, "+", 3), "0.95"), ((15, "-", 22), "0.70"), ((12, "*", 3), "0.80"))
 
 
 def _expression(a: int, op: str, b: int) -> str:
@@ -140,7 +149,7 @@ def generate_questions(n: int, seed: int, split: str = "train") -> Dataset:
     """``n`` distinct questions of ``split``, levels drawn by weight; deterministic given ``(n, seed, split)``.
 
     Membership in a split is decided by the question's hash (about 80/10/10 train/validation/test), not by the
-    draw, so no question ever appears in two splits. Small levels (one-digit sums have 81 questions in all) run
+    draw, so no question ever appears in two splits. Small levels (there are 100 one-digit sums in all) run
     out of fresh questions for large ``n``; further draws then land on the other levels.
     """
     if split not in SPLITS:
@@ -152,17 +161,18 @@ def generate_questions(n: int, seed: int, split: str = "train") -> Dataset:
     weights = [level.weight for level in LEVELS]
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
-    attempts_left = 1000 * (n + 1)
+    misses = 0  # draws in a row that gave no new question: many means the split has run out of questions
     while len(rows) < n:
-        if attempts_left == 0:
+        if misses == MAX_MISSES_IN_A_ROW:
             raise ValueError(f"could only generate {len(rows)} distinct {split} questions, {n} were asked for")
-        attempts_left -= 1
+        misses += 1
         level = rng.choices(LEVELS, weights=weights)[0]
         a, op, b = level.draw(rng)
         expression = _expression(a, op, b)
         if expression in seen or expression in excluded or split_of(expression) != split:
             continue
         seen.add(expression)
+        misses = 0
         rows.append(
             {
                 "prompt": build_prompt(a, op, b),
@@ -196,7 +206,8 @@ def load_arithmetic(path: str | None) -> Dataset:
         )
     if dataset.features["ground_truth"].dtype != "string":
         # A file written by hand often stores the answer as a bare number; the canonical form is its JSON text.
-        dataset = dataset.map(lambda row: {"ground_truth": json.dumps(row["ground_truth"])})
+        answers = [json.dumps(value) for value in dataset["ground_truth"]]
+        dataset = dataset.remove_columns("ground_truth").add_column("ground_truth", answers)
     return dataset
 
 
