@@ -13,15 +13,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUTPUT_DIR="${OUTPUT_DIR:-outputs/cpu_demo}"
-MAX_STEPS="${MAX_STEPS:-8}"
+MAX_STEPS="${MAX_STEPS:-6}"
 NUM_PROCESSES="${NUM_PROCESSES:-1}"
-NUM_PROMPTS_PER_BATCH="${NUM_PROMPTS_PER_BATCH:-4}"
+NUM_PROMPTS_PER_BATCH="${NUM_PROMPTS_PER_BATCH:-2}"
 NUM_GENERATIONS="${NUM_GENERATIONS:-8}"
 PER_DEVICE_TRAIN_BATCH_SIZE="${PER_DEVICE_TRAIN_BATCH_SIZE:-8}"
-MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-256}"
-MAX_COMPLETION_LENGTH="${MAX_COMPLETION_LENGTH:-48}"
-LEARNING_RATE="${LEARNING_RATE:-1e-5}"
-SAVE_STEPS="${SAVE_STEPS:-4}"
+MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-512}"   # the few-shot arithmetic prompt is ~360 tokens
+MAX_COMPLETION_LENGTH="${MAX_COMPLETION_LENGTH:-40}"
+LEARNING_RATE="${LEARNING_RATE:-2e-5}"
+WARMUP_STEPS="${WARMUP_STEPS:-1}"
+SAVE_STEPS="${SAVE_STEPS:-3}"
 SDFT="${SDFT:-0}"
 SKIP_SETUP="${SKIP_SETUP:-0}"
 
@@ -37,7 +38,13 @@ if [[ "$SDFT" == 1 ]]; then
   EXTRA+=(--no_empirical_calibration)
 fi
 
-CMD=(accelerate launch --num_processes "$NUM_PROCESSES" --cpu main.py
+# accelerate 1.15 starts several CPU processes only through torchrun (--multi_gpu works without GPUs).
+if [[ "$NUM_PROCESSES" -gt 1 ]]; then
+  LAUNCH=(--multi_gpu --num_processes "$NUM_PROCESSES")
+else
+  LAUNCH=(--num_processes 1 --cpu)
+fi
+CMD=(accelerate launch "${LAUNCH[@]}" --mixed_precision no --dynamo_backend no main.py
   --model_name smollm2
   --dataset_name arithmetic
   --output_dir "$OUTPUT_DIR"
@@ -48,6 +55,7 @@ CMD=(accelerate launch --num_processes "$NUM_PROCESSES" --cpu main.py
   --max_completion_length "$MAX_COMPLETION_LENGTH"
   --max_prompt_length "$MAX_PROMPT_LENGTH"
   --learning_rate "$LEARNING_RATE"
+  --warmup_steps "$WARMUP_STEPS"
   --save_steps "$SAVE_STEPS"
   --no_wandb
   ${EXTRA[@]+"${EXTRA[@]}"} "$@")
