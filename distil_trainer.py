@@ -231,7 +231,11 @@ class DistilTrainer(SDFTTrainer):
         completion_length = batch["completion_ids"].size(1)
         teacher_prompt_lengths = batch["teacher_attention_mask"][:, :-completion_length].sum(dim=1)
         limit = self.args.max_teacher_prompt_length
-        truncated = (teacher_prompt_lengths >= limit).float().mean() if limit else teacher_prompt_lengths.new_zeros(())
+        truncated = (
+            (teacher_prompt_lengths >= limit).float().mean()
+            if limit
+            else teacher_prompt_lengths.new_zeros((), dtype=torch.float)
+        )
         metrics["caopd/teacher_prompt_truncated"].append(self.accelerator.gather(truncated.reshape(1)).mean().item())
 
     def _compute_self_distillation_loss(self, model, inputs, distillation_logits):
