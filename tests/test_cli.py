@@ -14,8 +14,9 @@ FIXTURE = str(ROOT / "tests" / "fixtures" / "tooluse_rows.jsonl")
 
 def _error(capsys, argv) -> str:
     assert main.main(argv) == 2
-    message = capsys.readouterr().err
-    assert message.startswith("error: ") and "Traceback" not in message
+    stderr = capsys.readouterr().err
+    message = stderr.strip().replace("\r", "\n").splitlines()[-1]  # progress bars may come first
+    assert message.startswith("error: ") and "Traceback" not in stderr
     return message
 
 
