@@ -118,7 +118,7 @@ def _read_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
     except OSError as err:
         raise CLIError(f"--config {path}: cannot read it ({err.strerror})") from err
     except yaml.YAMLError as err:
-        raise CLIError(f"--config {path}: not valid YAML ({err})") from err
+        raise CLIError(f"--config {path}: not valid YAML ({' '.join(str(err).split())})") from err
     if not isinstance(values, dict):
         raise CLIError(f"--config {path}: expected a mapping of flag names to values")
     actions = {action.dest: action for action in parser._actions}
