@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from datasets import Dataset
+from datasets import Dataset, DatasetDict, load_from_disk
 
 Verifier = Callable[[str, Any], bool]
 CANONICAL_COLUMNS = ("prompt", "demonstration", "ground_truth")
@@ -48,10 +49,6 @@ def user_chat(text: str) -> list[dict[str, str]]:
 
 def read_rows(path: str) -> Dataset:
     """Rows from a ``save_to_disk`` folder, a ``.json`` / ``.jsonl`` file; one clear error for anything else."""
-    from pathlib import Path
-
-    from datasets import DatasetDict, load_from_disk
-
     location = Path(path).expanduser()
     if not location.exists():
         raise TaskDataError(f"training data not found: {path}")
@@ -91,3 +88,12 @@ def canonical_dataset(prompts: list, demonstrations: list[str], ground_truths: l
             "ground_truth": [json.dumps(truth, ensure_ascii=False) for truth in ground_truths],
         }
     )
+
+
+def default_train_path(path: str | None, default: Path, how_to_build: str) -> str:
+    """``path``, or the task's default training set when it exists; otherwise say how to build it."""
+    if path is not None:
+        return path
+    if not default.exists():
+        raise TaskDataError(f"no training set at {default}: {how_to_build}, or pass --train_data PATH")
+    return str(default)

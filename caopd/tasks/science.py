@@ -8,7 +8,15 @@ from typing import Any
 from datasets import Dataset
 
 from caopd.prompts import SCIENCE_CONFIDENCE_INSTRUCTION, append_confidence_instruction
-from caopd.tasks.base import Task, TaskDataError, canonical_dataset, read_rows, require_columns, user_chat
+from caopd.tasks.base import (
+    Task,
+    TaskDataError,
+    canonical_dataset,
+    default_train_path,
+    read_rows,
+    require_columns,
+    user_chat,
+)
 from eval.verifiers import golden_choice, verify_mcq
 
 DEFAULT_TRAIN_PATH = Path(__file__).resolve().parents[2] / "data" / "science" / "train"
@@ -33,13 +41,9 @@ def _messages(prompt: Any, source: str, index: int) -> list[dict[str, str]]:
 
 def load_science(path: str | None) -> Dataset:
     """Science rows in the canonical shape, with the confidence instruction the system prompt lacks."""
-    if path is None:
-        if not DEFAULT_TRAIN_PATH.exists():
-            raise TaskDataError(
-                f"no science training set at {DEFAULT_TRAIN_PATH}: build it with data/prepare_science.py from "
-                "SciKnowEval (Chemistry, L3 MCQ), or pass --train_data PATH"
-            )
-        path = str(DEFAULT_TRAIN_PATH)
+    path = default_train_path(
+        path, DEFAULT_TRAIN_PATH, "build it with data/prepare_science.py from SciKnowEval (Chemistry, L3 MCQ)"
+    )
     rows = read_rows(path)
     answer_column = "answer" if "answer" in rows.column_names else "golden_answer"
     require_columns(rows, ("prompt", answer_column), path, _HINT)

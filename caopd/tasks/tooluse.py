@@ -9,7 +9,15 @@ from typing import Any
 from datasets import Dataset
 
 from caopd.prompts import insert_tool_confidence_instruction
-from caopd.tasks.base import Task, TaskDataError, canonical_dataset, read_rows, require_columns, user_chat
+from caopd.tasks.base import (
+    Task,
+    TaskDataError,
+    canonical_dataset,
+    default_train_path,
+    read_rows,
+    require_columns,
+    user_chat,
+)
 from eval.verifiers import verify_tooluse
 
 DEFAULT_TRAIN_PATH = Path(__file__).resolve().parents[2] / "data" / "tooluse" / "train"
@@ -45,13 +53,9 @@ def demonstration_from_calls(calls: list[dict[str, str]]) -> str:
 
 def load_tooluse(path: str | None) -> Dataset:
     """Tool-use rows in the canonical shape; ``path`` defaults to data/tooluse/train."""
-    if path is None:
-        if not DEFAULT_TRAIN_PATH.exists():
-            raise TaskDataError(
-                f"no tool-use training set at {DEFAULT_TRAIN_PATH}: build it with data/prepare_tooluse.py from "
-                "ToolAlpaca's train_data.json, or pass --train_data PATH"
-            )
-        path = str(DEFAULT_TRAIN_PATH)
+    path = default_train_path(
+        path, DEFAULT_TRAIN_PATH, "build it with data/prepare_tooluse.py from ToolAlpaca's train_data.json"
+    )
     rows = read_rows(path)
     require_columns(rows, ("prompt", "golden_answer"), path, _HINT)
     has_response = "golden_response" in rows.column_names
