@@ -19,6 +19,7 @@ import torch
 from accelerate.utils import gather_object, is_peft_model
 from datasets import Dataset
 from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 from trl.experimental.sdft import SDFTTrainer
 from trl.experimental.sdft.teacher_sync import PEFTAdapterEMACallback, SyncTeacherModelCallback
 from trl.models import prepare_deepspeed, prepare_fsdp
@@ -288,8 +289,6 @@ class DistilTrainer(SDFTTrainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         if resume_from_checkpoint is True:
-            from transformers.trainer_utils import get_last_checkpoint
-
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
         self._resume_dir = resume_from_checkpoint or None
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
@@ -297,7 +296,7 @@ class DistilTrainer(SDFTTrainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         # The Trainer re-creates the saved "teacher" adapter; TRL's EMA callback then fails to add it again
-        # ("Adapter with name 'teacher' already exists"). Drop it here; _restore_teacher puts the weights back.
+        # ("Adapter with name 'teacher' already exists"). Drop it here; restore_teacher puts the weights back.
         unwrapped = self.accelerator.unwrap_model(self.model)
         if is_peft_model(unwrapped) and TEACHER_DIR in unwrapped.peft_config and self._ema_adapter_callback():
             unwrapped.delete_adapter(TEACHER_DIR)

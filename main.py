@@ -152,14 +152,17 @@ def run(args: argparse.Namespace) -> None:
     task = get_task(args.dataset_name)
     dataset = task.load(args.train_data)
     model, tokenizer = load_model_and_tokenizer(args.model_name, config.bf16)
-    trainer = DistilTrainer(
-        model=model,
-        args=config,
-        train_dataset=dataset,
-        task=task,
-        processing_class=tokenizer,
-        peft_config=peft_config(args),
-    )
+    try:
+        trainer = DistilTrainer(
+            model=model,
+            args=config,
+            train_dataset=dataset,
+            task=task,
+            processing_class=tokenizer,
+            peft_config=peft_config(args),
+        )
+    except ValueError as err:  # settings that only the trainer can check (e.g. room for the confidence line)
+        raise CLIError(str(err)) from err
     if trainer.accelerator.is_main_process:
         derived = {
             "model_path": model.config._name_or_path,

@@ -104,3 +104,12 @@ def test_lora_run_saves_a_merged_model(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(output)
     assert not any("lora" in name for name, _ in model.named_parameters())
     assert (output / "adapter" / "adapter_config.json").is_file()
+
+
+def test_completion_limit_without_room_for_the_confidence_line(capsys, tmp_path):
+    from tiny_model import save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "tiny")
+    argv = ["--output_dir", str(tmp_path / "o"), "--model_name", str(model_dir), "--train_data", FIXTURE]
+    argv += ["--no_wandb", "--max_completion_length", "5", "--num_prompts_per_batch", "1"]
+    assert "Raise --max_completion_length" in _error(capsys, argv)
