@@ -69,6 +69,11 @@ def _convert_embedded_model(target: Path) -> None:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         os.replace(staging, target)
+    except OSError:
+        # Another process (e.g. a second rank of the same launch) finished the same conversion first.
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "config.json").is_file():
+            raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
