@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from caopd.atomic import write_text_atomically
 
 RUN_CONFIG_NAME = "caopd_config.yaml"
 
@@ -30,13 +30,5 @@ def _is_plain(value: Any) -> bool:
 
 
 def write_yaml_atomically(payload: dict[str, Any], path: Path) -> None:
-    """Write YAML to a temporary file in the same folder, then rename: never a half-written config."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            yaml.safe_dump(payload, stream, sort_keys=False, allow_unicode=True)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Write YAML so that a reader never sees a half-written config."""
+    write_text_atomically(path, yaml.safe_dump(payload, sort_keys=False, allow_unicode=True))

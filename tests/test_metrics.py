@@ -1,0 +1,88 @@
+"""Metrics against hand-computed values and against independent brute-force implementations."""
+
+import itertools
+import random
+
+import numpy as np
+import pytest
+
+from eval.metrics import calibration_metrics
+
+
+def test_hand_computed_example():
+    correct = [True, True, False, False]
+    confidence = [0.9, 0.6, 0.6, None]  # the missing one counts as 0.0
+    m = calibration_metrics(correct, confidence, n_bins=10, n_bootstrap=0)
+    assert m["accuracy"] == 0.5
+    assert m["mean_confidence"] == pytest.approx(0.525)
+    assert m["overconfidence_gap"] == pytest.approx(0.025)
+    assert m["brier_score"] == pytest.approx((0.01 + 0.16 + 0.36 + 0.0) / 4)
+    # bins: 0.9 -> [0.9,1) acc 1; 0.6,0.6 -> [0.6,0.7) acc .5; 0.0 -> [0,.1) acc 0
+    assert m["ece"] == pytest.approx((1 * 0.1 + 2 * 0.1 + 1 * 0.0) / 4)
+    # pairs (c+, c-): (.9,.6) win, (.9,0) win, (.6,.6) tie, (.6,0) win -> 3/4; AUROC 3.5/4
+    assert m["spr"] == pytest.approx(0.75)
+    assert m["auroc"] == pytest.approx(0.875)
+    assert m["confidence_format_adherence"] == 0.75
+    assert m["valid_confidence_only"]["n_samples"] == 3
+    assert m["valid_confidence_only"]["accuracy"] == pytest.approx(2 / 3)
+    assert [b["count"] for b in m["bin_stats"]] == [1, 0, 0, 0, 0, 0, 2, 0, 0, 1]
+
+
+def test_confidence_one_falls_in_the_last_bin_and_one_sided_spr_is_zero():
+    m = calibration_metrics([True, True], [1.0, 1.0], n_bootstrap=0)
+    assert m["bin_stats"][-1]["count"] == 2 and m["ece"] == 0.0
+    assert m["spr"] == 0.0 and m["auroc"] == 0.0
+
+
+def _reference(correct, confidence, n_bins):
+    """Plain-Python reimplementation of the definitions, written independently of eval/metrics.py."""
+    conf = [0.0 if c is None else c for c in confidence]
+    n = len(conf)
+    acc = sum(correct) / n
+    bins = {}
+    for c, y in zip(conf, correct):
+        bins.setdefault(min(int(c * n_bins), n_bins - 1), []).append((c, y))
+    ece = sum(len(v) / n * abs(sum(y for _, y in v) / len(v) - sum(c for c, _ in v) / len(v)) for v in bins.values())
+    pos = [c for c, y in zip(conf, correct) if y]
+    neg = [c for c, y in zip(conf, correct) if not y]
+    pairs = list(itertools.product(pos, neg))
+    spr = sum(p > q for p, q in pairs) / len(pairs) if pairs else 0.0
+    return {
+        "accuracy": acc,
+        "ece": ece,
+        "brier_score": sum((c - y) ** 2 for c, y in zip(conf, correct)) / n,
+        "spr": spr,
+        "overconfidence_gap": sum(conf) / n - acc,
+    }
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_matches_an_independent_implementation(seed):
+    rng = random.Random(seed)
+    n = rng.randint(1, 60)
+    correct = [rng.random() < 0.5 for _ in range(n)]
+    confidence = [
+        None if rng.random() < 0.2 else rng.choice([0.0, 0.25, 0.5, 0.85, 1.0, rng.random()]) for _ in range(n)
+    ]
+    got = calibration_metrics(correct, confidence, n_bins=10, n_bootstrap=0)
+    for key, value in _reference(correct, confidence, 10).items():
+        assert got[key] == pytest.approx(value, abs=1e-12), key
+
+
+def test_bootstrap_intervals_contain_the_estimate_and_are_reproducible():
+    rng = np.random.default_rng(1)
+    correct = list(rng.random(200) < 0.6)
+    confidence = list(rng.random(200))
+    first = calibration_metrics(correct, confidence, n_bootstrap=200, seed=3)
+    again = calibration_metrics(correct, confidence, n_bootstrap=200, seed=3)
+    assert first["bootstrap_95ci"] == again["bootstrap_95ci"]
+    for name in ("accuracy", "ece", "brier_score", "spr"):
+        low, high = first["bootstrap_95ci"][name]
+        assert low <= first[name] <= high
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="verdicts"):
+        calibration_metrics([True], [0.5, 0.5])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        calibration_metrics([True], [1.5])
