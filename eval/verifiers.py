@@ -84,6 +84,16 @@ def golden_tool_calls(golden: list[dict[str, Any]]) -> list[ToolCall]:
     return calls
 
 
+def tooluse_golden_problem(golden: Any) -> str | None:
+    """Why a golden tool-use answer cannot be compared exactly (e.g. invalid JSON in an input), or None."""
+    if not isinstance(golden, list) or not all(isinstance(step, dict) for step in golden):
+        return "golden_answer is not a list of {Action, Action_Input}"
+    for number, step in enumerate(golden):
+        if normalize_action_input(step.get("Action_Input", step.get("Action Input", ""))) is None:
+            return f"golden step {number} has an Action_Input that is not valid JSON"
+    return None
+
+
 def verify_tooluse(response: str, golden: list[dict[str, Any]]) -> bool:
     """Correct when the response's sequence of calls equals the golden sequence: same tool names, same JSON inputs.
 

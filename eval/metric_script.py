@@ -1,0 +1,93 @@
+"""The body of the metric scripts: inference JSON in, metrics JSON out, the task's own verifier in between.
+
+Every item needs ``response`` and ``golden_answer``. Correctness and confidence are always recomputed from
+the response with the shared verifier and parser, so training and every evaluation judge alike. A malformed
+item (missing keys, unusable golden answer) is reported by index and counted as incorrect, never fatal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from caopd.atomic import write_text_atomically
+from eval.confidence import parse_confidence
+from eval.metrics import calibration_metrics
+
+Judge = Callable[[str, Any], bool]
+GoldenCheck = Callable[[Any], str | None]
+
+
+def read_items(path: str) -> list[dict[str, Any]]:
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ValueError(f"--input {path}: cannot read it ({err.strerror})") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--input {path}: not valid JSON ({err})") from err
+    items = payload.get("items") if isinstance(payload, dict) else payload
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise ValueError(f"--input {path}: expected a JSON list of objects with 'response' and 'golden_answer'")
+    return items
+
+
+def score_items(
+    items: list[dict[str, Any]], judge: Judge, check_golden: GoldenCheck | None = None
+) -> tuple[list[bool], list[float | None], list[str]]:
+    verdicts, confidences, problems = [], [], []
+    for index, item in enumerate(items):
+        problem = check_golden(item["golden_answer"]) if check_golden and "golden_answer" in item else None
+        if problem:
+            problems.append(f"item {index}: {problem}")
+        response = item.get("response")
+        if not isinstance(response, str) or "golden_answer" not in item:
+            problems.append(f"item {index}: needs a string 'response' and a 'golden_answer'")
+            verdicts.append(False)
+            confidences.append(None)
+            continue
+        try:
+            verdicts.append(bool(judge(response, item["golden_answer"])))
+        except (TypeError, ValueError, AttributeError, KeyError) as err:
+            if not problem:
+                problems.append(f"item {index}: unusable golden_answer ({type(err).__name__}: {err})")
+            verdicts.append(False)
+        confidences.append(parse_confidence(response))
+    return verdicts, confidences, problems
+
+
+def run_metric_script(
+    description: str,
+    judge: Judge,
+    extra: Callable[[list[dict]], dict] | None = None,
+    check_golden: GoldenCheck | None = None,
+) -> int:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--input", required=True, help="inference JSON: a list of {response, golden_answer, ...}")
+    parser.add_argument("--output", required=True, help="metrics JSON to write (atomically)")
+    parser.add_argument("--n_bins", type=int, default=10, help="equal-width confidence bins for ECE")
+    parser.add_argument("--n_bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    args = parser.parse_args()
+    try:
+        if args.n_bins < 1:
+            raise ValueError(f"--n_bins must be positive, got {args.n_bins}")
+        items = read_items(args.input)
+        verdicts, confidences, problems = score_items(items, judge, check_golden)
+        metrics = calibration_metrics(verdicts, confidences, n_bins=args.n_bins, n_bootstrap=args.n_bootstrap)
+        if extra is not None:
+            metrics.update(extra(items))
+        metrics["malformed_items"] = problems
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    write_text_atomically(args.output, json.dumps(metrics, indent=2) + "\n")
+    for problem in problems[:10]:
+        print(f"warning: {problem}", file=sys.stderr)
+    print(
+        f"accuracy {metrics['accuracy']:.3f}  ECE {metrics['ece']:.3f}  Brier {metrics['brier_score']:.3f}  "
+        f"SPR {metrics['spr']:.3f}  OCG {metrics['overconfidence_gap']:+.3f}  (n={metrics['n_samples']})"
+    )
+    return 0
