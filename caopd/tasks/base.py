@@ -34,7 +34,7 @@ class Task:
 
     name: str
     verify_fn: Verifier
-    load: Callable[[str | None], Dataset]
+    load: Callable[..., Dataset]  # (path: str | None, **options) -> canonical rows
     description: str = ""
 
     def verify(self, response: str, ground_truth_json: str) -> bool:

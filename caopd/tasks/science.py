@@ -39,8 +39,11 @@ def _messages(prompt: Any, source: str, index: int) -> list[dict[str, str]]:
     raise TaskDataError(f"{source} row {index}: 'prompt' must be text or a list of chat messages")
 
 
-def load_science(path: str | None) -> Dataset:
-    """Science rows in the canonical shape, with the confidence instruction the system prompt lacks."""
+def load_science(path: str | None, confidence_instruction: bool = True) -> Dataset:
+    """Science rows in the canonical shape, with the confidence instruction the system prompt lacks.
+
+    ``confidence_instruction=False`` keeps the prompts as the data has them (an evaluation ablation).
+    """
     path = default_train_path(
         path, DEFAULT_TRAIN_PATH, "build it with data/prepare_science.py from SciKnowEval (Chemistry, L3 MCQ)"
     )
@@ -54,9 +57,9 @@ def load_science(path: str | None) -> Dataset:
         if len(letter) != 1 or not letter.isalpha():
             raise TaskDataError(f"{path} row {index}: the answer must be one letter, got {row[answer_column]!r}")
         try:
-            prompt = append_confidence_instruction(
-                _messages(row["prompt"], path, index), SCIENCE_CONFIDENCE_INSTRUCTION
-            )
+            prompt = _messages(row["prompt"], path, index)
+            if confidence_instruction:
+                prompt = append_confidence_instruction(prompt, SCIENCE_CONFIDENCE_INSTRUCTION)
         except ValueError as err:
             raise TaskDataError(f"{path} row {index}: {err}") from err
         prompts.append(prompt)

@@ -51,8 +51,11 @@ def demonstration_from_calls(calls: list[dict[str, str]]) -> str:
     return "\n".join(steps)
 
 
-def load_tooluse(path: str | None) -> Dataset:
-    """Tool-use rows in the canonical shape; ``path`` defaults to data/tooluse/train."""
+def load_tooluse(path: str | None, confidence_instruction: bool = True) -> Dataset:
+    """Tool-use rows in the canonical shape; ``path`` defaults to data/tooluse/train.
+
+    ``confidence_instruction=False`` keeps the prompts as the data has them (an evaluation ablation).
+    """
     path = default_train_path(
         path, DEFAULT_TRAIN_PATH, "build it with data/prepare_tooluse.py from ToolAlpaca's train_data.json"
     )
@@ -64,7 +67,7 @@ def load_tooluse(path: str | None) -> Dataset:
         if not isinstance(row["prompt"], str) or not row["prompt"].strip():
             raise TaskDataError(f"{path} row {index}: 'prompt' must be a non-empty string")
         try:
-            prompt = insert_tool_confidence_instruction(row["prompt"])
+            prompt = insert_tool_confidence_instruction(row["prompt"]) if confidence_instruction else row["prompt"]
         except ValueError as err:
             raise TaskDataError(f"{path} row {index}: {err}") from err
         calls = golden_calls(row["golden_answer"], index)

@@ -1,0 +1,80 @@
+"""Compare runs: several metrics.json files in, a Markdown table and one overlaid reliability diagram out.
+
+    python eval/compare.py base/metrics.json sdft/metrics.json caopd/metrics.json \
+        --labels base SDFT CaOPD --output_md compare.md --output_png compare.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from caopd.atomic import write_text_atomically
+from eval.plots import reliability_diagram
+
+COLUMNS = (
+    ("accuracy", "acc"),
+    ("ece", "ECE"),
+    ("brier_score", "Brier"),
+    ("spr", "SPR"),
+    ("auroc", "AUROC"),
+    ("overconfidence_gap", "OCG"),
+    ("mean_confidence", "mean conf"),
+    ("confidence_format_adherence", "format"),
+    ("n_samples", "n"),
+)
+
+
+def _cell(metrics: dict, key: str) -> str:
+    value = metrics.get(key)
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    interval = metrics.get("bootstrap_95ci", {}).get(key)
+    text = f"{value:+.3f}" if key == "overconfidence_gap" else f"{value:.3f}"
+    return f"{text} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else text
+
+
+def markdown_table(runs: dict[str, dict]) -> str:
+    """One row per run; 95% bootstrap intervals in brackets where the metrics file has them."""
+    header = "| run | " + " | ".join(title for _, title in COLUMNS) + " |"
+    rule = "|---|" + "---|" * len(COLUMNS)
+    rows = [f"| {label} | " + " | ".join(_cell(m, key) for key, _ in COLUMNS) + " |" for label, m in runs.items()]
+    return "\n".join([header, rule, *rows]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Side-by-side metrics and an overlaid reliability diagram.")
+    parser.add_argument("metrics", nargs="+", help="metrics.json files (from eval_*.py or eval/run_eval_*.py)")
+    parser.add_argument("--labels", nargs="+", help="one name per file (default: the parent folder names)")
+    parser.add_argument("--output_md", required=True)
+    parser.add_argument("--output_png", required=True)
+    args = parser.parse_args(argv)
+    labels = args.labels or [Path(path).parent.name or path for path in args.metrics]
+    if len(labels) != len(args.metrics) or len(set(labels)) != len(labels):
+        print("error: give one distinct --labels entry per metrics file", file=sys.stderr)
+        return 2
+    runs = {}
+    for label, path in zip(labels, args.metrics, strict=True):
+        try:
+            runs[label] = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            print(f"error: {path}: cannot read metrics ({err})", file=sys.stderr)
+            return 2
+        if "bin_stats" not in runs[label]:
+            print(f"error: {path}: not a metrics file (no bin_stats)", file=sys.stderr)
+            return 2
+    table = markdown_table(runs)
+    write_text_atomically(args.output_md, table)
+    reliability_diagram(runs, args.output_png, title="Reliability: " + " vs ".join(labels))
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

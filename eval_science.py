@@ -1,0 +1,11 @@
+"""Evaluate a checkpoint on the science task: `python eval_science.py --model_path CKPT [--data PATH]`."""
+
+import os
+import sys
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from eval.evaluate import evaluate
+
+if __name__ == "__main__":
+    sys.exit(evaluate("science"))

@@ -1,0 +1,96 @@
+"""Evaluation on a checkpoint written by the training CLI, offline on CPU, and the comparison command."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+from PIL import Image
+
+import main
+
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory):
+    from tiny_model import save_tiny_model
+
+    base = tmp_path_factory.mktemp("train")
+    model_dir = save_tiny_model(base / "tiny")
+    output = base / "run"
+    argv = ["--output_dir", str(output), "--model_name", str(model_dir), "--dataset_name", "science"]
+    argv += ["--train_data", str(FIXTURES / "science_rows.jsonl"), "--no_wandb", "--max_steps", "1"]
+    argv += ["--num_prompts_per_batch", "2", "--num_generations", "2", "--per_device_train_batch_size", "4"]
+    argv += ["--max_completion_length", "24", "--max_prompt_length", "256"]
+    assert main.main(argv) == 0
+    return output
+
+
+def _evaluate(script, *argv):
+    command = [sys.executable, str(ROOT / script), *argv]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+def test_eval_science_on_a_trained_checkpoint(trained_checkpoint, tmp_path):
+    out = tmp_path / "eval"
+    result = _evaluate(
+        "eval_science.py", "--model_path", str(trained_checkpoint), "--data", str(FIXTURES / "science_rows.jsonl"),
+        "--output_dir", str(out), "--num_samples", "3", "--max_new_tokens", "12", "--n_bootstrap", "20",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    items = json.loads((out / "inference.json").read_text())
+    assert len(items) == 2 * 3
+    assert [(i["item_id"], i["sample_index"]) for i in items] == [(q, s) for q in range(2) for s in range(3)]
+    keys = {"prompt", "response", "golden_answer", "correct", "confidence", "format_ok", "sample_index", "item_id"}
+    assert keys <= set(items[0])
+    assert items[0]["golden_answer"] == [{"Answer": "B"}]
+    assert items[0]["prompt"][-1]["content"].endswith("no other words or explanation.")  # the trained format
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_samples"] == 6 and "answer_parse_rate" in metrics
+    assert Image.open(out / "reliability.png").size[0] > 100
+
+
+def test_no_confidence_instruction_flag_and_greedy(trained_checkpoint, tmp_path):
+    out = tmp_path / "eval"
+    result = _evaluate(
+        "eval_tooluse.py", "--model_path", str(trained_checkpoint), "--data", str(FIXTURES / "tooluse_rows.jsonl"),
+        "--output_dir", str(out), "--temperature", "0", "--max_new_tokens", "8", "--limit", "2",
+        "--no_confidence_instruction", "--n_bootstrap", "0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    items = json.loads((out / "inference.json").read_text())
+    assert len(items) == 2 and "Confidence:" not in items[0]["prompt"][0]["content"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model_path", "smollm2", "--data", "/nope"], "not found"),
+        (["--model_path", "smollm2", "--num_samples", "0"], "--num_samples must be a positive"),
+        (["--model_path", "/tmp", "--data", str(FIXTURES / "tooluse_rows.jsonl")], "no config.json"),
+    ],
+)
+def test_eval_errors_are_one_line(argv, message):
+    result = _evaluate("eval_tooluse.py", *argv)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_compare_writes_a_table_and_an_overlaid_diagram(tmp_path):
+    from eval.metrics import calibration_metrics
+
+    paths = []
+    for name, confidence in (("base", 0.9), ("caopd", 0.5)):
+        path = tmp_path / name / "metrics.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps(calibration_metrics([True, False, True, False], [confidence] * 4, n_bootstrap=10)))
+        paths.append(str(path))
+    command = [sys.executable, str(ROOT / "eval" / "compare.py"), *paths]
+    command += ["--output_md", str(tmp_path / "t.md"), "--output_png", str(tmp_path / "c.png")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "t.md").read_text().splitlines()
+    assert table[0].startswith("| run | acc | ECE |") and table[2].startswith("| base | 0.500")
+    assert table[3].startswith("| caopd | 0.500") and "| 0.000 [" in table[3]  # CaOPD-like run: ECE 0
+    assert Image.open(tmp_path / "c.png").format == "PNG"
