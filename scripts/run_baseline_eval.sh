@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The README's baseline: the embedded SmolLM2-135M-Instruct, untrained, on the shared evaluation sets
+# (all 97 tool-use questions; the first 100 of the 507 science questions), one sample per question at the
+# paper's validation setting (temperature 0.6, top-p 0.95), on CPU. Writes OUT_DIR/{tooluse,science}/, the
+# side-by-side table OUT_DIR/baseline.md, and the overlaid reliability diagram docs/baseline_reliability.png.
+# Usage: bash scripts/run_baseline_eval.sh        (about 30 minutes on 2 CPU cores)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SHARED="${SHARED:-../shared/data/caopd_eval}"
+OUT_DIR="${OUT_DIR:-outputs/baseline}"
+SCIENCE_LIMIT="${SCIENCE_LIMIT:-100}"
+
+if [[ ! -d "$SHARED" ]]; then
+  echo "error: $SHARED not found: set SHARED to the folder holding tooluse_eval/ and science_eval/" >&2
+  exit 1
+fi
+if [[ -z "${VIRTUAL_ENV:-}" && -f .venv/bin/activate ]]; then
+  # shellcheck disable=SC1091
+  source .venv/bin/activate
+fi
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+python eval_tooluse.py --model_path smollm2 --data "$SHARED/tooluse_eval" --max_new_tokens 128 --batch_size 8 \
+  --output_dir "$OUT_DIR/tooluse"
+python eval_science.py --model_path smollm2 --data "$SHARED/science_eval" --limit "$SCIENCE_LIMIT" \
+  --max_new_tokens 256 --batch_size 10 --output_dir "$OUT_DIR/science"
+python eval/compare.py "$OUT_DIR/tooluse/metrics.json" "$OUT_DIR/science/metrics.json" --labels tooluse science \
+  --output_md "$OUT_DIR/baseline.md" --output_png "$OUT_DIR/baseline.png"
+mkdir -p docs
+cp "$OUT_DIR/baseline.png" docs/baseline_reliability.png
