@@ -27,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output_dir", help="where checkpoints, the final model and the run config go (required)")
     run.add_argument("--model_name", default="Qwen/Qwen3-8B", help="hub id, local directory, or 'smollm2' (embedded)")
     run.add_argument("--dataset_name", default="tooluse", choices=TASK_NAMES, help="task: data format and verifier")
+    run.add_argument(
+        "--verifier",
+        help="with --dataset_name custom: exact_match, numeric, mcq_letter, regex:PATTERN, tooluse or module:function",
+    )
     run.add_argument("--train_data", help="training set (save_to_disk folder, .json or .jsonl); default per task")
     run.add_argument("--seed", type=int, default=42)
     run.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest' for the newest in output_dir")

@@ -1,0 +1,135 @@
+"""Your own task: a question/answer dataset plus a verifier chosen by name or given as ``module:function``.
+
+Rows (JSON, JSONL or a ``save_to_disk`` folder): ``question`` (text or chat messages; ``prompt`` is accepted
+too), ``answer`` (text or number), optionally ``demonstration``. The generic confidence instruction is
+appended to the question. Built-in verifiers compare the response's *final answer*: the text after its last
+``Answer:`` label when it has one, else the whole response, without its confidence statement.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from typing import Any
+
+from datasets import Dataset
+
+from caopd.prompts import ANSWER_CONFIDENCE_INSTRUCTION, append_confidence_instruction
+from caopd.targets import strip_confidence
+from caopd.tasks.base import Task, TaskDataError, Verifier, canonical_dataset, read_rows, user_chat
+from eval.confidence import last_match
+from eval.verifiers import verify_mcq, verify_tooluse
+
+_ANSWER_LABEL = re.compile(r"^[ \t*_#>]{0,8}(?:final )?answer[ \t*_]{0,4}:", re.IGNORECASE | re.MULTILINE)
+_NUMBER = re.compile(r"[-+]?\d{1,30}(?:[.,]\d{1,30})?(?:[eE][-+]?\d{1,3})?")
+VERIFIER_HELP = "exact_match, numeric, mcq_letter, regex:PATTERN, tooluse, or module:function"
+
+
+def final_answer(response: str) -> str:
+    """The text after the last ``Answer:`` label (or the whole response), without the confidence statement."""
+    body = strip_confidence(response)
+    label = last_match(_ANSWER_LABEL, body)
+    return (body[label.end() :] if label else body).strip()
+
+
+def _normalize(text: Any) -> str:
+    return " ".join(str(text).strip().strip(".").casefold().split())
+
+
+def exact_match(response: str, answer: Any) -> bool:
+    return _normalize(final_answer(response)) == _normalize(answer)
+
+
+def numeric(response: str, answer: Any) -> bool:
+    """The last number of the final answer equals the reference within 1e-6 (relative)."""
+    found = last_match(_NUMBER, final_answer(response))
+    try:
+        value, reference = float(found.group(0).replace(",", "")), float(answer)
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return abs(value - reference) <= 1e-6 * max(1.0, abs(reference))
+
+
+def _regex_verifier(pattern: str) -> Verifier:
+    try:
+        compiled = re.compile(pattern, re.MULTILINE)
+    except re.error as err:
+        raise TaskDataError(f"--verifier regex:{pattern}: not a valid regular expression ({err})") from err
+
+    def verify(response: str, answer: Any) -> bool:
+        found = last_match(compiled, response)
+        if found is None:
+            return False
+        extracted = found.group(1) if compiled.groups else found.group(0)
+        return _normalize(extracted) == _normalize(answer)
+
+    return verify
+
+
+BUILT_IN: dict[str, Verifier] = {
+    "exact_match": exact_match,
+    "numeric": numeric,
+    "mcq_letter": verify_mcq,
+    "tooluse": verify_tooluse,
+}
+
+
+def resolve_verifier(spec: str) -> Verifier:
+    """A verifier from its name, ``regex:PATTERN`` (group 1 or the whole match), or ``module:function``."""
+    if spec in BUILT_IN:
+        return BUILT_IN[spec]
+    if spec.startswith("regex:"):
+        return _regex_verifier(spec[len("regex:") :])
+    module_name, _, function_name = spec.partition(":")
+    if not module_name or not function_name:
+        raise TaskDataError(f"--verifier {spec!r}: choose one of {VERIFIER_HELP}")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as err:
+        raise TaskDataError(f"--verifier {spec}: cannot import it ({err}); is the module on PYTHONPATH?") from err
+    if not callable(function):
+        raise TaskDataError(f"--verifier {spec}: {function_name} is not callable")
+    return function
+
+
+def load_custom(path: str | None, confidence_instruction: bool = True) -> Dataset:
+    if path is None:
+        raise TaskDataError("--dataset_name custom needs --train_data PATH (JSON, JSONL or a save_to_disk folder)")
+    rows = read_rows(path)
+    question_column = "question" if "question" in rows.column_names else "prompt"
+    for column in (question_column, "answer"):
+        if column not in rows.column_names:
+            raise TaskDataError(
+                f"{path} lacks column '{column}' (it has: {', '.join(rows.column_names)}); own-task rows need "
+                "'question' (text or chat messages) and 'answer', optionally 'demonstration'"
+            )
+    prompts, demonstrations, answers = [], [], []
+    for index, row in enumerate(rows):
+        question, answer = row[question_column], row["answer"]
+        if isinstance(question, str):
+            if not question.strip():
+                raise TaskDataError(f"{path} row {index}: empty question")
+            messages = user_chat(question)
+        elif isinstance(question, list) and question and all(isinstance(m, dict) for m in question):
+            messages = question
+        else:
+            raise TaskDataError(f"{path} row {index}: 'question' must be text or a list of chat messages")
+        if answer is None or (isinstance(answer, str) and not answer.strip()):
+            raise TaskDataError(f"{path} row {index}: empty answer")
+        if not isinstance(answer, (str, int, float, list, dict)):
+            raise TaskDataError(f"{path} row {index}: 'answer' must be text, a number or JSON")
+        try:
+            if confidence_instruction:
+                messages = append_confidence_instruction(messages, ANSWER_CONFIDENCE_INSTRUCTION)
+        except ValueError as err:
+            raise TaskDataError(f"{path} row {index}: {err}") from err
+        demonstration = row.get("demonstration") if "demonstration" in rows.column_names else None
+        prompts.append(messages)
+        demonstrations.append(demonstration or f"Answer: {answer if isinstance(answer, str) else json.dumps(answer)}")
+        answers.append(answer)
+    return canonical_dataset(prompts, demonstrations, answers)
+
+
+def custom_task(verifier: str) -> Task:
+    return Task(name="custom", verify_fn=resolve_verifier(verifier), load=load_custom, description=verifier)
