@@ -49,6 +49,21 @@ class DistilConfig(SDFTConfig):
             "help": "Write every rollout (text, verdict, P_acc, rewritten target) to output_dir/rollouts/rank<N>.jsonl."
         },
     )
+    self_consistency: bool = field(
+        default=False,
+        metadata={
+            "help": "No verifier (Teacher-Anchored Self-Consistency, paper Appendix B.6): a rollout counts as correct "
+            "when its final answer is equivalent to a greedy reference answer the model gives under the teacher "
+            "context."
+        },
+    )
+    equivalence: str = field(
+        default="normalized_exact",
+        metadata={
+            "help": "With self_consistency: how two answers are compared. 'normalized_exact' (final answers equal "
+            "up to case, whitespace and a trailing period) or 'module:function' taking (response, reference)."
+        },
+    )
     teacher_model_kind: str = field(
         default="ema",
         metadata={"help": "Teacher weights: 'ema' (EMA of the student), 'base' (initial student) or 'live'."},

@@ -33,6 +33,7 @@ from caopd.targets import (
     teacher_context,
 )
 from caopd.tasks.base import Task
+from caopd.tasks.custom import resolve_equivalence
 from distil_config import DistilConfig
 from eval.confidence import parse_confidence
 
@@ -65,6 +66,7 @@ class DistilTrainer(SDFTTrainer):
             **kwargs,
         )
         self._resume_dir: str | None = None
+        self._equivalent = resolve_equivalence(args.equivalence) if args.self_consistency else None
         self.add_callback(_TeacherRestoreCallback(self))
         if args.empirical_calibration:
             self._reserve_room_for_confidence()
@@ -183,9 +185,10 @@ class DistilTrainer(SDFTTrainer):
         """Verify the local rollouts and gather every process's verdicts (all processes get the same list)."""
         rank = self.accelerator.process_index
         keep_solutions = self.args.teacher_context_mode == "correct_solution"
+        judge = self._self_consistency_judge(inputs) if self.args.self_consistency else None
         local = []
         for index, (example, text) in enumerate(zip(inputs, texts, strict=True)):
-            correct = self.task.verify(text, example["ground_truth"])
+            correct = judge(example, text) if judge else self.task.verify(text, example["ground_truth"])
             local.append(
                 RolloutRecord(
                     uid=example["prompt_uid"],
@@ -197,6 +200,31 @@ class DistilTrainer(SDFTTrainer):
                 )
             )
         return gather_object(local) if self.accelerator.num_processes > 1 else local
+
+    def _self_consistency_judge(self, inputs: list[dict[str, Any]]):
+        """Teacher-anchored self-consistency: one greedy reference per prompt, under the teacher context.
+
+        The reference comes from the policy model prompted with the question and the golden demonstration;
+        a rollout is "correct" when ``equivalence(rollout, reference)`` holds. Greedy decoding makes the
+        reference the same on every process holding rollouts of the prompt (with vLLM it is sampled).
+        """
+        firsts = {example["prompt_uid"]: example for example in inputs}
+        prompts = self.teacher_context_builder.select_generation_prompts(
+            [e["prompt"] for e in firsts.values()], [e["privileged_context"] for e in firsts.values()]
+        )
+        with self._prompt_limit(self.args.max_teacher_prompt_length):
+            prompt_ids = self._tokenize_prompts(prompts)
+        sampling, self.generation_config = self.generation_config, copy.copy(self.generation_config)
+        self.generation_config.do_sample = False
+        try:
+            _, reference_ids = self._generate(prompt_ids)
+        finally:
+            self.generation_config = sampling
+        references = {uid: self._decode(self._strip_eos(ids)) for uid, ids in zip(firsts, reference_ids, strict=True)}
+        self._metrics["train" if self.model.training else "eval"]["caopd/reference_confidence_format"].append(
+            sum(parse_confidence(r) is not None for r in references.values()) / len(references)
+        )
+        return lambda example, text: bool(self._equivalent(text, references[example["prompt_uid"]]))
 
     def _replace_completions(self, batch: dict[str, Any], rollouts: list[list[int]], p_acc: list[float]) -> None:
         """Swap in the rewritten completion ids and rebuild everything derived from them."""

@@ -76,6 +76,8 @@ def build_config(args: argparse.Namespace, world_size: int) -> DistilConfig:
             teacher_context_mode=args.teacher_context_mode,
             empirical_calibration=not args.no_empirical_calibration,
             save_rollouts=args.save_rollouts,
+            self_consistency=args.self_consistency,
+            equivalence=args.equivalence,
             use_vllm=use_vllm,
             vllm_mode=args.vllm_mode,
             vllm_server_host=args.vllm_server_host,

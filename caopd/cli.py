@@ -46,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="plain SDFT baseline: no P_acc in the targets (P_acc is still measured and logged)",
     )
+    caopd.add_argument(
+        "--self_consistency",
+        action="store_true",
+        help="no verifier: P_acc = share of rollouts equivalent to a greedy reference answer under the teacher context",
+    )
+    caopd.add_argument(
+        "--equivalence", default="normalized_exact", help="with --self_consistency: normalized_exact or module:function"
+    )
     caopd.add_argument("--teacher_context_mode", default="demo", choices=TEACHER_MODES)
     caopd.add_argument("--num_generations", type=int, default=8, help="K: rollouts per question (P_acc = correct / K)")
     caopd.add_argument(

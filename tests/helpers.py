@@ -69,3 +69,7 @@ def read_rollouts(output_dir) -> list[dict]:
     for file in sorted((output_dir / "rollouts").glob("rank*.jsonl")):
         rows += [json.loads(line) for line in file.read_text().splitlines()]
     return rows
+
+
+def always_equivalent(_response: str, _reference: str) -> bool:
+    return True

@@ -133,3 +133,13 @@ def load_custom(path: str | None, confidence_instruction: bool = True) -> Datase
 
 def custom_task(verifier: str) -> Task:
     return Task(name="custom", verify_fn=resolve_verifier(verifier), load=load_custom, description=verifier)
+
+
+def normalized_exact(response: str, reference: str) -> bool:
+    """Teacher-anchored self-consistency's default: the two final answers match after normalization."""
+    return _normalize(final_answer(response)) == _normalize(final_answer(reference))
+
+
+def resolve_equivalence(spec: str) -> Verifier:
+    """``normalized_exact`` or a ``module:function`` comparing (response, reference)."""
+    return normalized_exact if spec == "normalized_exact" else resolve_verifier(spec)
