@@ -67,11 +67,17 @@ def parse_tool_calls(response: str) -> list[ToolCall]:
 
 
 def _json_in(body: str) -> str | None:
-    """Normalized JSON starting at the first brace or bracket of an Action Input body."""
+    """Normalized JSON starting at the first brace or bracket of an Action Input body.
+
+    Text that is not valid JSON is kept verbatim (marked ``<raw>``): it can only match a golden input that is
+    not valid JSON either and reads exactly the same (ToolAlpaca has placeholders such as ``${id from call}``).
+    """
+    text = body.strip()
+    if not text:
+        return None
     starts = [i for i in (body.find("{"), body.find("[")) if i != -1]
-    if not starts:
-        return normalize_action_input(body) if body.strip() else None
-    return normalize_action_input(body[min(starts) :])
+    normalized = normalize_action_input(body[min(starts) :] if starts else body)
+    return normalized if normalized is not None else f"<raw>{text}"
 
 
 def golden_tool_calls(golden: list[dict[str, Any]]) -> list[ToolCall]:

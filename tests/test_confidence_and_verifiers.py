@@ -64,8 +64,10 @@ def test_tooluse_multi_step_needs_every_step_in_order():
 
 
 def test_tooluse_invalid_golden_json_is_compared_verbatim_not_fatal():
-    golden = [{"Action": "a", "Action_Input": "{not json"}]
+    golden = [{"Action": "a", "Action_Input": '{"id": ${id from search}}'}]
     assert not verify_tooluse("Action: a\nAction Input: {}", golden)
+    assert not verify_tooluse('Action: a\nAction Input: {"id": 5}', golden)
+    assert verify_tooluse('Action: a\nAction Input: {"id": ${id from search}}\nConfidence: 0.4', golden)
 
 
 def test_parse_tool_calls_json_spanning_lines():

@@ -30,6 +30,10 @@ def test_conversion_reproduces_the_shared_prompts_for_the_same_instructions(tmp_
         mine = ours[(row["name"], row["instruction"])]
         assert mine["prompt"] == row["prompt"]
         assert mine["golden_answer"] == row["golden_answer"]
+    # every golden answer, written as a response, verifies as correct (placeholder inputs included)
+    task = get_task("tooluse")
+    kept = task.load(str(tmp_path / "out"))
+    assert len(kept) == 100 and all(task.verify(r["demonstration"], r["ground_truth"]) for r in kept)
     # invalid golden JSON (placeholders such as ${animeId from searchAnime}) is reported with API and index
     assert "warning: AniAPI instruction 0: golden step 1 has an Action_Input that is not valid JSON" in result.stderr
 
