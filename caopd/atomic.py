@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -26,3 +27,18 @@ def write_atomically(path: Path | str, write: Callable[[IO], None], mode: str = 
 
 def write_text_atomically(path: Path | str, text: str) -> None:
     write_atomically(path, lambda stream: stream.write(text))
+
+
+def save_dataset_atomically(dataset, path: Path | str) -> None:
+    """``dataset.save_to_disk`` into a staging folder beside ``path``, then swap it in place of ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        dataset.save_to_disk(str(staging))
+        if path.exists():
+            shutil.rmtree(path)
+        staging.rename(path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

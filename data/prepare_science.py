@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets import Dataset
 
+from caopd.atomic import save_dataset_atomically
 from caopd.tasks.science import demonstration_for
 
 SYSTEM_PROMPT = (
@@ -103,13 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no {args.domain} {args.level} multiple-choice rows in {source}", file=sys.stderr)
         return 2
     output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
     for name, split in split_rows(rows, args.seed).items():
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=output))
-        Dataset.from_list(split).save_to_disk(str(staging))
-        if (output / name).exists():
-            shutil.rmtree(output / name)
-        staging.rename(output / name)
+        save_dataset_atomically(Dataset.from_list(split), output / name)
         print(f"{name}: {len(split)} rows -> {output / name}")
     return 0
 

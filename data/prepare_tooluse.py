@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets import Dataset
 
+from caopd.atomic import save_dataset_atomically
 from caopd.tasks.tooluse import demonstration_from_calls
 from eval.verifiers import tooluse_golden_problem
 
@@ -103,12 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no usable rows", file=sys.stderr)
         return 2
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=output.name + ".tmp-", dir=output.parent))
-    Dataset.from_list(rows).save_to_disk(str(staging))
-    if output.exists():
-        shutil.rmtree(output)
-    staging.rename(output)
+    save_dataset_atomically(Dataset.from_list(rows), output)
     print(f"{len(rows)} rows -> {output} ({len(problems)} problem(s) reported)")
     return 0
 
