@@ -22,7 +22,7 @@ from caopd.models import ModelResolutionError, resolve_model_name
 from caopd.run_config import RUN_CONFIG_NAME, resolved_config, write_yaml_atomically
 from caopd.tasks import TaskDataError, get_task
 from distil_config import DistilConfig
-from distil_trainer import DistilTrainer
+from distil_trainer import TEACHER_DIR, DistilTrainer
 
 USER_ERRORS = (CLIError, TaskDataError, ModelResolutionError)
 
@@ -117,18 +117,24 @@ def peft_config(args: argparse.Namespace):
     )
 
 
-def resume_argument(args: argparse.Namespace) -> str | bool | None:
+def resume_argument(args: argparse.Namespace) -> str | None:
     value = args.resume_from_checkpoint
     if value is None:
         return None
     if value == "latest":
         from transformers.trainer_utils import get_last_checkpoint
 
-        if not Path(args.output_dir).is_dir() or get_last_checkpoint(args.output_dir) is None:
+        latest = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+        if latest is None:
             raise CLIError(f"--resume_from_checkpoint latest: no checkpoint-* folder in {args.output_dir}")
-        return True
+        value = latest
     if not (Path(value) / "trainer_state.json").is_file():
         raise CLIError(f"--resume_from_checkpoint {value}: not a checkpoint folder (no trainer_state.json)")
+    if args.teacher_model_kind == "ema" and not (Path(value) / TEACHER_DIR).is_dir():
+        raise CLIError(
+            f"--resume_from_checkpoint {value}: it holds no EMA teacher ({TEACHER_DIR}/), so resuming would restart "
+            "the teacher from the base weights; resume from a checkpoint written by this CLI or start a new run"
+        )
     return value
 
 

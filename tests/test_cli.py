@@ -113,3 +113,13 @@ def test_completion_limit_without_room_for_the_confidence_line(capsys, tmp_path)
     argv = ["--output_dir", str(tmp_path / "o"), "--model_name", str(model_dir), "--train_data", FIXTURE]
     argv += ["--no_wandb", "--max_completion_length", "5", "--num_prompts_per_batch", "1"]
     assert "Raise --max_completion_length" in _error(capsys, argv)
+
+
+def test_resume_needs_a_checkpoint_with_its_teacher(capsys, tmp_path):
+    output = _tiny_run(tmp_path, "--save_steps", "1")
+    argv = ["--output_dir", str(output), "--resume_from_checkpoint", "latest", "--no_wandb"]
+    assert main.resume_argument(main.parse_args(argv)) == str(output / "checkpoint-1")
+    import shutil
+
+    shutil.rmtree(output / "checkpoint-1" / "teacher")
+    assert "holds no EMA teacher" in _error(capsys, [*argv, "--train_data", FIXTURE])
