@@ -1,9 +1,12 @@
-"""The evaluation command behind eval_tooluse.py and eval_science.py.
+"""The evaluation command behind eval_tooluse.py, eval_science.py and eval_arithmetic.py.
 
 Prompts come from the training loaders, so the model is asked exactly as it was trained (confidence
 instruction included unless ``--no_confidence_instruction``); responses are judged by the training
 verifier and the shared confidence parser. Outputs, each written atomically: ``inference.json`` (one item
 per sample), ``metrics.json`` and ``reliability.png``.
+
+The arithmetic task needs no files: by default it is evaluated on generated questions of its ``test`` split,
+which never share a question with the training split (membership is fixed by a hash of the question).
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from typing import Any
 from caopd.atomic import write_text_atomically
 from caopd.models import ModelResolutionError, resolve_model_name
 from caopd.tasks import TaskDataError, get_task
+from caopd.tasks.arithmetic import SPLITS, generate_questions
 from eval.confidence import parse_confidence
 from eval.generation import Sampling, generate
 from eval.metrics import calibration_metrics
 from eval.plots import reliability_diagram
 from eval.verifiers import extract_choice
 
-DEFAULT_DATA = {"tooluse": "data/tooluse/test", "science": "data/science/test"}
+DEFAULT_DATA = {"tooluse": "data/tooluse/test", "science": "data/science/test", "arithmetic": None}
 
 
 def build_parser(task: str) -> argparse.ArgumentParser:
@@ -33,7 +37,14 @@ def build_parser(task: str) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--model_path", required=True, help="checkpoint folder, hub id, or 'smollm2' (embedded)")
-    parser.add_argument("--data", default=DEFAULT_DATA[task], help="evaluation rows in the task's training format")
+    data_help = "evaluation rows in the task's training format"
+    if task == "arithmetic":
+        data_help += " (default: generated questions, see --split/--num_questions)"
+    parser.add_argument("--data", default=DEFAULT_DATA[task], help=data_help)
+    if task == "arithmetic":
+        parser.add_argument("--split", choices=SPLITS, default="test", help="split of the generated questions")
+        parser.add_argument("--num_questions", type=int, default=200, help="generated questions to evaluate")
+        parser.add_argument("--question_seed", type=int, default=0, help="seed of the question draw")
     parser.add_argument("--output_dir", default=None, help="default: <model_path>/eval_<task> (or eval_<task>/)")
     parser.add_argument("--num_samples", type=int, default=1, help="responses per question")
     parser.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (the original evaluation)")
@@ -59,7 +70,11 @@ def _validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--limit must be positive, got {args.limit}")
     if args.temperature < 0 or not 0 < args.top_p <= 1:
         raise ValueError("--temperature must be >= 0 and --top_p in (0, 1]")
-    if not Path(args.data).exists():
+    if args.task == "arithmetic" and args.no_confidence_instruction:
+        raise ValueError(
+            "arithmetic: the worked examples carry confidence lines, so --no_confidence_instruction is not supported"
+        )
+    if args.data is not None and not Path(args.data).exists():
         raise ValueError(f"--data {args.data}: not found (e.g. ../shared/data/caopd_eval/{args.task}_eval)")
 
 
@@ -74,7 +89,7 @@ def evaluate(task_name: str, argv: list[str] | None = None) -> int:
     try:
         _validate(args)
         task = get_task(task_name)
-        rows = task.load(args.data, confidence_instruction=not args.no_confidence_instruction)
+        rows = _load_rows(task_name, args)
         if args.limit is not None:
             rows = rows.select(range(min(args.limit, len(rows))))
         model_path = resolve_model_name(args.model_path)
@@ -117,6 +132,18 @@ def evaluate(task_name: str, argv: list[str] | None = None) -> int:
         f"  SPR {metrics['spr']:.3f}  OCG {metrics['overconfidence_gap']:+.3f}  -> {output}"
     )
     return 0
+
+
+def _load_rows(task_name: str, args: argparse.Namespace):
+    """The evaluation rows: a file in the task's format, or (arithmetic without --data) generated questions."""
+    task = get_task(task_name)
+    if task_name != "arithmetic":
+        return task.load(args.data, confidence_instruction=not args.no_confidence_instruction)
+    if args.data is not None:
+        return task.load(args.data)
+    if args.num_questions < 1:
+        raise ValueError(f"--num_questions must be a positive integer, got {args.num_questions}")
+    return generate_questions(args.num_questions, seed=args.question_seed, split=args.split)
 
 
 def _default_output(requested: str, resolved: str, task: str) -> str:

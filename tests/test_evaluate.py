@@ -94,3 +94,28 @@ def test_compare_writes_a_table_and_an_overlaid_diagram(tmp_path):
     assert table[0].startswith("| run | acc | ECE |") and table[2].startswith("| base | 0.500")
     assert table[3].startswith("| caopd | 0.500") and "| 0.000 [" in table[3]  # CaOPD-like run: ECE 0
     assert Image.open(tmp_path / "c.png").format == "PNG"
+
+
+def test_eval_arithmetic_defaults_to_generated_held_out_questions(trained_checkpoint, tmp_path):
+    from caopd.tasks.arithmetic import generate_questions, split_of, verify_arithmetic
+
+    out = tmp_path / "eval"
+    result = _evaluate(
+        "eval_arithmetic.py", "--model_path", str(trained_checkpoint), "--output_dir", str(out),
+        "--num_questions", "3", "--num_samples", "2", "--max_new_tokens", "6", "--n_bootstrap", "0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    items = json.loads((out / "inference.json").read_text())
+    expected = generate_questions(3, seed=0, split="test")
+    assert [i["prompt"] for i in items[::2]] == expected["prompt"]
+    assert [i["golden_answer"] for i in items[::2]] == [json.loads(t) for t in expected["ground_truth"]]
+    for item in items:
+        question = item["prompt"][-1]["content"].removeprefix("What is ").split("?")[0]
+        assert split_of(question) == "test"  # never a training question
+        assert item["correct"] == verify_arithmetic(item["response"], item["golden_answer"])
+    assert json.loads((out / "metrics.json").read_text())["n_samples"] == 6
+
+
+def test_eval_arithmetic_rejects_dropping_the_confidence_instruction():
+    result = _evaluate("eval_arithmetic.py", "--model_path", "smollm2", "--no_confidence_instruction")
+    assert result.returncode == 2 and "worked examples carry confidence" in result.stderr
