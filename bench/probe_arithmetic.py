@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from caopd.models import resolve_model_name
 from caopd.tasks.arithmetic import LEVELS, generate_questions, verify_arithmetic
+from eval.generation import generate_with_shared_prefill
 
 _CONFIDENCE_LINE = re.compile(
     r"[*_ \t]{0,6}confidence[*_ \t]{0,6}:[*_ \t]{0,6}([0-9]{1,6}(?:\.[0-9]{1,12})?|\.[0-9]{1,12})"
@@ -50,21 +51,9 @@ def sample_completions(model, tokenizer, prompts: list, k: int, max_new_tokens: 
     """K completions per prompt (grouped by prompt), sampled at temperature 1.0 with one prefill per prompt."""
     texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
     encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    ids, mask = encoded.input_ids, encoded.attention_mask
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad():
-        # Cache all prompt tokens but the last: generate() then feeds only that token, with the right position.
-        cache = model(
-            input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], use_cache=True
-        ).past_key_values
-        cache.batch_repeat_interleave(k)
-        output = model.generate(
-            input_ids=ids.repeat_interleave(k, 0),
-            attention_mask=mask.repeat_interleave(k, 0),
-            past_key_values=cache,
-            **_sampling(tokenizer, max_new_tokens),
-        )
-    return tokenizer.batch_decode(output[:, ids.shape[1] :], skip_special_tokens=True)
+    options = {**_sampling(tokenizer, max_new_tokens), "num_return_sequences": k}
+    output = generate_with_shared_prefill(model, encoded.input_ids, encoded.attention_mask, options)
+    return tokenizer.batch_decode(output[:, encoded.input_ids.shape[1] :], skip_special_tokens=True)
 
 
 def _sampling(tokenizer, max_new_tokens: int) -> dict:

@@ -54,12 +54,43 @@ def _generate_transformers(model_path: str, prompts: list[Chat], sampling: Sampl
         encoded = tokenizer.apply_chat_template(
             batch, add_generation_prompt=True, tokenize=True, return_dict=True, padding=True, return_tensors="pt"
         ).to(device)
-        with torch.no_grad():
-            output = model.generate(**encoded, **options, pad_token_id=tokenizer.pad_token_id)
+        options["pad_token_id"] = tokenizer.pad_token_id
+        output = generate_with_shared_prefill(model, encoded["input_ids"], encoded["attention_mask"], options)
         texts = tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
         k = sampling.num_samples
         responses += [texts[i * k : (i + 1) * k] for i in range(len(batch))]
     return responses
+
+
+@torch.no_grad()
+def generate_with_shared_prefill(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, options: dict[str, Any]
+) -> torch.Tensor:
+    """``model.generate(**options)`` with every prompt prefilled once, not once per returned sequence.
+
+    Plain ``generate(num_return_sequences=k)`` copies each prompt k times before the prefill, so on CPU most of
+    the time goes to encoding the same few-shot prompt k times. Here all prompt tokens but the last go through the
+    model once, their KV cache is repeated k times, and ``generate`` continues from the last prompt token; rows of
+    the output are grouped by prompt as with ``num_return_sequences``.
+    """
+    options = dict(options)
+    k = options.pop("num_return_sequences", 1)
+    if input_ids.shape[1] < 2:
+        return model.generate(input_ids=input_ids, attention_mask=attention_mask, num_return_sequences=k, **options)
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens count from 0
+    cache = model(
+        input_ids=input_ids[:, :-1],
+        attention_mask=attention_mask[:, :-1],
+        position_ids=positions[:, :-1],
+        use_cache=True,
+    ).past_key_values
+    cache.batch_repeat_interleave(k)
+    return model.generate(
+        input_ids=input_ids.repeat_interleave(k, 0),
+        attention_mask=attention_mask.repeat_interleave(k, 0),
+        past_key_values=cache,
+        **options,
+    )
 
 
 def _generate_vllm(model_path: str, prompts: list[Chat], sampling: Sampling) -> list[list[str]]:
