@@ -1,0 +1,207 @@
+"""Base vs SDFT vs CaOPD on this machine: train both arms, evaluate all three on held-out questions, compare.
+
+The paper's claim at our scale: self-distillation (SDFT) makes the model overconfident, CaOPD keeps its accuracy
+and fixes the confidence. This script checks it end to end with the embedded SmolLM2-135M-Instruct on the
+built-in arithmetic task, on CPU, offline:
+
+1. ``base``: the untrained model is evaluated (``eval_arithmetic.py``);
+2. ``sdft`` and ``caopd``: ``main.py`` trains each arm from the same weights, on the same questions, with the same
+   seed and step budget; the only difference is ``--no_empirical_calibration`` for SDFT;
+3. each trained model is evaluated exactly like the base, on questions of the arithmetic ``test`` split, which
+   never share a question with the training split;
+4. ``eval/compare.py`` writes ``compare.md`` (table with bootstrap 95% intervals) and ``compare.png`` (overlaid
+   reliability diagrams); ``summary.md`` says which of the issue's targets hold.
+
+Every stage runs as its own process with the repository's CLIs, so the numbers are what a user gets with the same
+commands (``commands.sh`` lists them). A finished stage leaves a ``.done`` marker; re-running the script skips it,
+so an interrupted run resumes at the stage that did not finish (``--force`` redoes everything).
+
+    python bench/reproduce.py --output_dir outputs/reproduce
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from caopd.atomic import write_text_atomically
+
+ARMS = ("base", "sdft", "caopd")
+LABELS = {"base": "base", "sdft": "SDFT", "caopd": "CaOPD"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train SDFT and CaOPD from the same start, evaluate base/SDFT/CaOPD on held-out questions.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--output_dir", default="outputs/reproduce")
+    parser.add_argument("--model_name", default="smollm2")
+    train = parser.add_argument_group("training (identical for both arms)")
+    train.add_argument("--max_steps", type=int, default=24, help="optimizer steps per arm")
+    train.add_argument("--num_prompts_per_batch", type=int, default=2, help="questions per optimizer step")
+    train.add_argument("--num_generations", type=int, default=8, help="K: rollouts per question")
+    train.add_argument("--learning_rate", type=float, default=1e-3)
+    train.add_argument("--lr_scheduler_type", default="constant_with_warmup", help="one warmup step, then this")
+    train.add_argument("--full_finetune", action="store_true", help="train all weights instead of LoRA")
+    train.add_argument("--lora_r", type=int, default=16)
+    train.add_argument("--seed", type=int, default=42)
+    evaluation = parser.add_argument_group("evaluation (identical for all three)")
+    evaluation.add_argument("--num_questions", type=int, default=150, help="held-out questions (test split)")
+    evaluation.add_argument("--num_samples", type=int, default=4, help="sampled responses per question")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.7,
+        help="sampling temperature of the training rollouts and of the evaluation: P_acc is the success rate at "
+        "this temperature, so the confidence is judged against answers sampled the same way",
+    )
+    evaluation.add_argument("--n_bootstrap", type=int, default=1000)
+    parser.add_argument("--force", action="store_true", help="redo finished stages")
+    return parser
+
+
+def train_command(args: argparse.Namespace, arm: str) -> list[str]:
+    command = [
+        sys.executable, "main.py",
+        "--model_name", args.model_name,
+        "--dataset_name", "arithmetic",
+        "--output_dir", str(Path(args.output_dir) / arm),
+        "--max_steps", str(args.max_steps),
+        "--num_prompts_per_batch", str(args.num_prompts_per_batch),
+        "--num_generations", str(args.num_generations),
+        "--per_device_train_batch_size", str(args.num_generations),
+        "--max_prompt_length", "512",
+        "--max_completion_length", "40",
+        "--learning_rate", str(args.learning_rate),
+        "--lr_scheduler_type", args.lr_scheduler_type,
+        "--warmup_steps", "1",
+        "--temperature", str(args.temperature),
+        "--save_steps", str(args.max_steps),
+        "--seed", str(args.seed),
+        "--no_wandb",
+        "--save_rollouts",
+    ]  # fmt: skip
+    if not args.full_finetune:
+        command += ["--use_peft", "--lora_r", str(args.lora_r), "--lora_alpha", str(2 * args.lora_r)]
+    if arm == "sdft":
+        command.append("--no_empirical_calibration")
+    return command
+
+
+def eval_command(args: argparse.Namespace, arm: str) -> list[str]:
+    model = args.model_name if arm == "base" else str(Path(args.output_dir) / arm)
+    return [
+        sys.executable, "eval_arithmetic.py",
+        "--model_path", model,
+        "--output_dir", str(Path(args.output_dir) / "eval" / arm),
+        "--split", "test",
+        "--num_questions", str(args.num_questions),
+        "--num_samples", str(args.num_samples),
+        "--temperature", str(args.temperature),
+        "--top_p", "1.0",
+        "--max_new_tokens", "48",
+        "--batch_size", "8",
+        "--n_bootstrap", str(args.n_bootstrap),
+        "--seed", str(args.seed),
+    ]  # fmt: skip
+
+
+def compare_command(args: argparse.Namespace) -> list[str]:
+    out = Path(args.output_dir)
+    metrics = [str(out / "eval" / arm / "metrics.json") for arm in ARMS]
+    labels = [LABELS[arm] for arm in ARMS]
+    return [
+        sys.executable, "eval/compare.py", *metrics,
+        "--labels", *labels,
+        "--output_md", str(out / "compare.md"),
+        "--output_png", str(out / "compare.png"),
+    ]  # fmt: skip
+
+
+def stages(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(name, command) in running order: base eval first, then train+eval per arm, then the comparison."""
+    plan = [("eval_base", eval_command(args, "base"))]
+    for arm in ("sdft", "caopd"):
+        plan += [(f"train_{arm}", train_command(args, arm)), (f"eval_{arm}", eval_command(args, arm))]
+    return [*plan, ("compare", compare_command(args))]
+
+
+def run_stage(name: str, command: list[str], out: Path, force: bool) -> float | None:
+    """Run one stage (streaming its output) unless its marker says it is done; its wall seconds, or None if skipped."""
+    marker = out / "stages" / f"{name}.done"
+    if marker.exists() and not force:
+        print(f"[reproduce] {name}: done earlier, skipped ({marker})", flush=True)
+        return None
+    print(f"[reproduce] {name}: {shlex.join(command)}", flush=True)
+    start = time.monotonic()
+    result = subprocess.run(command, cwd=ROOT, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"error: stage {name} failed with exit code {result.returncode}; fix it and re-run to resume")
+    seconds = time.monotonic() - start
+    write_text_atomically(marker, f"{seconds:.1f}\n")
+    return seconds
+
+
+def target_checks(runs: dict[str, dict]) -> list[tuple[str, bool, str]]:
+    """The issue's targets, each as (statement, holds, measured values)."""
+    base, sdft, caopd = runs["base"], runs["sdft"], runs["caopd"]
+    return [
+        (
+            "CaOPD ECE <= 1/2 SDFT ECE",
+            caopd["ece"] <= 0.5 * sdft["ece"],
+            f"{caopd['ece']:.3f} vs {sdft['ece']:.3f}",
+        ),
+        ("CaOPD |OCG| <= 0.10", abs(caopd["overconfidence_gap"]) <= 0.10, f"{caopd['overconfidence_gap']:+.3f}"),
+        ("CaOPD SPR >= 0.5", caopd["spr"] >= 0.5, f"{caopd['spr']:.3f}"),
+        (
+            "CaOPD accuracy >= SDFT accuracy - 0.02",
+            caopd["accuracy"] >= sdft["accuracy"] - 0.02,
+            f"{caopd['accuracy']:.3f} vs {sdft['accuracy']:.3f}",
+        ),
+        (
+            "SDFT mean confidence rises toward 1.0 (above base)",
+            sdft["mean_confidence"] > base["mean_confidence"],
+            f"{base['mean_confidence']:.3f} -> {sdft['mean_confidence']:.3f}",
+        ),
+    ]
+
+
+def summary_markdown(runs: dict[str, dict], table: str, timings: dict[str, float]) -> str:
+    lines = ["# Base vs SDFT vs CaOPD (held-out arithmetic questions)", "", table, "## Targets", ""]
+    lines += [f"- [{'x' if ok else ' '}] {text}: {measured}" for text, ok, measured in target_checks(runs)]
+    lines += ["", "## Wall time per stage (this run)", ""]
+    lines += [f"- {name}: {seconds / 60:.1f} min" for name, seconds in timings.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.output_dir).resolve()
+    args.output_dir = str(out)
+    plan = stages(args)
+    write_text_atomically(out / "commands.sh", "\n".join(shlex.join(command) for _, command in plan) + "\n")
+    timings_file = out / "timings.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.exists() and not args.force else {}
+    for name, command in plan:
+        seconds = run_stage(name, command, out, args.force)
+        if seconds is not None:
+            timings[name] = seconds
+            write_text_atomically(timings_file, json.dumps(timings, indent=2) + "\n")
+    runs = {arm: json.loads((out / "eval" / arm / "metrics.json").read_text()) for arm in ARMS}
+    summary = summary_markdown(runs, (out / "compare.md").read_text(), timings)
+    write_text_atomically(out / "summary.md", summary)
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""bench/reproduce.py: both arms get identical settings, the targets are judged right, and a run resumes."""
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import ROOT
+
+_spec = importlib.util.spec_from_file_location("reproduce", ROOT / "bench" / "reproduce.py")
+reproduce = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(reproduce)
+
+
+def test_the_two_arms_differ_only_in_the_calibration_flag(tmp_path):
+    args = reproduce.build_parser().parse_args(["--output_dir", str(tmp_path)])
+    sdft, caopd = reproduce.train_command(args, "sdft"), reproduce.train_command(args, "caopd")
+    assert {a for a in sdft if a not in caopd} == {"--no_empirical_calibration", str(tmp_path / "sdft")}
+    assert [a for a in caopd if a not in sdft] == [str(tmp_path / "caopd")]
+    evals = [reproduce.eval_command(args, arm) for arm in reproduce.ARMS]
+    assert len({tuple(c[c.index("--split") :]) for c in evals}) == 1  # same questions and sampling for all three
+
+
+def _metrics(accuracy, ece, ocg, spr, mean_confidence):
+    return {"accuracy": accuracy, "ece": ece, "overconfidence_gap": ocg, "spr": spr, "mean_confidence": mean_confidence}
+
+
+@pytest.mark.parametrize(
+    ("caopd", "holds"),
+    [
+        (_metrics(0.40, 0.20, 0.05, 0.60, 0.45), [True, True, True, True, True]),
+        (_metrics(0.37, 0.21, -0.11, 0.50, 0.30), [False, False, True, False, True]),
+    ],
+)
+def test_target_checks(caopd, holds):
+    runs = {"base": _metrics(0.3, 0.1, 0.0, 0.2, 0.5), "sdft": _metrics(0.40, 0.40, 0.5, 0.3, 0.9), "caopd": caopd}
+    assert [ok for _, ok, _ in reproduce.target_checks(runs)] == holds
+
+
+def test_end_to_end_on_a_tiny_model_then_resume(tmp_path):
+    from tiny_model import save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "tiny")
+    out = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--output_dir", str(out)]
+    command += ["--model_name", str(model_dir), "--max_steps", "1", "--num_generations", "2"]
+    command += ["--num_questions", "3", "--num_samples", "2", "--n_bootstrap", "0"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = (out / "summary.md").read_text()
+    assert "| base |" in summary and "| SDFT |" in summary and "| CaOPD |" in summary
+    assert summary.count("- [") == 5  # one line per target
+    assert (out / "compare.png").stat().st_size > 0
+    for arm, calibrated in (("sdft", False), ("caopd", True)):
+        config = yaml.safe_load((out / arm / "caopd_config.yaml").read_text())
+        assert config["trainer"]["empirical_calibration"] is calibrated
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 6
