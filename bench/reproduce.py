@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -33,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from caopd.atomic import write_text_atomically
+from caopd.tasks.arithmetic import LEVELS, generate_questions
 
 ARMS = ("base", "sdft", "caopd")
 LABELS = {"base": "base", "sdft": "SDFT", "caopd": "CaOPD"}
@@ -49,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max_steps", type=int, default=24, help="optimizer steps per arm")
     train.add_argument("--num_prompts_per_batch", type=int, default=2, help="questions per optimizer step")
     train.add_argument("--num_generations", type=int, default=8, help="K: rollouts per question")
-    train.add_argument("--learning_rate", type=float, default=1e-3)
+    train.add_argument("--learning_rate", type=float, default=3e-4)
     train.add_argument("--lr_scheduler_type", default="constant_with_warmup", help="one warmup step, then this")
     train.add_argument("--full_finetune", action="store_true", help="train all weights instead of LoRA")
     train.add_argument("--lora_r", type=int, default=16)
@@ -143,7 +145,8 @@ def run_stage(name: str, command: list[str], out: Path, force: bool) -> float | 
         return None
     print(f"[reproduce] {name}: {shlex.join(command)}", flush=True)
     start = time.monotonic()
-    result = subprocess.run(command, cwd=ROOT, check=False)
+    env = {"TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false", **os.environ}
+    result = subprocess.run(command, cwd=ROOT, env=env, check=False)
     if result.returncode != 0:
         raise SystemExit(f"error: stage {name} failed with exit code {result.returncode}; fix it and re-run to resume")
     seconds = time.monotonic() - start
@@ -175,9 +178,44 @@ def target_checks(runs: dict[str, dict]) -> list[tuple[str, bool, str]]:
     ]
 
 
-def summary_markdown(runs: dict[str, dict], table: str, timings: dict[str, float]) -> str:
+def interval_lines(runs: dict[str, dict]) -> list[str]:
+    """Whether the CaOPD and SDFT 95% bootstrap intervals are disjoint, metric by metric."""
+    lines = []
+    for key in ("accuracy", "ece", "brier_score", "spr"):
+        caopd, sdft = (runs[arm].get("bootstrap_95ci", {}).get(key) for arm in ("caopd", "sdft"))
+        if caopd and sdft:
+            disjoint = caopd[1] < sdft[0] or sdft[1] < caopd[0]
+            verdict = "disjoint" if disjoint else "overlapping"
+            lines.append(
+                f"- {key}: CaOPD [{caopd[0]:.3f}, {caopd[1]:.3f}] vs SDFT [{sdft[0]:.3f}, {sdft[1]:.3f}]: {verdict}"
+            )
+    return lines
+
+
+def per_level_table(out: Path, num_questions: int) -> str:
+    """Accuracy and mean stated confidence per difficulty level and run: does the confidence track difficulty?"""
+    levels = list(generate_questions(num_questions, seed=0, split="test")["difficulty"])
+    cells: dict[str, dict[str, str]] = {}
+    for arm in ARMS:
+        items = json.loads((out / "eval" / arm / "inference.json").read_text())
+        for level in dict.fromkeys(levels):
+            chosen = [i for i in items if levels[i["item_id"]] == level]
+            accuracy = sum(i["correct"] for i in chosen) / len(chosen)
+            confidence = sum(i["confidence"] or 0.0 for i in chosen) / len(chosen)
+            cells.setdefault(level, {})[arm] = f"{accuracy:.2f} / {confidence:.2f}"
+    header = "| level | questions | " + " | ".join(f"{LABELS[arm]} acc / conf" for arm in ARMS) + " |"
+    rows = [
+        f"| {level} | {levels.count(level)} | " + " | ".join(cells[level][arm] for arm in ARMS) + " |"
+        for level in sorted(cells, key=lambda name: [lv.name for lv in LEVELS].index(name))
+    ]
+    return "\n".join([header, "|---|---|" + "---|" * len(ARMS), *rows]) + "\n"
+
+
+def summary_markdown(runs: dict[str, dict], table: str, levels: str, timings: dict[str, float]) -> str:
     lines = ["# Base vs SDFT vs CaOPD (held-out arithmetic questions)", "", table, "## Targets", ""]
     lines += [f"- [{'x' if ok else ' '}] {text}: {measured}" for text, ok, measured in target_checks(runs)]
+    lines += ["", "## CaOPD vs SDFT: 95% bootstrap intervals", "", *interval_lines(runs)]
+    lines += ["", "## Per difficulty level (confidence: missing counts as 0)", "", levels]
     lines += ["", "## Wall time per stage (this run)", ""]
     lines += [f"- {name}: {seconds / 60:.1f} min" for name, seconds in timings.items()]
     return "\n".join(lines) + "\n"
@@ -197,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             timings[name] = seconds
             write_text_atomically(timings_file, json.dumps(timings, indent=2) + "\n")
     runs = {arm: json.loads((out / "eval" / arm / "metrics.json").read_text()) for arm in ARMS}
-    summary = summary_markdown(runs, (out / "compare.md").read_text(), timings)
+    levels = per_level_table(out, args.num_questions)
+    summary = summary_markdown(runs, (out / "compare.md").read_text(), levels, timings)
     write_text_atomically(out / "summary.md", summary)
     print(summary)
     return 0

@@ -51,9 +51,22 @@ def test_end_to_end_on_a_tiny_model_then_resume(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "| base |" in summary and "| SDFT |" in summary and "| CaOPD |" in summary
     assert summary.count("- [") == 5  # one line per target
+    assert "| level | questions | base acc / conf |" in summary
     assert (out / "compare.png").stat().st_size > 0
     for arm, calibrated in (("sdft", False), ("caopd", True)):
         config = yaml.safe_load((out / arm / "caopd_config.yaml").read_text())
         assert config["trainer"]["empirical_calibration"] is calibrated
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 6
+
+
+def test_interval_lines_say_whether_caopd_and_sdft_intervals_are_disjoint():
+    runs = {
+        "caopd": {"bootstrap_95ci": {"ece": [0.05, 0.10], "accuracy": [0.30, 0.40]}},
+        "sdft": {"bootstrap_95ci": {"ece": [0.30, 0.40], "accuracy": [0.35, 0.45]}},
+    }
+    lines = reproduce.interval_lines(runs)
+    assert lines == [
+        "- accuracy: CaOPD [0.300, 0.400] vs SDFT [0.350, 0.450]: overlapping",
+        "- ece: CaOPD [0.050, 0.100] vs SDFT [0.300, 0.400]: disjoint",
+    ]
