@@ -157,7 +157,13 @@ def run_stage(name: str, command: list[str], out: Path, force: bool) -> float | 
 def target_checks(runs: dict[str, dict]) -> list[tuple[str, bool, str]]:
     """The issue's targets, each as (statement, holds, measured values)."""
     base, sdft, caopd = runs["base"], runs["sdft"], runs["caopd"]
+    kept = min(sdft["accuracy"], caopd["accuracy"])
     return [
+        (
+            "Both trained arms keep at least half the base accuracy (else the calibration rows are vacuous)",
+            kept >= 0.5 * base["accuracy"],
+            f"base {base['accuracy']:.3f}, SDFT {sdft['accuracy']:.3f}, CaOPD {caopd['accuracy']:.3f}",
+        ),
         (
             "CaOPD ECE <= 1/2 SDFT ECE",
             caopd["ece"] <= 0.5 * sdft["ece"],

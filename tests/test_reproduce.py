@@ -29,8 +29,9 @@ def _metrics(accuracy, ece, ocg, spr, mean_confidence):
 @pytest.mark.parametrize(
     ("caopd", "holds"),
     [
-        (_metrics(0.40, 0.20, 0.05, 0.60, 0.45), [True, True, True, True, True]),
-        (_metrics(0.37, 0.21, -0.11, 0.50, 0.30), [False, False, True, False, True]),
+        (_metrics(0.40, 0.20, 0.05, 0.60, 0.45), [True, True, True, True, True, True]),
+        (_metrics(0.37, 0.21, -0.11, 0.50, 0.30), [True, False, False, True, False, True]),
+        (_metrics(0.01, 0.01, 0.00, 0.90, 0.01), [False, True, True, True, False, True]),  # collapsed: flagged
     ],
 )
 def test_target_checks(caopd, holds):
@@ -50,7 +51,7 @@ def test_end_to_end_on_a_tiny_model_then_resume(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     summary = (out / "summary.md").read_text()
     assert "| base |" in summary and "| SDFT |" in summary and "| CaOPD |" in summary
-    assert summary.count("- [") == 5  # one line per target
+    assert summary.count("- [") == 6  # one line per check
     assert "| level | questions | base acc / conf |" in summary
     assert (out / "compare.png").stat().st_size > 0
     for arm, calibrated in (("sdft", False), ("caopd", True)):
