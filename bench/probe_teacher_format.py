@@ -1,0 +1,92 @@
+"""Does the teacher keep the student's answer format? A forward-pass check to run before spending a training run.
+
+Self-distillation pulls the student toward the teacher's next-token distribution on the student's own tokens.
+If the teacher, once it sees the privileged context, no longer expects the format the verifier reads, the student
+drifts off that format (measured in README, "Base vs SDFT vs CaOPD": both arms stopped writing ``Answer:``).
+
+For each arithmetic training question this script feeds the first line of the worked demonstration
+("18 + 8 = 26") after the student prompt and after the teacher prompts (built by TRL's own
+``DemonstrationTeacherContextBuilder`` from our teacher contexts), and prints the mean probability that the next
+token starts ``Answer``. It also prints the mean probability of the P_acc digits in ``Confidence: 0.62``, which is
+the CaOPD signal.
+
+    python bench/probe_teacher_format.py --n 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl.experimental.sdft.sdft_trainer import DemonstrationTeacherContextBuilder
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from caopd.models import resolve_model_name
+from caopd.targets import format_confidence, teacher_context
+from caopd.tasks.arithmetic import generate_questions
+from distil_config import DistilConfig
+
+PROBE_P_ACC = 0.625
+
+
+@torch.no_grad()
+def next_token_probability(model, tokenizer, prompt: list, continuation: str, token_ids: list[int]) -> float:
+    """Mean probability of ``token_ids``: each is scored as the token after prompt + the text before it.
+
+    ``continuation`` is tokenized together with the prompt; the last ``len(token_ids)`` of its tokens are scored.
+    """
+    text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False) + continuation
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+    probs = model(ids).logits[0, :-1].softmax(-1)
+    targets = ids[0, 1:]
+    scored = probs[torch.arange(len(targets)), targets][-len(token_ids) :]
+    return float(scored.mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=8, help="training questions")
+    parser.add_argument("--model", default="smollm2")
+    args = parser.parse_args()
+
+    path = resolve_model_name(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    template = DistilConfig.__dataclass_fields__["teacher_prompt_template"].default
+    stub_trainer = SimpleNamespace(args=SimpleNamespace(teacher_prompt_template=template))
+    builder = DemonstrationTeacherContextBuilder(stub_trainer)
+    answer_token = tokenizer("Answer", add_special_tokens=False).input_ids[:1]
+    digits = tokenizer(format_confidence(PROBE_P_ACC)[1:], add_special_tokens=False).input_ids  # ".62"
+
+    contexts = {"student": None, "SDFT teacher": "sdft", "CaOPD teacher": "caopd"}
+    answer_probability = {name: [] for name in contexts}
+    digit_probability = {name: [] for name in contexts}
+    for row in generate_questions(args.n, seed=0, split="train"):
+        worked_line = row["demonstration"].split("\n")[0] + "\n"
+        target = f"{row['demonstration']}\nConfidence: {format_confidence(PROBE_P_ACC)}"
+        for name, arm in contexts.items():
+            prompt = row["prompt"]
+            if arm is not None:
+                p_acc = PROBE_P_ACC if arm == "caopd" else None
+                context = teacher_context("demo", row["demonstration"], p_acc)
+                prompt = builder.select_generation_prompts([prompt], [context])[0]
+            answer_probability[name].append(
+                next_token_probability(model, tokenizer, prompt, worked_line + "Answer", answer_token)
+            )
+            digit_probability[name].append(next_token_probability(model, tokenizer, prompt, target, digits))
+
+    print(f"{args.n} training questions, {args.model}; CaOPD teacher told P_acc = {format_confidence(PROBE_P_ACC)}")
+    print(f"{'':<15} {'P(Answer | worked line)':>24} {'P(P_acc digits)':>16}")
+    for name in contexts:
+        answer = sum(answer_probability[name]) / args.n
+        digit = sum(digit_probability[name]) / args.n
+        print(f"{name:<15} {answer:>24.3f} {digit:>16.3f}")
+
+
+if __name__ == "__main__":
+    main()
