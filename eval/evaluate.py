@@ -18,9 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from datasets import Dataset
+
 from caopd.atomic import write_text_atomically
 from caopd.models import ModelResolutionError, resolve_model_name
-from caopd.tasks import TaskDataError, get_task
+from caopd.tasks import Task, TaskDataError, get_task
 from caopd.tasks.arithmetic import SPLITS, generate_questions
 from eval.confidence import parse_confidence
 from eval.generation import Sampling, generate
@@ -89,7 +91,7 @@ def evaluate(task_name: str, argv: list[str] | None = None) -> int:
     try:
         _validate(args)
         task = get_task(task_name)
-        rows = _load_rows(task_name, args)
+        rows = _load_rows(task, args)
         if args.limit is not None:
             rows = rows.select(range(min(args.limit, len(rows))))
         model_path = resolve_model_name(args.model_path)
@@ -134,10 +136,9 @@ def evaluate(task_name: str, argv: list[str] | None = None) -> int:
     return 0
 
 
-def _load_rows(task_name: str, args: argparse.Namespace):
+def _load_rows(task: Task, args: argparse.Namespace) -> Dataset:
     """The evaluation rows: a file in the task's format, or (arithmetic without --data) generated questions."""
-    task = get_task(task_name)
-    if task_name != "arithmetic":
+    if task.name != "arithmetic":
         return task.load(args.data, confidence_instruction=not args.no_confidence_instruction)
     if args.data is not None:
         return task.load(args.data)
