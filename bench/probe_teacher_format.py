@@ -35,16 +35,16 @@ PROBE_P_ACC = 0.625
 
 
 @torch.no_grad()
-def next_token_probability(model, tokenizer, prompt: list, continuation: str, token_ids: list[int]) -> float:
-    """Mean probability of ``token_ids``: each is scored as the token after prompt + the text before it.
+def tail_token_probability(model, tokenizer, prompt: list, continuation: str, n_scored: int) -> float:
+    """Mean probability the model gives to the last ``n_scored`` tokens of ``continuation`` after the chat prompt.
 
-    ``continuation`` is tokenized together with the prompt; the last ``len(token_ids)`` of its tokens are scored.
+    The continuation is tokenized together with the prompt, so the scored tokens are the ones seen in context.
     """
     text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False) + continuation
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
     probs = model(ids).logits[0, :-1].softmax(-1)
     targets = ids[0, 1:]
-    scored = probs[torch.arange(len(targets)), targets][-len(token_ids) :]
+    scored = probs[torch.arange(len(targets)), targets][-n_scored:]
     return float(scored.mean())
 
 
@@ -60,8 +60,7 @@ def main() -> None:
     template = DistilConfig.__dataclass_fields__["teacher_prompt_template"].default
     stub_trainer = SimpleNamespace(args=SimpleNamespace(teacher_prompt_template=template))
     builder = DemonstrationTeacherContextBuilder(stub_trainer)
-    answer_token = tokenizer("Answer", add_special_tokens=False).input_ids[:1]
-    digits = tokenizer(format_confidence(PROBE_P_ACC)[1:], add_special_tokens=False).input_ids  # ".62"
+    digit_tokens = len(tokenizer(format_confidence(PROBE_P_ACC)[1:], add_special_tokens=False).input_ids)  # ".62"
 
     contexts = {"student": None, "SDFT teacher": "sdft", "CaOPD teacher": "caopd"}
     answer_probability = {name: [] for name in contexts}
@@ -75,10 +74,8 @@ def main() -> None:
                 p_acc = PROBE_P_ACC if arm == "caopd" else None
                 context = teacher_context("demo", row["demonstration"], p_acc)
                 prompt = builder.select_generation_prompts([prompt], [context])[0]
-            answer_probability[name].append(
-                next_token_probability(model, tokenizer, prompt, worked_line + "Answer", answer_token)
-            )
-            digit_probability[name].append(next_token_probability(model, tokenizer, prompt, target, digits))
+            answer_probability[name].append(tail_token_probability(model, tokenizer, prompt, worked_line + "Answer", 1))
+            digit_probability[name].append(tail_token_probability(model, tokenizer, prompt, target, digit_tokens))
 
     print(f"{args.n} training questions, {args.model}; CaOPD teacher told P_acc = {format_confidence(PROBE_P_ACC)}")
     print(f"{'':<15} {'P(Answer | worked line)':>24} {'P(P_acc digits)':>16}")

@@ -38,6 +38,7 @@ from caopd.tasks.arithmetic import LEVELS, generate_questions
 
 ARMS = ("base", "sdft", "caopd")
 LABELS = {"base": "base", "sdft": "SDFT", "caopd": "CaOPD"}
+QUESTION_SEED = 0  # seed of the held-out question draw; the per-level table regenerates the same questions
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,6 +107,7 @@ def eval_command(args: argparse.Namespace, arm: str) -> list[str]:
         "--model_path", model,
         "--output_dir", str(Path(args.output_dir) / "eval" / arm),
         "--split", "test",
+        "--question_seed", str(QUESTION_SEED),
         "--num_questions", str(args.num_questions),
         "--num_samples", str(args.num_samples),
         "--temperature", str(args.temperature),
@@ -200,7 +202,7 @@ def interval_lines(runs: dict[str, dict]) -> list[str]:
 
 def per_level_table(out: Path, num_questions: int) -> str:
     """Accuracy and mean stated confidence per difficulty level and run: does the confidence track difficulty?"""
-    levels = list(generate_questions(num_questions, seed=0, split="test")["difficulty"])
+    levels = list(generate_questions(num_questions, seed=QUESTION_SEED, split="test")["difficulty"])
     cells: dict[str, dict[str, str]] = {}
     for arm in ARMS:
         items = json.loads((out / "eval" / arm / "inference.json").read_text())

@@ -47,6 +47,7 @@ def _generate_transformers(model_path: str, prompts: list[Chat], sampling: Sampl
     if not greedy:
         options |= {"temperature": sampling.temperature, "top_p": sampling.top_p}
     options["num_return_sequences"] = sampling.num_samples
+    options["pad_token_id"] = tokenizer.pad_token_id
     responses: list[list[str]] = []
     batches = range(0, len(prompts), sampling.batch_size)
     for start in tqdm(batches, desc="Generating", unit="batch"):
@@ -54,7 +55,6 @@ def _generate_transformers(model_path: str, prompts: list[Chat], sampling: Sampl
         encoded = tokenizer.apply_chat_template(
             batch, add_generation_prompt=True, tokenize=True, return_dict=True, padding=True, return_tensors="pt"
         ).to(device)
-        options["pad_token_id"] = tokenizer.pad_token_id
         output = generate_with_shared_prefill(model, encoded["input_ids"], encoded["attention_mask"], options)
         texts = tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
         k = sampling.num_samples

@@ -119,3 +119,8 @@ def test_eval_arithmetic_defaults_to_generated_held_out_questions(trained_checkp
 def test_eval_arithmetic_rejects_dropping_the_confidence_instruction():
     result = _evaluate("eval_arithmetic.py", "--model_path", "smollm2", "--no_confidence_instruction")
     assert result.returncode == 2 and "worked examples carry confidence" in result.stderr
+
+
+def test_eval_arithmetic_asking_for_more_questions_than_the_split_has_is_one_line():
+    result = _evaluate("eval_arithmetic.py", "--model_path", "smollm2", "--num_questions", "100000")
+    assert result.returncode == 2 and "ask for at most" in result.stderr and "Traceback" not in result.stderr

@@ -164,7 +164,10 @@ def generate_questions(n: int, seed: int, split: str = "train") -> Dataset:
     misses = 0  # draws in a row that gave no new question: many means the split has run out of questions
     while len(rows) < n:
         if misses == MAX_MISSES_IN_A_ROW:
-            raise ValueError(f"could only generate {len(rows)} distinct {split} questions, {n} were asked for")
+            raise ValueError(
+                f"could only generate {len(rows)} distinct {split} questions, {n} were asked for; "
+                f"ask for at most {len(rows)}"
+            )
         misses += 1
         level = rng.choices(LEVELS, weights=weights)[0]
         a, op, b = level.draw(rng)
