@@ -36,6 +36,13 @@ class DistilConfig(SDFTConfig):
             "golden demonstration when none of the K rollouts is correct)."
         },
     )
+    teacher_instruction: str | None = field(
+        default=None,
+        metadata={
+            "help": "Closing instruction of the teacher context, replacing the paper's wording for the mode "
+            "(demo: 'Now answer with a response of your own, including the thinking process.'). None: the paper's."
+        },
+    )
     max_teacher_prompt_length: int | None = field(
         default=None,
         metadata={
@@ -82,6 +89,8 @@ class DistilConfig(SDFTConfig):
             raise ValueError(
                 f"teacher_context_mode must be one of {', '.join(TEACHER_MODES)}, got {self.teacher_context_mode!r}"
             )
+        if self.teacher_instruction is not None and not self.teacher_instruction.strip():
+            raise ValueError("teacher_instruction is empty; give a sentence, or leave it unset for the paper's wording")
         super().__post_init__()
         if self.max_teacher_prompt_length is None and self.max_prompt_length is not None:
             completion = self.max_completion_length or 0

@@ -40,11 +40,12 @@ from eval.confidence import parse_confidence
 TEACHER_DIR = "teacher"  # inside each checkpoint: the EMA teacher (full model) or the teacher LoRA adapter
 
 
-def add_trainer_columns(dataset: Dataset, mode: str) -> Dataset:
+def add_trainer_columns(dataset: Dataset, mode: str, instruction: str | None = None) -> Dataset:
     """Add the prompt id (groups rollouts across processes) and TRL's ``privileged_context`` column."""
 
     def columns(row: dict[str, Any], index: int) -> dict[str, Any]:
-        return {"prompt_uid": index, "privileged_context": teacher_context(mode, row["demonstration"], None)}
+        context = teacher_context(mode, row["demonstration"], None, instruction)
+        return {"prompt_uid": index, "privileged_context": context}
 
     return dataset.map(columns, with_indices=True, desc="Teacher contexts")
 
@@ -61,7 +62,7 @@ class DistilTrainer(SDFTTrainer):
         super().__init__(
             model=model,
             args=args,
-            train_dataset=add_trainer_columns(train_dataset, args.teacher_context_mode),
+            train_dataset=add_trainer_columns(train_dataset, args.teacher_context_mode, args.teacher_instruction),
             processing_class=processing_class,
             **kwargs,
         )
@@ -153,7 +154,9 @@ class DistilTrainer(SDFTTrainer):
                 reference = reference if solution is None else solution
             references.append(reference)
         contexts = [
-            teacher_context(self.args.teacher_context_mode, reference, p if calibrate else None)
+            teacher_context(
+                self.args.teacher_context_mode, reference, p if calibrate else None, self.args.teacher_instruction
+            )
             for reference, p in zip(references, p_acc, strict=True)
         ]
         if calibrate:

@@ -74,6 +74,7 @@ def build_config(args: argparse.Namespace, world_size: int) -> DistilConfig:
             teacher_model_kind=args.teacher_model_kind,
             teacher_update_rate=args.ref_model_mixup_alpha,
             teacher_context_mode=args.teacher_context_mode,
+            teacher_instruction=args.teacher_instruction,
             empirical_calibration=not args.no_empirical_calibration,
             save_rollouts=args.save_rollouts,
             self_consistency=args.self_consistency,

@@ -52,6 +52,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=8, help="training questions")
     parser.add_argument("--model", default="smollm2")
+    parser.add_argument(
+        "--teacher_instruction",
+        default=None,
+        help="also probe teachers whose closing instruction is this (main.py --teacher_instruction)",
+    )
     args = parser.parse_args()
 
     path = resolve_model_name(args.model)
@@ -62,17 +67,22 @@ def main() -> None:
     builder = DemonstrationTeacherContextBuilder(stub_trainer)
     digit_tokens = len(tokenizer(format_confidence(PROBE_P_ACC)[1:], add_special_tokens=False).input_ids)  # ".62"
 
-    contexts = {"student": None, "SDFT teacher": "sdft", "CaOPD teacher": "caopd"}
+    contexts = {"student": (None, None), "SDFT teacher": ("sdft", None), "CaOPD teacher": ("caopd", None)}
+    if args.teacher_instruction is not None:
+        contexts |= {
+            "SDFT, yours": ("sdft", args.teacher_instruction),
+            "CaOPD, yours": ("caopd", args.teacher_instruction),
+        }
     answer_probability = {name: [] for name in contexts}
     digit_probability = {name: [] for name in contexts}
     for row in generate_questions(args.n, seed=0, split="train"):
         worked_line = row["demonstration"].split("\n")[0] + "\n"
         target = f"{row['demonstration']}\nConfidence: {format_confidence(PROBE_P_ACC)}"
-        for name, arm in contexts.items():
+        for name, (arm, instruction) in contexts.items():
             prompt = row["prompt"]
             if arm is not None:
                 p_acc = PROBE_P_ACC if arm == "caopd" else None
-                context = teacher_context("demo", row["demonstration"], p_acc)
+                context = teacher_context("demo", row["demonstration"], p_acc, instruction)
                 prompt = builder.select_generation_prompts([prompt], [context])[0]
             answer_probability[name].append(tail_token_probability(model, tokenizer, prompt, worked_line + "Answer", 1))
             digit_probability[name].append(tail_token_probability(model, tokenizer, prompt, target, digit_tokens))

@@ -39,6 +39,10 @@ from caopd.tasks.arithmetic import LEVELS, generate_questions
 ARMS = ("base", "sdft", "caopd")
 LABELS = {"base": "base", "sdft": "SDFT", "caopd": "CaOPD"}
 QUESTION_SEED = 0  # seed of the held-out question draw; the per-level table regenerates the same questions
+# The paper's closing instruction ("..., including the thinking process.") leads SmolLM2-135M's teacher away from
+# the Answer line (bench/probe_teacher_format.py: P(Answer) 0.07 SDFT / 0.14 CaOPD against the student's 0.98),
+# and both arms trained under it lost the answer format. This wording was the best of ten probed (0.64 / 0.63).
+TEACHER_INSTRUCTION = "Respond like the example."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--full_finetune", action="store_true", help="train all weights instead of LoRA")
     train.add_argument("--lora_r", type=int, default=16)
     train.add_argument("--seed", type=int, default=42)
+    train.add_argument(
+        "--teacher_instruction",
+        default=TEACHER_INSTRUCTION,
+        help="closing instruction of both arms' teacher context (main.py --teacher_instruction)",
+    )
+    train.add_argument(
+        "--paper_teacher_instruction",
+        action="store_true",
+        help="use the paper's closing instruction instead of --teacher_instruction",
+    )
     evaluation = parser.add_argument_group("evaluation (identical for all three)")
     evaluation.add_argument("--num_questions", type=int, default=150, help="held-out questions (test split)")
     evaluation.add_argument("--num_samples", type=int, default=4, help="sampled responses per question")
@@ -93,6 +107,8 @@ def train_command(args: argparse.Namespace, arm: str) -> list[str]:
         "--no_wandb",
         "--save_rollouts",
     ]  # fmt: skip
+    if not args.paper_teacher_instruction:
+        command += ["--teacher_instruction", args.teacher_instruction]
     if not args.full_finetune:
         command += ["--use_peft", "--lora_r", str(args.lora_r), "--lora_alpha", str(2 * args.lora_r)]
     if arm == "sdft":

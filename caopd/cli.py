@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--equivalence", default="normalized_exact", help="with --self_consistency: normalized_exact or module:function"
     )
     caopd.add_argument("--teacher_context_mode", default="demo", choices=TEACHER_MODES)
+    caopd.add_argument(
+        "--teacher_instruction",
+        default=None,
+        help="closing instruction of the teacher context instead of the paper's wording for the mode "
+        "(e.g. 'Now answer with a response of your own in the same format.')",
+    )
     caopd.add_argument("--num_generations", type=int, default=8, help="K: rollouts per question (P_acc = correct / K)")
     caopd.add_argument(
         "--num_prompts_per_batch",

@@ -111,16 +111,23 @@ def reserved_completion_tokens(encode: Callable[[str], list[int]]) -> int:
     return max(len(encode("\n" + confidence_line(k / 100))) for k in range(101)) + 1
 
 
-def teacher_context(mode: str, reference: str, p_acc: float | None) -> str:
+def teacher_context(mode: str, reference: str, p_acc: float | None, instruction: str | None = None) -> str:
     """The teacher's privileged context for one rollout.
 
     ``reference`` is the golden demonstration (``demo``) or a verified correct rollout (``correct_solution``);
     any confidence it states is replaced. ``p_acc=None`` gives the plain SDFT context (``Confidence: 1.00``, no
     note); a value gives the CaOPD context with that confidence and the note before the closing instruction.
+    ``instruction`` replaces the paper's closing instruction of the mode (a newline is added if it lacks one):
+    small models can read "including the thinking process" as "answer in another format" (README, "Base vs SDFT
+    vs CaOPD on this CPU").
     """
     if mode not in _CONTEXT_WORDING:
         raise ValueError(f"unknown teacher context mode {mode!r}; choose one of {', '.join(TEACHER_MODES)}")
     opening, closing = _CONTEXT_WORDING[mode]
+    if instruction is not None:
+        if not instruction.strip():
+            raise ValueError("the teacher instruction is empty; give a sentence, or leave it unset for the paper's")
+        closing = instruction if instruction.endswith("\n") else instruction + "\n"
     demonstrated = f"{opening}{strip_confidence(reference)}\n{confidence_line(1.0 if p_acc is None else p_acc)}"
     blocks = [demonstrated] if p_acc is None else [demonstrated, teacher_note(p_acc)]
     return "\n\n".join([*blocks, closing])

@@ -53,6 +53,7 @@ def test_yaml_config_and_command_line_precedence(tmp_path):
         (["--output_dir", "o", "--report_to", "wandb"], "pip install wandb"),
         (["--output_dir", "o", "--bf16", "--no_wandb"], "--bf16 needs a GPU"),
         (["--output_dir", "o", "--train_data", "/nope.jsonl", "--no_wandb"], "training data not found"),
+        (["--output_dir", "o", "--teacher_instruction", " ", "--no_wandb"], "teacher_instruction is empty"),
     ],
 )
 def test_bad_flags_give_one_clear_message(capsys, argv, message):

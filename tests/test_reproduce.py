@@ -1,6 +1,7 @@
 """bench/reproduce.py: both arms get identical settings, the targets are judged right, and a run resumes."""
 
 import importlib.util
+import json
 import subprocess
 import sys
 
@@ -20,6 +21,12 @@ def test_the_two_arms_differ_only_in_the_calibration_flag(tmp_path):
     assert [a for a in caopd if a not in sdft] == [str(tmp_path / "caopd")]
     evals = [reproduce.eval_command(args, arm) for arm in reproduce.ARMS]
     assert len({tuple(c[c.index("--split") :]) for c in evals}) == 1  # same questions and sampling for all three
+    assert caopd[caopd.index("--teacher_instruction") + 1] == reproduce.TEACHER_INSTRUCTION
+
+
+def test_paper_teacher_instruction_leaves_the_flag_out(tmp_path):
+    args = reproduce.build_parser().parse_args(["--output_dir", str(tmp_path), "--paper_teacher_instruction"])
+    assert all("--teacher_instruction" not in reproduce.train_command(args, arm) for arm in ("sdft", "caopd"))
 
 
 def _metrics(accuracy, ece, ocg, spr, mean_confidence):
@@ -57,6 +64,9 @@ def test_end_to_end_on_a_tiny_model_then_resume(tmp_path):
     for arm, calibrated in (("sdft", False), ("caopd", True)):
         config = yaml.safe_load((out / arm / "caopd_config.yaml").read_text())
         assert config["trainer"]["empirical_calibration"] is calibrated
+        rollout = json.loads((out / arm / "rollouts" / "rank0.jsonl").read_text().splitlines()[0])
+        assert rollout["teacher_context"].endswith(f"\n\n{reproduce.TEACHER_INSTRUCTION}\n")
+        assert ("Note: The empirical confidence" in rollout["teacher_context"]) is calibrated
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 6
 

@@ -112,6 +112,24 @@ def test_correct_solution_context_replaces_the_rollouts_own_confidence():
     )
 
 
+def test_teacher_instruction_replaces_only_the_closing_line():
+    reference = "Action: a\nAction Input: {}"
+    paper = teacher_context("demo", reference, 5 / 8)
+    ours = teacher_context("demo", reference, 5 / 8, "Respond like the example.")
+    assert ours == paper.replace(
+        "Now answer with a response of your own, including the thinking process.\n", "Respond like the example.\n"
+    )
+    assert ours.endswith(f"{NOTE_062}\n\nRespond like the example.\n")
+    assert teacher_context("correct_solution", reference, None, "Solve it again.\n").endswith(
+        "1.00\n\nSolve it again.\n"
+    )
+
+
+def test_blank_teacher_instruction_is_an_error():
+    with pytest.raises(ValueError, match="teacher instruction is empty"):
+        teacher_context("demo", "x", None, "  \n")
+
+
 def test_unknown_teacher_mode_is_an_error():
     with pytest.raises(ValueError, match="demo, correct_solution"):
         teacher_context("golden", "x", None)
