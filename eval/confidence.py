@@ -4,6 +4,10 @@ A confidence statement is a line that starts with the label ``Confidence:`` (cas
 emphasis allowed: ``**Confidence:** 0.8``). The word "confidence" elsewhere, e.g. inside a Thought, is not a
 statement. When a response has several statements, the last one counts: it is the one CaOPD rewrites in
 training, so evaluation reads the same one.
+
+Values: decimals on the 0-1 scale the prompts ask for; ``85%`` and a bare ``85`` are percentages. A value above
+the top of the scale (``1.25``: SmolLM2-135M writes such values in about 40% of its arithmetic answers) is read as
+1.0, the most the scale can say.
 """
 
 from __future__ import annotations
@@ -50,12 +54,11 @@ def _parse_value(fragment: str) -> float | None:
         return None
     text, percent = match.group(1), match.group(2)
     number = float(text)
-    if percent:
-        number = number / 100.0
-    elif number > 1.0:
-        # A bare whole number such as "85" is a percentage; "1.25" or "14.0" is not a probability at all.
-        number = number / 100.0 if text.isdigit() else -1.0
-    return number if 0.0 <= number <= 1.0 else None
+    if percent or (number > 1.0 and text.isdigit()):
+        number = number / 100.0  # "85%", and a bare whole number such as "85", are percentages
+    # Above the top of the scale ("1.25", "150%") the response claims more than certainty: it reads as 1.0, not as
+    # a missing confidence (which would count as 0.0 and hide exactly the overconfidence being measured).
+    return min(number, 1.0)
 
 
 def parse_confidence(text: str) -> float | None:

@@ -19,10 +19,11 @@ from eval.verifiers import extract_choice, parse_tool_calls, verify_mcq, verify_
         ("Confidence: 1", 1.0),
         ("Confidence: .5", 0.5),
         ("Confidence: 1e9", None),
-        ("Confidence: 1.25", None),
-        ("Confidence: 14.0", None),
+        ("Confidence: 1.25", 1.0),  # above the top of the scale: certainty, not a missing value
+        ("Confidence: 14.0", 1.0),
         ("Confidence: 85.5%", 0.855),
-        ("Confidence: 150%", None),
+        ("Confidence: 150%", 1.0),
+        ("Confidence: 250", 1.0),
         ("Confidence: high", None),
         ("Confidence: 0.5x", None),
         ("I have confidence: 0.9", None),  # not line-anchored: inside a sentence
