@@ -81,3 +81,17 @@ def test_interval_lines_say_whether_caopd_and_sdft_intervals_are_disjoint():
         "- accuracy: CaOPD [0.300, 0.400] vs SDFT [0.350, 0.450]: overlapping",
         "- ece: CaOPD [0.050, 0.100] vs SDFT [0.300, 0.400]: disjoint",
     ]
+
+
+def test_stated_confidence_table_reads_the_valid_confidence_block():
+    stated = {"accuracy": 0.5, "mean_confidence": 0.95, "ece": 0.45, "overconfidence_gap": 0.45, "n_samples": 300}
+    runs = {
+        "base": {"confidence_format_adherence": 0.0, "valid_confidence_only": {"n_samples": 0}},
+        "sdft": {"confidence_format_adherence": 0.5, "valid_confidence_only": stated},
+        "caopd": {"confidence_format_adherence": 1.0, "valid_confidence_only": stated | {"overconfidence_gap": -0.05}},
+    }
+    assert reproduce.stated_confidence_table(runs).splitlines()[2:] == [
+        "| base | 0.000 | - | - | - | - | 0 |",
+        "| SDFT | 0.500 | 0.500 | 0.950 | 0.450 | +0.450 | 300 |",
+        "| CaOPD | 1.000 | 0.500 | 0.950 | 0.450 | -0.050 | 300 |",
+    ]
