@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from caopd.atomic import write_text_atomically
 from caopd.tasks.arithmetic import LEVELS, generate_questions
+from eval.metrics import calibration_metrics
 
 ARMS = ("base", "sdft", "caopd")
 LABELS = {"base": "base", "sdft": "SDFT", "caopd": "CaOPD"}
@@ -202,10 +203,12 @@ def target_checks(runs: dict[str, dict]) -> list[tuple[str, bool, str]]:
     ]
 
 
-def interval_lines(runs: dict[str, dict]) -> list[str]:
+def interval_lines(
+    runs: dict[str, dict], keys: tuple[str, ...] = ("accuracy", "ece", "brier_score", "spr")
+) -> list[str]:
     """Whether the CaOPD and SDFT 95% bootstrap intervals are disjoint, metric by metric."""
     lines = []
-    for key in ("accuracy", "ece", "brier_score", "spr"):
+    for key in keys:
         caopd, sdft = (runs[arm].get("bootstrap_95ci", {}).get(key) for arm in ("caopd", "sdft"))
         if caopd and sdft:
             disjoint = caopd[1] < sdft[0] or sdft[1] < caopd[0]
@@ -216,24 +219,40 @@ def interval_lines(runs: dict[str, dict]) -> list[str]:
     return lines
 
 
-def stated_confidence_table(runs: dict[str, dict]) -> str:
-    """The metrics over the responses that state a confidence, beside the share that do.
+def stated_metrics(out: Path, n_bootstrap: int, seed: int) -> dict[str, dict]:
+    """Per run, the metrics (with bootstrap intervals) over the responses that state a confidence.
 
     The headline counts a missing confidence as 0.0 (the paper's rule). A small model that often leaves the line out
-    then looks less confident than it says it is; this table shows what it says when it does speak.
+    then looks less confident than it says it is; these numbers show what it says when it does speak.
     """
+    stated = {}
+    for arm in ARMS:
+        items = json.loads((out / "eval" / arm / "inference.json").read_text())
+        spoken = [i for i in items if i["confidence"] is not None]
+        correct, confidence = [i["correct"] for i in spoken], [i["confidence"] for i in spoken]
+        stated[arm] = calibration_metrics(correct, confidence, n_bootstrap=n_bootstrap, seed=seed)
+        stated[arm]["share"] = len(spoken) / len(items)
+    return stated
+
+
+def stated_confidence_table(stated: dict[str, dict]) -> str:
+    """Markdown table of ``stated_metrics``: the share that states a confidence, then the metrics over those."""
     header = "| run | states a confidence | acc | mean conf | ECE | OCG | n |"
     rows = []
     for arm in ARMS:
-        run, stated = runs[arm], runs[arm].get("valid_confidence_only") or {}
-        if not stated.get("n_samples"):
-            rows.append(f"| {LABELS[arm]} | {run['confidence_format_adherence']:.3f} | - | - | - | - | 0 |")
+        run = stated[arm]
+        if not run["n_samples"]:
+            rows.append(f"| {LABELS[arm]} | {run['share']:.3f} | - | - | - | - | 0 |")
             continue
-        cells = [f"{stated[key]:.3f}" for key in ("accuracy", "mean_confidence", "ece")]
-        cells.append(f"{stated['overconfidence_gap']:+.3f}")
-        shares = f"{run['confidence_format_adherence']:.3f}"
-        rows.append(f"| {LABELS[arm]} | {shares} | " + " | ".join(cells) + f" | {stated['n_samples']} |")
+        intervals = run.get("bootstrap_95ci", {})
+        cells = [_with_interval(run[key], intervals.get(key)) for key in ("accuracy", "mean_confidence", "ece")]
+        cells.append(f"{run['overconfidence_gap']:+.3f}")
+        rows.append(f"| {LABELS[arm]} | {run['share']:.3f} | " + " | ".join(cells) + f" | {run['n_samples']} |")
     return "\n".join([header, "|---|---|---|---|---|---|---|", *rows]) + "\n"
+
+
+def _with_interval(value: float, interval: list[float] | None) -> str:
+    return f"{value:.3f}" if not interval else f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
 
 
 def per_level_table(out: Path, num_questions: int) -> str:
@@ -255,11 +274,14 @@ def per_level_table(out: Path, num_questions: int) -> str:
     return "\n".join([header, "|---|---|" + "---|" * len(ARMS), *rows]) + "\n"
 
 
-def summary_markdown(runs: dict[str, dict], table: str, levels: str, timings: dict[str, float]) -> str:
+def summary_markdown(
+    runs: dict[str, dict], stated: dict[str, dict], table: str, levels: str, timings: dict[str, float]
+) -> str:
     lines = ["# Base vs SDFT vs CaOPD (held-out arithmetic questions)", "", table, "## Targets", ""]
     lines += [f"- [{'x' if ok else ' '}] {text}: {measured}" for text, ok, measured in target_checks(runs)]
     lines += ["", "## CaOPD vs SDFT: 95% bootstrap intervals", "", *interval_lines(runs)]
-    lines += ["", "## Responses that state a confidence", "", stated_confidence_table(runs)]
+    lines += ["", "## Responses that state a confidence (95% bootstrap intervals)", "", stated_confidence_table(stated)]
+    lines += interval_lines(stated, ("mean_confidence", "ece"))
     lines += ["", "## Per difficulty level (confidence: missing counts as 0)", "", levels]
     lines += ["", "## Wall time per stage (this run)", ""]
     lines += [f"- {name}: {seconds / 60:.1f} min" for name, seconds in timings.items()]
@@ -281,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             write_text_atomically(timings_file, json.dumps(timings, indent=2) + "\n")
     runs = {arm: json.loads((out / "eval" / arm / "metrics.json").read_text()) for arm in ARMS}
     levels = per_level_table(out, args.num_questions)
-    summary = summary_markdown(runs, (out / "compare.md").read_text(), levels, timings)
+    stated = stated_metrics(out, args.n_bootstrap, args.seed)
+    summary = summary_markdown(runs, stated, (out / "compare.md").read_text(), levels, timings)
     write_text_atomically(out / "summary.md", summary)
     print(summary)
     return 0

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-BOOTSTRAP_METRICS = ("accuracy", "ece", "brier_score", "spr")
+BOOTSTRAP_METRICS = ("accuracy", "ece", "brier_score", "spr", "mean_confidence")
 
 
 def _pair_counts(confidence: np.ndarray, correct: np.ndarray) -> tuple[float, float, int]:

@@ -76,7 +76,7 @@ def test_bootstrap_intervals_contain_the_estimate_and_are_reproducible():
     first = calibration_metrics(correct, confidence, n_bootstrap=200, seed=3)
     again = calibration_metrics(correct, confidence, n_bootstrap=200, seed=3)
     assert first["bootstrap_95ci"] == again["bootstrap_95ci"]
-    for name in ("accuracy", "ece", "brier_score", "spr"):
+    for name in ("accuracy", "ece", "brier_score", "spr", "mean_confidence"):
         low, high = first["bootstrap_95ci"][name]
         assert low <= first[name] <= high
 

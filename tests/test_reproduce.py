@@ -83,15 +83,22 @@ def test_interval_lines_say_whether_caopd_and_sdft_intervals_are_disjoint():
     ]
 
 
-def test_stated_confidence_table_reads_the_valid_confidence_block():
-    stated = {"accuracy": 0.5, "mean_confidence": 0.95, "ece": 0.45, "overconfidence_gap": 0.45, "n_samples": 300}
-    runs = {
-        "base": {"confidence_format_adherence": 0.0, "valid_confidence_only": {"n_samples": 0}},
-        "sdft": {"confidence_format_adherence": 0.5, "valid_confidence_only": stated},
-        "caopd": {"confidence_format_adherence": 1.0, "valid_confidence_only": stated | {"overconfidence_gap": -0.05}},
+def test_stated_metrics_keep_only_the_responses_that_state_a_confidence(tmp_path):
+    answers = {
+        "base": [(True, None), (False, None)],
+        "sdft": [(True, 1.0), (False, 1.0), (False, None), (True, None)],
+        "caopd": [(True, 0.5), (False, 0.5), (True, None), (False, 0.25)],
     }
-    assert reproduce.stated_confidence_table(runs).splitlines()[2:] == [
+    for arm, pairs in answers.items():
+        folder = tmp_path / "eval" / arm
+        folder.mkdir(parents=True)
+        items = [{"correct": correct, "confidence": confidence} for correct, confidence in pairs]
+        (folder / "inference.json").write_text(json.dumps(items))
+    stated = reproduce.stated_metrics(tmp_path, n_bootstrap=0, seed=0)
+    assert stated["sdft"]["mean_confidence"] == 1.0 and stated["sdft"]["overconfidence_gap"] == 0.5
+    assert stated["caopd"]["accuracy"] == pytest.approx(1 / 3) and stated["caopd"]["share"] == 0.75
+    assert reproduce.stated_confidence_table(stated).splitlines()[2:] == [
         "| base | 0.000 | - | - | - | - | 0 |",
-        "| SDFT | 0.500 | 0.500 | 0.950 | 0.450 | +0.450 | 300 |",
-        "| CaOPD | 1.000 | 0.500 | 0.950 | 0.450 | -0.050 | 300 |",
+        "| SDFT | 0.500 | 0.500 | 1.000 | 0.500 | +0.500 | 2 |",
+        "| CaOPD | 0.750 | 0.333 | 0.417 | 0.083 | +0.083 | 3 |",  # ECE: only the 0.25 bin is off
     ]
