@@ -7,10 +7,11 @@ drifts off that format (measured in README, "Base vs SDFT vs CaOPD": both arms s
 For each arithmetic training question this script feeds the first line of the worked demonstration
 ("18 + 8 = 26") after the student prompt and after the teacher prompts (built by TRL's own
 ``DemonstrationTeacherContextBuilder`` from our teacher contexts), and prints the mean probability that the next
-token starts ``Answer``. It also prints the mean probability of the P_acc digits in ``Confidence: 0.62``, which is
-the CaOPD signal.
+token starts ``Answer``. It also prints the mean probability of a line break after the demonstration's
+``Answer:`` line (the alternative is ending the turn without a confidence line) and of the P_acc digits in
+``Confidence: 0.62``, which is the CaOPD signal.
 
-    python bench/probe_teacher_format.py --n 8
+    python bench/probe_teacher_format.py --n 8 --teacher_instruction "Respond like the example."
 """
 
 from __future__ import annotations
@@ -73,26 +74,26 @@ def main() -> None:
             "SDFT, yours": ("sdft", args.teacher_instruction),
             "CaOPD, yours": ("caopd", args.teacher_instruction),
         }
-    answer_probability = {name: [] for name in contexts}
-    digit_probability = {name: [] for name in contexts}
+    columns = ("P(Answer | worked line)", "P(newline | Answer line)", "P(P_acc digits)")
+    means = {name: [0.0] * len(columns) for name in contexts}
     for row in generate_questions(args.n, seed=0, split="train"):
         worked_line = row["demonstration"].split("\n")[0] + "\n"
         target = f"{row['demonstration']}\nConfidence: {format_confidence(PROBE_P_ACC)}"
+        scored = ((worked_line + "Answer", 1), (row["demonstration"] + "\n", 1), (target, digit_tokens))
         for name, (arm, instruction) in contexts.items():
             prompt = row["prompt"]
             if arm is not None:
                 p_acc = PROBE_P_ACC if arm == "caopd" else None
                 context = teacher_context("demo", row["demonstration"], p_acc, instruction)
                 prompt = builder.select_generation_prompts([prompt], [context])[0]
-            answer_probability[name].append(tail_token_probability(model, tokenizer, prompt, worked_line + "Answer", 1))
-            digit_probability[name].append(tail_token_probability(model, tokenizer, prompt, target, digit_tokens))
+            for column, (continuation, n_scored) in enumerate(scored):
+                probability = tail_token_probability(model, tokenizer, prompt, continuation, n_scored)
+                means[name][column] += probability / args.n
 
     print(f"{args.n} training questions, {args.model}; CaOPD teacher told P_acc = {format_confidence(PROBE_P_ACC)}")
-    print(f"{'':<15} {'P(Answer | worked line)':>24} {'P(P_acc digits)':>16}")
-    for name in contexts:
-        answer = sum(answer_probability[name]) / args.n
-        digit = sum(digit_probability[name]) / args.n
-        print(f"{name:<15} {answer:>24.3f} {digit:>16.3f}")
+    print(f"{'':<15}" + "".join(f"{column:>27}" for column in columns))
+    for name, values in means.items():
+        print(f"{name:<15}" + "".join(f"{value:>27.3f}" for value in values))
 
 
 if __name__ == "__main__":
