@@ -13,8 +13,9 @@ built-in arithmetic task, on CPU, offline:
    reliability diagrams); ``summary.md`` says which of the issue's targets hold.
 
 Every stage runs as its own process with the repository's CLIs, so the numbers are what a user gets with the same
-commands (``commands.sh`` lists them). A finished stage leaves a ``.done`` marker; re-running the script skips it,
-so an interrupted run resumes at the stage that did not finish (``--force`` redoes everything).
+commands (``commands.sh`` lists them). A finished stage leaves a ``.done`` marker with its command; re-running the
+script skips it, so an interrupted run resumes at the stage that did not finish. A marker whose command differs
+from the one now asked for stops the run, so two settings never mix in one folder (``--force`` redoes everything).
 
     python bench/reproduce.py --output_dir outputs/reproduce
 """
@@ -159,17 +160,24 @@ def stages(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
 def run_stage(name: str, command: list[str], out: Path, force: bool) -> float | None:
     """Run one stage (streaming its output) unless its marker says it is done; its wall seconds, or None if skipped."""
     marker = out / "stages" / f"{name}.done"
+    shown = shlex.join(command)
     if marker.exists() and not force:
+        recorded = marker.read_text().splitlines()[1:2]  # markers list the stage's command after its seconds
+        if recorded and recorded[0] != shown:
+            raise SystemExit(
+                f"error: stage {name} in {out} was done with another command:\n  {recorded[0]}\nnow:\n  {shown}\n"
+                "re-run with the same flags, or pass --force (or another --output_dir) to start over"
+            )
         print(f"[reproduce] {name}: done earlier, skipped ({marker})", flush=True)
         return None
-    print(f"[reproduce] {name}: {shlex.join(command)}", flush=True)
+    print(f"[reproduce] {name}: {shown}", flush=True)
     start = time.monotonic()
     env = {"TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false", **os.environ}
     result = subprocess.run(command, cwd=ROOT, env=env, check=False)
     if result.returncode != 0:
         raise SystemExit(f"error: stage {name} failed with exit code {result.returncode}; fix it and re-run to resume")
     seconds = time.monotonic() - start
-    write_text_atomically(marker, f"{seconds:.1f}\n")
+    write_text_atomically(marker, f"{seconds:.1f}\n{shown}\n")
     return seconds
 
 

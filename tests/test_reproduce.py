@@ -69,6 +69,8 @@ def test_end_to_end_on_a_tiny_model_then_resume(tmp_path):
         assert ("Note: The empirical confidence" in rollout["teacher_context"]) is calibrated
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 6
+    changed = subprocess.run([*command, "--learning_rate", "1e-4"], capture_output=True, text=True, cwd=ROOT)
+    assert changed.returncode != 0 and "stage train_sdft in" in changed.stderr and "another command" in changed.stderr
 
 
 def test_interval_lines_say_whether_caopd_and_sdft_intervals_are_disjoint():
