@@ -63,12 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--full_finetune", action="store_true", help="train all weights instead of LoRA")
     train.add_argument("--lora_r", type=int, default=16)
     train.add_argument("--seed", type=int, default=42)
-    train.add_argument(
+    wording = train.add_mutually_exclusive_group()
+    wording.add_argument(
         "--teacher_instruction",
         default=TEACHER_INSTRUCTION,
         help="closing instruction of both arms' teacher context (main.py --teacher_instruction)",
     )
-    train.add_argument(
+    wording.add_argument(
         "--paper_teacher_instruction",
         action="store_true",
         help="use the paper's closing instruction instead of --teacher_instruction",

@@ -27,6 +27,8 @@ def test_the_two_arms_differ_only_in_the_calibration_flag(tmp_path):
 def test_paper_teacher_instruction_leaves_the_flag_out(tmp_path):
     args = reproduce.build_parser().parse_args(["--output_dir", str(tmp_path), "--paper_teacher_instruction"])
     assert all("--teacher_instruction" not in reproduce.train_command(args, arm) for arm in ("sdft", "caopd"))
+    with pytest.raises(SystemExit):  # both wordings at once: argparse names the conflict
+        reproduce.build_parser().parse_args(["--paper_teacher_instruction", "--teacher_instruction", "Go."])
 
 
 def _metrics(accuracy, ece, ocg, spr, mean_confidence):
