@@ -183,6 +183,9 @@ def run(args: argparse.Namespace) -> None:
         write_yaml_atomically(resolved_config(args, derived, config.to_dict()), Path(args.output_dir) / RUN_CONFIG_NAME)
     trainer.train(resume_from_checkpoint=resume)
     save_final_model(trainer, tokenizer, args.output_dir)
+    # Tear the process group down before the interpreter exits: left to exit-time destructors, gloo's worker
+    # threads can abort a finished run ("terminate called without an active exception", exit code -6).
+    trainer.accelerator.end_training()
 
 
 def main(argv: list[str] | None = None) -> int:

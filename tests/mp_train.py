@@ -1,4 +1,4 @@
-"""Two-process training run for test_multiprocess.py (``accelerate launch --num_processes 2 --cpu``).
+"""Two-process training run for test_multiprocess.py (launched through torchrun as two gloo processes).
 
 Three prompts x K=4 rollouts = 12 per step, 6 per process: the middle prompt's rollouts land on both.
 """
@@ -16,3 +16,4 @@ if __name__ == "__main__":
     tokenizer = real_tokenizer()
     trainer = toy_trainer(tiny_model(tokenizer), tokenizer, output_dir, per_device_train_batch_size=6, max_steps=2)
     trainer.train()
+    trainer.accelerator.end_training()  # as main.py does: no process group left for exit-time destructors
