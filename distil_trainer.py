@@ -25,6 +25,7 @@ from trl.experimental.sdft.teacher_sync import PEFTAdapterEMACallback, SyncTeach
 from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.trainer.utils import pad
 
+from caopd.atomic import write_text_atomically
 from caopd.groups import RolloutRecord, peer_solution, success_rates
 from caopd.targets import (
     reserved_completion_tokens,
@@ -69,6 +70,8 @@ class DistilTrainer(SDFTTrainer):
         self._resume_dir: str | None = None
         self._equivalent = resolve_equivalence(args.equivalence) if args.self_consistency else None
         self.add_callback(_TeacherRestoreCallback(self))
+        if args.save_rollouts:
+            self.add_callback(_RolloutLogTrimCallback(self))
         if args.empirical_calibration:
             self._reserve_room_for_confidence()
 
@@ -281,12 +284,27 @@ class DistilTrainer(SDFTTrainer):
         self._metrics[mode]["entropy"].append(self.accelerator.gather(mean_entropy.reshape(1)).mean().item())
         return super()._compute_self_distillation_loss(model, inputs, distillation_logits)
 
+    def _rollout_log(self) -> Path:
+        return Path(self.args.output_dir) / "rollouts" / f"rank{self.accelerator.process_index}.jsonl"
+
+    def trim_rollout_log(self, start_step: int) -> None:
+        """Drop this process's logged rollouts from ``start_step`` on, before training (re)starts there.
+
+        The log is appended to step by step, so without this a fresh run in a used folder (start 0) would mix
+        two runs, and a resumed one would log the steps after its checkpoint twice.
+        """
+        path = self._rollout_log()
+        if not path.is_file():
+            return
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] < start_step]
+        write_text_atomically(path, "".join(line + "\n" for line in kept))
+
     def _write_rollouts(self, inputs, texts, records, p_acc, contexts) -> None:
         rank = self.accelerator.process_index
-        directory = Path(self.args.output_dir) / "rollouts"
-        directory.mkdir(parents=True, exist_ok=True)
+        path = self._rollout_log()
+        path.parent.mkdir(parents=True, exist_ok=True)
         local = [r for r in records if r.rank == rank]
-        with open(directory / f"rank{rank}.jsonl", "a", encoding="utf-8") as handle:
+        with open(path, "a", encoding="utf-8") as handle:
             for example, text, record, p, context in zip(inputs, texts, local, p_acc, contexts, strict=True):
                 row = {
                     "step": self.state.global_step,
@@ -375,6 +393,16 @@ class DistilTrainer(SDFTTrainer):
                 f"the teacher saved in {directory} does not match the model (missing {missing[:3]}, unexpected "
                 f"{unexpected[:3]}): resume with the same --model_name and LoRA settings as the original run"
             )
+
+
+class _RolloutLogTrimCallback(TrainerCallback):
+    """At train begin (after a resume has loaded its step), forget logged rollouts the run is about to redo."""
+
+    def __init__(self, trainer: DistilTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer.trim_rollout_log(state.global_step)
 
 
 class _TeacherRestoreCallback(TrainerCallback):

@@ -3,7 +3,7 @@
 import hashlib
 
 import torch
-from helpers import toy_trainer
+from helpers import read_rollouts, toy_trainer
 from peft import LoraConfig, get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import TrainerCallback
@@ -95,3 +95,26 @@ def test_resume_restores_the_lora_ema_teacher_adapter(model, tokenizer, tmp_path
     shadow = second._ema_adapter_callback().shadow_weights
     assert set(shadow) == set(saved_file)
     assert not all(torch.equal(shadow[k], saved_file[k]) for k in shadow)  # and the EMA went on from there
+
+
+def _logged_steps(output_dir) -> list[int]:
+    return [row["step"] for row in read_rollouts(output_dir)]
+
+
+def test_the_rollout_log_holds_each_step_once_after_a_resume_or_a_fresh_start(model, tokenizer, tmp_path):
+    from tiny_model import tiny_model
+
+    toy_trainer(model, tokenizer, tmp_path, max_steps=2, save_strategy="steps", save_steps=1).train()
+    first = read_rollouts(tmp_path)
+    per_step = len(first) // 2
+    assert _logged_steps(tmp_path) == [0] * per_step + [1] * per_step
+
+    # Resuming from step 1 redoes step 1: its rows are replaced, step 0's are kept as they were.
+    resumed = toy_trainer(tiny_model(tokenizer), tokenizer, tmp_path, max_steps=2, save_strategy="steps", save_steps=1)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
+    assert _logged_steps(tmp_path) == [0] * per_step + [1] * per_step
+    assert read_rollouts(tmp_path)[:per_step] == first[:per_step]
+
+    # A fresh run in the same folder starts a new log instead of appending to the old run's.
+    toy_trainer(tiny_model(tokenizer), tokenizer, tmp_path, max_steps=1).train()
+    assert _logged_steps(tmp_path) == [0] * per_step
