@@ -8,8 +8,10 @@ For each arithmetic training question this script feeds the first line of the wo
 ("18 + 8 = 26") after the student prompt and after the teacher prompts (built by TRL's own
 ``DemonstrationTeacherContextBuilder`` from our teacher contexts), and prints the mean probability that the next
 token starts ``Answer``. It also prints the mean probability of a line break after the demonstration's
-``Answer:`` line (the alternative is ending the turn without a confidence line) and of the P_acc digits in
-``Confidence: 0.62``, which is the CaOPD signal.
+``Answer:`` line (the alternative is ending the turn without a confidence line), of the P_acc digits in
+``Confidence: 0.62``, which is the CaOPD signal, and of the question's first operand as the response's first
+tokens (a teacher that expects other numbers there pulls the student to copy them, e.g. the "12" of a few-shot
+turn).
 
     python bench/probe_teacher_format.py --n 8 --teacher_instruction "Respond like the example."
 """
@@ -74,12 +76,19 @@ def main() -> None:
             "SDFT, yours": ("sdft", args.teacher_instruction),
             "CaOPD, yours": ("caopd", args.teacher_instruction),
         }
-    columns = ("P(Answer | worked line)", "P(newline | Answer line)", "P(P_acc digits)")
+    columns = ("P(Answer | worked line)", "P(newline | Answer line)", "P(P_acc digits)", "P(first operand)")
     means = {name: [0.0] * len(columns) for name in contexts}
     for row in generate_questions(args.n, seed=0, split="train"):
         worked_line = row["demonstration"].split("\n")[0] + "\n"
         target = f"{row['demonstration']}\nConfidence: {format_confidence(PROBE_P_ACC)}"
-        scored = ((worked_line + "Answer", 1), (row["demonstration"] + "\n", 1), (target, digit_tokens))
+        operand = worked_line.split(" ")[0]
+        operand_tokens = len(tokenizer(operand, add_special_tokens=False).input_ids)
+        scored = (
+            (worked_line + "Answer", 1),
+            (row["demonstration"] + "\n", 1),
+            (target, digit_tokens),
+            (operand, operand_tokens),
+        )
         for name, (arm, instruction) in contexts.items():
             prompt = row["prompt"]
             if arm is not None:
