@@ -3,7 +3,7 @@
 # (all 97 tool-use questions; the first 100 of the 507 science questions), one sample per question at the
 # paper's validation setting (temperature 0.6, top-p 0.95), on CPU. Writes OUT_DIR/{tooluse,science}/, the
 # side-by-side table OUT_DIR/baseline.md, and the overlaid reliability diagram docs/baseline_reliability.png.
-# Usage: bash scripts/run_baseline_eval.sh        (about 30 minutes on 2 CPU cores)
+# Usage: bash scripts/run_baseline_eval.sh        (about 20 minutes on 2 CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
