@@ -296,7 +296,7 @@ class DistilTrainer(SDFTTrainer):
         path = self._rollout_log()
         if not path.is_file():
             return
-        kept = [line for line in path.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] < start_step]
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines() if _logged_step(line) < start_step]
         write_text_atomically(path, "".join(line + "\n" for line in kept))
 
     def _write_rollouts(self, inputs, texts, records, p_acc, contexts) -> None:
@@ -393,6 +393,14 @@ class DistilTrainer(SDFTTrainer):
                 f"the teacher saved in {directory} does not match the model (missing {missing[:3]}, unexpected "
                 f"{unexpected[:3]}): resume with the same --model_name and LoRA settings as the original run"
             )
+
+
+def _logged_step(line: str) -> float:
+    """The step of one rollout-log line; a line cut short by a killed run counts as never logged (infinite step)."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
 
 
 class _RolloutLogTrimCallback(TrainerCallback):

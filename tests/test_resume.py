@@ -109,7 +109,10 @@ def test_the_rollout_log_holds_each_step_once_after_a_resume_or_a_fresh_start(mo
     per_step = len(first) // 2
     assert _logged_steps(tmp_path) == [0] * per_step + [1] * per_step
 
-    # Resuming from step 1 redoes step 1: its rows are replaced, step 0's are kept as they were.
+    # Resuming from step 1 redoes step 1: its rows are replaced, step 0's are kept as they were. A last line cut
+    # short by a killed run is dropped too.
+    with open(tmp_path / "rollouts" / "rank0.jsonl", "a", encoding="utf-8") as handle:
+        handle.write('{"step": 1, "uid": ')
     resumed = toy_trainer(tiny_model(tokenizer), tokenizer, tmp_path, max_steps=2, save_strategy="steps", save_steps=1)
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
     assert _logged_steps(tmp_path) == [0] * per_step + [1] * per_step
