@@ -61,6 +61,8 @@ def main() -> None:
         help="also probe teachers whose closing instruction is this (main.py --teacher_instruction)",
     )
     args = parser.parse_args()
+    if args.n < 1:
+        parser.error(f"--n {args.n}: probe at least one training question")
 
     path = resolve_model_name(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
