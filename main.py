@@ -17,6 +17,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from caopd.backends import BackendError, resolve_bf16, resolve_use_vllm
 from caopd.cli import CLIError, gradient_accumulation_steps, parse_args
 from caopd.models import ModelResolutionError, resolve_model_name
 from caopd.run_config import RUN_CONFIG_NAME, resolved_config, write_yaml_atomically
@@ -24,25 +25,17 @@ from caopd.tasks import TaskDataError, get_task
 from distil_config import DistilConfig
 from distil_trainer import TEACHER_DIR, DistilTrainer
 
-USER_ERRORS = (CLIError, TaskDataError, ModelResolutionError)
-
-
-def vllm_available() -> bool:
-    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+USER_ERRORS = (CLIError, TaskDataError, ModelResolutionError, BackendError)
 
 
 def build_config(args: argparse.Namespace, world_size: int) -> DistilConfig:
     """Map the flags onto DistilConfig; the question batch fixes gradient accumulation."""
-    use_vllm = vllm_available() if args.use_vllm is None else args.use_vllm
-    if use_vllm and importlib.util.find_spec("vllm") is None:
-        raise CLIError("--use_vllm: vLLM is not installed (pip install vllm on a GPU machine), or drop the flag")
+    use_vllm = resolve_use_vllm(args.use_vllm)
     report_to = "none" if args.no_wandb else args.report_to
     if "wandb" in report_to.split(",") and importlib.util.find_spec("wandb") is None:
         raise CLIError("reporting to wandb needs `pip install wandb`; or pass --no_wandb (or --report_to none)")
     on_gpu = torch.cuda.is_available()
-    bf16 = (on_gpu and torch.cuda.is_bf16_supported()) if args.bf16 is None else args.bf16
-    if bf16 and not on_gpu:
-        raise CLIError("--bf16 needs a GPU; on CPU leave it off (--no_bf16)")
+    bf16 = resolve_bf16(args.bf16, on_gpu)
     try:
         return DistilConfig(
             output_dir=args.output_dir,
