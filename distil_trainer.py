@@ -23,7 +23,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl.experimental.sdft import SDFTTrainer
 from trl.experimental.sdft.teacher_sync import PEFTAdapterEMACallback, SyncTeacherModelCallback
 from trl.models import prepare_deepspeed, prepare_fsdp
-from trl.trainer.utils import pad
+from trl.trainer.utils import entropy_from_logits, pad
 
 from caopd.atomic import write_text_atomically
 from caopd.groups import RolloutRecord, peer_solution, success_rates
@@ -208,11 +208,15 @@ class DistilTrainer(SDFTTrainer):
         return gather_object(local) if self.accelerator.num_processes > 1 else local
 
     def _self_consistency_judge(self, inputs: list[dict[str, Any]]):
-        """Teacher-anchored self-consistency: one greedy reference per prompt, under the teacher context.
+        """Teacher-anchored self-consistency: a rollout is "correct" when it is equivalent to its prompt's reference."""
+        references = self._self_consistency_references(inputs)
+        return lambda example, text: bool(self._equivalent(text, references[example["prompt_uid"]]))
 
-        The reference comes from the policy model prompted with the question and the golden demonstration;
-        a rollout is "correct" when ``equivalence(rollout, reference)`` holds. Greedy decoding makes the
-        reference the same on every process holding rollouts of the prompt (with vLLM it is sampled).
+    def _self_consistency_references(self, inputs: list[dict[str, Any]]) -> dict[int, str]:
+        """One greedy reference per prompt id, from the policy model under the teacher context.
+
+        The reference is the model's answer when prompted with the question and the golden demonstration. Greedy
+        decoding (under vLLM too) makes it the same on every process holding rollouts of the prompt.
         """
         firsts = {example["prompt_uid"]: example for example in inputs}
         prompts = self.teacher_context_builder.select_generation_prompts(
@@ -220,17 +224,35 @@ class DistilTrainer(SDFTTrainer):
         )
         with self._prompt_limit(self.args.max_teacher_prompt_length):
             prompt_ids = self._tokenize_prompts(prompts)
-        sampling, self.generation_config = self.generation_config, copy.copy(self.generation_config)
-        self.generation_config.do_sample = False
-        try:
-            _, reference_ids = self._generate(prompt_ids)
-        finally:
-            self.generation_config = sampling
+        reference_ids = self._generate_greedy(prompt_ids)
         references = {uid: self._decode(self._strip_eos(ids)) for uid, ids in zip(firsts, reference_ids, strict=True)}
         self._metrics["train" if self.model.training else "eval"]["caopd/reference_confidence_format"].append(
             sum(parse_confidence(r) is not None for r in references.values()) / len(references)
         )
-        return lambda example, text: bool(self._equivalent(text, references[example["prompt_uid"]]))
+        return references
+
+    def _generate_greedy(self, prompt_ids: list[list[int]]) -> list[list[int]]:
+        """One greedy completion per prompt, on the rollout backend (transformers, or vLLM colocate / server)."""
+        if not self.use_vllm:
+            sampling, self.generation_config = self.generation_config, copy.copy(self.generation_config)
+            self.generation_config.do_sample = False
+            try:
+                return self._generate(prompt_ids)[1]
+            finally:
+                self.generation_config = sampling
+        # The rollouts of this step were generated just before, so the vLLM weights are already in sync.
+        generation, count = self.vllm_generation, len(prompt_ids)
+        if generation.mode == "server" and self.accelerator.num_processes > 1:
+            # TRL's server path hands process r the results r*n .. (r+1)*n-1 of the gathered prompts: every
+            # process must send the same number n, so shorter lists are padded with a repeat of their last prompt.
+            most = max(gather_object([count]))
+            prompt_ids = prompt_ids + [prompt_ids[-1]] * (most - count)
+        sampling_temperature, generation.temperature = generation.temperature, 0.0  # vLLM: temperature 0 = greedy
+        try:
+            _, completion_ids, _, _ = generation.generate(prompts=prompt_ids, images=None, num_generations=1)
+        finally:
+            generation.temperature = sampling_temperature
+        return [list(ids) for ids in completion_ids[:count]]
 
     def _replace_completions(self, batch: dict[str, Any], rollouts: list[list[int]], p_acc: list[float]) -> None:
         """Swap in the rewritten completion ids and rebuild everything derived from them."""
@@ -248,8 +270,16 @@ class DistilTrainer(SDFTTrainer):
             device
         )
         batch["raw_completion_lengths"] = torch.tensor([len(ids) for ids in targets], device=device)
-        # Rewritten tokens were not sampled: no importance-sampling correction against rollout log-probs.
-        batch.pop("old_per_token_logps", None)
+
+    def _compute_rollout_logps(self, **tensors) -> torch.Tensor | None:
+        """Rollout log-probs, which TRL spends a forward pass on to correct for stale rollouts; none under CaOPD.
+
+        CaOPD trains on rewritten completions whose last tokens were never sampled, so an importance-sampling
+        correction against the sampler's log-probs has nothing valid to correct; the forward is skipped.
+        """
+        if self.args.empirical_calibration:
+            return None
+        return super()._compute_rollout_logps(**tensors)
 
     # ------------------------------------------------------------------------------------------------ logging
     def _record_caopd_metrics(self, mode, records, rates, fallbacks, batch) -> None:
@@ -274,12 +304,15 @@ class DistilTrainer(SDFTTrainer):
         metrics["caopd/teacher_prompt_truncated"].append(self.accelerator.gather(truncated.reshape(1)).mean().item())
 
     def _compute_self_distillation_loss(self, model, inputs, distillation_logits):
-        """TRL's loss, plus the student's mean token entropy on the distilled tokens (a collapse early warning)."""
+        """TRL's loss, plus the student's mean token entropy on the distilled tokens (a collapse early warning).
+
+        TRL's ``entropy_from_logits`` works through the positions in chunks (fused on GPU), so the metric adds no
+        full-vocabulary temporaries: at vocab 151,936 and 8,192 tokens one fp32 copy of the logits is 4.6 GiB.
+        """
         with torch.no_grad():
-            logps = torch.log_softmax(distillation_logits.student_logits.float(), dim=-1)
-            entropy = -(logps.exp() * logps).sum(-1)
+            entropy = entropy_from_logits(distillation_logits.student_logits.detach())
             mask = distillation_logits.loss_mask
-            mean_entropy = (entropy * mask).sum() / mask.sum().clamp(min=1)
+            mean_entropy = (entropy.float() * mask).sum() / mask.sum().clamp(min=1)
         mode = "train" if model.training else "eval"
         self._metrics[mode]["entropy"].append(self.accelerator.gather(mean_entropy.reshape(1)).mean().item())
         return super()._compute_self_distillation_loss(model, inputs, distillation_logits)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 
 from datasets import Dataset
 
+from caopd.targets import rewrite_completion_text
 from caopd.tasks.base import Task, user_chat
 from distil_config import DistilConfig
 from distil_trainer import DistilTrainer
@@ -73,3 +75,56 @@ def read_rollouts(output_dir) -> list[dict]:
 
 def always_equivalent(_response: str, _reference: str) -> bool:
     return True
+
+
+def capture_batches(trainer) -> dict[str, list]:
+    """Record the raw rollouts and the final training batches of every generation."""
+    captured = {"raw": [], "final": []}
+    sample, prepare = trainer.sample_rollouts, trainer._prepare_training_batch
+
+    def sample_and_keep(inputs):
+        batch = sample(inputs)
+        captured["raw"].append(trainer._get_completion_ids_list(batch))
+        return batch
+
+    def prepare_and_keep(inputs):
+        batch = prepare(inputs)
+        captured["final"].append((inputs, batch))
+        return batch
+
+    trainer.sample_rollouts, trainer._prepare_training_batch = sample_and_keep, prepare_and_keep
+    return captured
+
+
+def assert_rewritten_with_group_rates(trainer, captured, k: int) -> dict[int, list[bool]]:
+    """Every final completion is its raw rollout rewritten with the P_acc of its prompt's K toy verdicts + EOS.
+
+    Returns the verdicts per prompt id, for further checks.
+    """
+    raw_texts = [trainer._decode(trainer._strip_eos(ids)) for ids in captured["raw"][0]]
+    inputs, batch = captured["final"][0]
+    verdicts = defaultdict(list)
+    for example, text in zip(inputs, raw_texts, strict=True):
+        verdicts[example["prompt_uid"]].append(verify_even_length(text, None))
+    assert all(len(group) == k for group in verdicts.values())  # K rollouts per prompt
+    eos = trainer._tokenizer.eos_token_id
+    for example, text, final_ids in zip(inputs, raw_texts, trainer._get_completion_ids_list(batch), strict=True):
+        p_acc = sum(verdicts[example["prompt_uid"]]) / k
+        assert final_ids[-1] == eos
+        assert trainer._decode(final_ids[:-1]) == rewrite_completion_text(text, p_acc)
+        assert len(final_ids) <= trainer.max_completion_length
+    return verdicts
+
+
+def record_references(trainer) -> list[dict[int, str]]:
+    """Record the self-consistency references (prompt id -> text) of every generation."""
+    recorded = []
+    compute = trainer._self_consistency_references
+
+    def compute_and_keep(inputs):
+        references = compute(inputs)
+        recorded.append(references)
+        return references
+
+    trainer._self_consistency_references = compute_and_keep
+    return recorded

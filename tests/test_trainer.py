@@ -4,28 +4,9 @@ from collections import defaultdict
 
 import pytest
 import torch
-from helpers import read_rollouts, toy_trainer
+from helpers import assert_rewritten_with_group_rates, capture_batches, read_rollouts, toy_trainer
 
-from caopd.targets import confidence_segment_start, kept_token_count, rewrite_completion_text
-
-
-def _capture(trainer):
-    """Record the raw rollouts and the final training batches of every generation."""
-    captured = {"raw": [], "final": []}
-    sample, prepare = trainer.sample_rollouts, trainer._prepare_training_batch
-
-    def sample_and_keep(inputs):
-        batch = sample(inputs)
-        captured["raw"].append(trainer._get_completion_ids_list(batch))
-        return batch
-
-    def prepare_and_keep(inputs):
-        batch = prepare(inputs)
-        captured["final"].append((inputs, batch))
-        return batch
-
-    trainer.sample_rollouts, trainer._prepare_training_batch = sample_and_keep, prepare_and_keep
-    return captured
+from caopd.targets import confidence_segment_start, kept_token_count
 
 
 def _texts(trainer, ids_list):
@@ -34,24 +15,11 @@ def _texts(trainer, ids_list):
 
 def test_caopd_rewrites_completion_ids_and_teacher_contexts(model, tokenizer, tmp_path):
     trainer = toy_trainer(model, tokenizer, tmp_path)
-    captured = _capture(trainer)
+    captured = capture_batches(trainer)
     trainer.train()
 
-    raw = captured["raw"][0]
     inputs, batch = captured["final"][0]
-    final = trainer._get_completion_ids_list(batch)
-    raw_texts = _texts(trainer, raw)
-
-    verdicts = defaultdict(list)
-    for example, text in zip(inputs, raw_texts):
-        verdicts[example["prompt_uid"]].append(len(text) % 2 == 0)
-    assert all(len(v) == 4 for v in verdicts.values())  # K rollouts per prompt
-    eos = tokenizer.eos_token_id
-    for example, text, final_ids in zip(inputs, raw_texts, final):
-        p_acc = sum(verdicts[example["prompt_uid"]]) / 4
-        assert final_ids[-1] == eos
-        assert trainer._decode(final_ids[:-1]) == rewrite_completion_text(text, p_acc)
-        assert len(final_ids) <= trainer.max_completion_length
+    verdicts = assert_rewritten_with_group_rates(trainer, captured, k=4)
     assert "old_per_token_logps" not in batch
 
     teacher_text = tokenizer.decode(batch["teacher_input_ids"][0], skip_special_tokens=True)
@@ -70,7 +38,7 @@ def test_caopd_rewrites_completion_ids_and_teacher_contexts(model, tokenizer, tm
 
 def test_sampled_prefix_ids_are_kept_exactly(model, tokenizer, tmp_path):
     trainer = toy_trainer(model, tokenizer, tmp_path)
-    captured = _capture(trainer)
+    captured = capture_batches(trainer)
     trainer.train()
     _, batch = captured["final"][0]
     for raw_ids, final_ids in zip(captured["raw"][0], trainer._get_completion_ids_list(batch)):
@@ -84,7 +52,7 @@ def test_sampled_prefix_ids_are_kept_exactly(model, tokenizer, tmp_path):
 
 def test_sdft_baseline_keeps_rollouts_and_writes_confidence_one(model, tokenizer, tmp_path):
     trainer = toy_trainer(model, tokenizer, tmp_path, empirical_calibration=False)
-    captured = _capture(trainer)
+    captured = capture_batches(trainer)
     trainer.train()
     _, batch = captured["final"][0]
     assert trainer._get_completion_ids_list(batch) == captured["raw"][0]
@@ -123,7 +91,7 @@ def test_teacher_is_built_from_the_in_memory_student(model, tokenizer, tmp_path)
 
 def test_teacher_prompts_get_their_own_length_limit(model, tokenizer, tmp_path):
     trainer = toy_trainer(model, tokenizer, tmp_path, max_prompt_length=40, max_teacher_prompt_length=400)
-    captured = _capture(trainer)
+    captured = capture_batches(trainer)
     trainer.train()
     _, batch = captured["final"][0]
     completion = batch["completion_ids"].size(1)
