@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Sets up .venv (scripts/setup.sh), installs the test tools, then lints and runs the whole test suite offline.
+# Sets up .venv (scripts/setup.sh), installs the test tools, lints, proves that the GPU dependency set still
+# resolves (scripts/check_gpu_requirements.sh, a pip dry run; SKIP_GPU_RESOLVE=1 skips it), then runs the whole
+# test suite offline.
 # Usage: bash scripts/run_tests.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +15,10 @@ export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TRL_EXPERIMENTAL_SILENCE=1 TO
 echo "[tests] ruff"
 ruff check .
 ruff format --check .
+
+if [[ "${SKIP_GPU_RESOLVE:-0}" != 1 ]]; then
+  bash scripts/check_gpu_requirements.sh
+fi
 
 echo "[tests] pytest"
 status=0
