@@ -95,3 +95,8 @@ class DistilConfig(SDFTConfig):
         if self.max_teacher_prompt_length is None and self.max_prompt_length is not None:
             completion = self.max_completion_length or 0
             self.max_teacher_prompt_length = self.max_prompt_length + completion + TEACHER_WORDING_TOKENS
+        if self.use_vllm and self.vllm_max_model_length is None and self.max_prompt_length is not None:
+            # vLLM would otherwise size its KV cache for the model's whole context (40,960 tokens for Qwen3). The
+            # longest prompt it gets is a teacher prompt (self-consistency references) or a student prompt.
+            longest = self.max_teacher_prompt_length if self.self_consistency else self.max_prompt_length
+            self.vllm_max_model_length = longest + (self.max_completion_length or 0)

@@ -8,11 +8,12 @@ sample with the same seed from the same weights: the same questions and the same
 what CaOPD itself does: its generation limit is lower by the tokens it reserves for the confidence line, and it
 trains on the rewritten completions.
 
-Printed: each pair's step times, the mean step-time ratio CaOPD / SDFT (target <= 1.03), and the share of the
-CaOPD step spent in CaOPD's own work: verifying the rollouts, gathering the verdicts, P_acc, the completion rewrite
-and the teacher contexts (the time of ``_prepare_training_batch`` minus sampling and TRL's teacher-input build).
+Printed: each pair's step times and sampling times, the mean step-time ratio CaOPD / SDFT (target <= 1.03), and
+the share of the CaOPD step spent in CaOPD's own work: verifying the rollouts, gathering the verdicts, P_acc, the
+completion rewrite and the teacher contexts (the time of ``_prepare_training_batch`` minus sampling and TRL's
+teacher-input build).
 
-    python bench/overhead.py                 # about 6 minutes on 2 CPU cores
+    python bench/overhead.py                 # about 16 minutes on 2 CPU cores (6 steps of about 150 s)
     python bench/overhead.py --pairs 1 --model_name tests/tiny   # any model folder works
 """
 
@@ -126,13 +127,20 @@ def main(argv: list[str] | None = None) -> int:
     trainer.add_callback(alternate)
     trainer.train()
 
-    print(f"\n{'pair':>4} {'CaOPD step s':>13} {'SDFT step s':>12} {'ratio':>6} {'CaOPD own work s':>17}")
+    print(
+        f"\n{'pair':>4} {'CaOPD step s':>13} {'SDFT step s':>12} {'ratio':>6} {'sampling s':>11}"
+        f" {'CaOPD own work s':>17}"
+    )
     records = alternate.records
     ratios = []
     for pair in range(len(records) // 2):
         caopd, sdft = records[2 * pair], records[2 * pair + 1]
         ratios.append(caopd["step"] / sdft["step"])
-        print(f"{pair:>4} {caopd['step']:>13.2f} {sdft['step']:>12.2f} {ratios[-1]:>6.3f} {caopd['caopd']:>17.4f}")
+        sampling = f"{caopd['sample']:.1f}/{sdft['sample']:.1f}"
+        print(
+            f"{pair:>4} {caopd['step']:>13.2f} {sdft['step']:>12.2f} {ratios[-1]:>6.3f} {sampling:>11}"
+            f" {caopd['caopd']:>17.4f}"
+        )
     caopd_steps = [r for r in records if r["arm"] == "CaOPD"]
     sdft_steps = [r for r in records if r["arm"] == "SDFT"]
     mean = {

@@ -1,4 +1,4 @@
-"""The benchmark scripts a user runs: they run, and what they print is computed from what they measure."""
+"""The benchmark and check scripts a user runs: they run, and what they print is computed from what they measure."""
 
 import json
 import subprocess
@@ -57,3 +57,17 @@ def test_overhead_times_alternating_arms(tmp_path):
 def test_bench_flags_out_of_range(script, argv, message):
     finished = _run(script, *argv)
     assert finished.returncode == 2 and message in finished.stderr
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_its_cpu_checks(tmp_path):
+    finished = _run("scripts/gpu_check.py", "--cpu", "--work_dir", str(tmp_path))
+    assert finished.returncode == 0, finished.stdout[-3000:]
+    summary = finished.stdout[finished.stdout.index("[gpu_check] summary") :]
+    assert summary.count("PASS") == 2 and summary.count("SKIP") == 2 and "FAIL" not in summary
+    assert (tmp_path / "transformers" / "checkpoint-3" / "teacher").is_dir()
+
+
+def test_gpu_check_refuses_a_machine_without_a_gpu():
+    finished = _run("scripts/gpu_check.py")
+    assert finished.returncode == 2 and "error: no CUDA GPU visible" in finished.stderr

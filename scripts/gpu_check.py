@@ -1,0 +1,153 @@
+"""After installing on a GPU machine: does CaOPD train here? (run through scripts/gpu_check.sh)
+
+Builds a tiny Qwen3 model from a config with the real tokenizer of the embedded SmolLM2 (no download), then runs
+``main.py`` the way a user does, one process on one GPU, in bf16, on the built-in arithmetic task:
+
+1. ``transformers``: two CaOPD steps with transformers generation, a checkpoint after each (with the EMA teacher);
+2. ``resume``: the same run resumed from ``latest`` to step 3 (teacher restored, rollout log holds each step once);
+3. ``vllm-colocate``: one CaOPD step with vLLM generation in colocate mode, when vLLM is installed;
+4. ``zero3``: one CaOPD step and a checkpoint under DeepSpeed ZeRO-3 (scripts/accelerate/zero3.yaml with one
+   process), when DeepSpeed is installed.
+
+Each check prints PASS, FAIL (with the end of its log) or SKIP (and why); the exit status is 1 if any failed.
+``--cpu`` runs checks 1 and 2 without a GPU and without bf16 (the test suite does, to keep this script working).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VLLM_FLAGS = ["--use_vllm", "--vllm_mode", "colocate", "--vllm_gpu_memory_utilization", "0.2"]
+ZERO3_LAUNCH = ["--config_file", str(ROOT / "scripts" / "accelerate" / "zero3.yaml")]
+
+
+def build_tiny_model(directory: Path) -> Path:
+    """A randomly initialised Qwen3 (the paper's architecture) with SmolLM2's tokenizer, saved like a hub model."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    from caopd.models import embedded_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
+    torch.manual_seed(0)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    Qwen3ForCausalLM(config).to(torch.bfloat16).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def train_command(model: Path, output: Path, max_steps: int, on_gpu: bool, *extra: str) -> list[str]:
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--dynamo_backend", "no"]
+    launch += ["--mixed_precision", "bf16"] if on_gpu else ["--cpu", "--mixed_precision", "no"]
+    flags = ["--model_name", str(model), "--dataset_name", "arithmetic", "--output_dir", str(output), "--no_wandb"]
+    flags += ["--max_steps", str(max_steps), "--num_prompts_per_batch", "1", "--num_generations", "4"]
+    flags += ["--per_device_train_batch_size", "4", "--max_completion_length", "32", "--max_prompt_length", "512"]
+    flags += ["--warmup_steps", "0", "--save_steps", "1", "--save_rollouts", "--bf16" if on_gpu else "--no-bf16"]
+    return [*launch, *extra, str(ROOT / "main.py"), *flags]
+
+
+def run(command: list[str], log: Path) -> str | None:
+    """Run a command, its output into ``log``; None when it succeeded, else the end of its log."""
+    with open(log, "w", encoding="utf-8") as handle:
+        finished = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ.copy())
+    if finished.returncode == 0:
+        return None
+    return f"exit status {finished.returncode}; last lines of {log}:\n" + "\n".join(log.read_text().splitlines()[-15:])
+
+
+def completed_run_problem(output: Path, steps: int) -> str | None:
+    """What is missing from a finished run of ``steps`` steps, or None."""
+    state = json.loads((output / f"checkpoint-{steps}" / "trainer_state.json").read_text())
+    if state["global_step"] != steps:
+        return f"checkpoint-{steps} says global step {state['global_step']}"
+    if not (output / f"checkpoint-{steps}" / "teacher").is_dir():
+        return f"checkpoint-{steps} has no teacher/"
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    if not losses or any(loss != loss for loss in losses):
+        return f"no finite loss logged: {losses}"
+    logged = [json.loads(line)["step"] for line in (output / "rollouts" / "rank0.jsonl").read_text().splitlines()]
+    if sorted(set(logged)) != list(range(steps)) or len(logged) != 4 * steps:
+        return f"the rollout log holds steps {logged}, expected 4 rollouts for each of steps 0..{steps - 1}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cpu", action="store_true", help="run the transformers and resume checks on the CPU")
+    parser.add_argument("--work_dir", default=None, help="where models, runs and logs go (default: a temp folder)")
+    options = parser.parse_args(argv)
+    import torch
+
+    on_gpu = not options.cpu
+    if on_gpu and not torch.cuda.is_available():
+        print(
+            "error: no CUDA GPU visible to torch; run this on the GPU machine (or --cpu for the CPU checks)",
+            file=sys.stderr,
+        )
+        return 2
+    work = Path(options.work_dir or tempfile.mkdtemp(prefix="caopd_gpu_check_"))
+    work.mkdir(parents=True, exist_ok=True)
+    model = build_tiny_model(work / "tiny_qwen3")
+    print(f"[gpu_check] tiny Qwen3 with SmolLM2's tokenizer in {model}; logs in {work}")
+    if on_gpu:
+        print(f"[gpu_check] {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+
+    results: list[tuple[str, str, str]] = []
+
+    def check(name: str, problem: str | None) -> None:
+        results.append((name, "FAIL" if problem else "PASS", problem or ""))
+        print(f"[gpu_check] {name}: {'FAIL' if problem else 'PASS'}" + (f"\n{problem}" if problem else ""))
+
+    run_dir = work / "transformers"
+    failed = run(train_command(model, run_dir, 2, on_gpu), work / "transformers.log")
+    check("transformers: 2 CaOPD steps, bf16, checkpoints with teacher", failed or completed_run_problem(run_dir, 2))
+    if failed is None:
+        resume = ["--resume_from_checkpoint", "latest"]
+        failed = run(train_command(model, run_dir, 3, on_gpu) + resume, work / "resume.log")
+        check("resume: from checkpoint-2 to step 3", failed or completed_run_problem(run_dir, 3))
+
+    optional = [
+        ("vllm-colocate: 1 CaOPD step with vLLM generation", "vllm", "vllm", []),
+        ("zero3: 1 CaOPD step and a checkpoint under DeepSpeed ZeRO-3", "deepspeed", "zero3", ZERO3_LAUNCH),
+    ]
+    for name, package, folder, launch in optional:
+        if not on_gpu or importlib.util.find_spec(package) is None:
+            reason = "no GPU (--cpu)" if not on_gpu else f"{package} is not installed"
+            results.append((name, "SKIP", reason))
+            print(f"[gpu_check] {name}: SKIP ({reason})")
+            continue
+        flags = VLLM_FLAGS if package == "vllm" else []
+        failed = run(train_command(model, work / folder, 1, on_gpu, *launch) + flags, work / f"{folder}.log")
+        check(name, failed or completed_run_problem(work / folder, 1))
+
+    print("\n[gpu_check] summary")
+    for name, verdict, _ in results:
+        print(f"  {verdict:<4}  {name}")
+    return 1 if any(verdict == "FAIL" for _, verdict, _ in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
