@@ -62,10 +62,10 @@ def _memory_kib(field: str) -> int:
 def measure(arm: str, length: int, dtype: str) -> dict[str, float]:
     """One optimizer step of ``arm`` with completions of ``length`` tokens; memory in this (fresh) process."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
+    from transformers import AutoTokenizer, TrainerCallback
 
     from caopd.cli import parse_args
-    from caopd.models import embedded_model_path
+    from caopd.models import embedded_model_path, tiny_random_model
     from caopd.tasks import get_task
     from distil_trainer import DistilTrainer
     from main import build_config
@@ -77,21 +77,8 @@ def measure(arm: str, length: int, dtype: str) -> dict[str, float]:
     flags += ["--no_empirical_calibration"] if arm == "sdft" else []
     args = parse_args(flags)
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_path(), padding_side="left", truncation_side="left")
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    ).to(getattr(torch, dtype))
+    model = tiny_random_model(tokenizer, hidden_size=64, num_attention_heads=4, num_key_value_heads=2)
+    model = model.to(getattr(torch, dtype))
     task = get_task("arithmetic")
     trainer = DistilTrainer(
         model=model, args=build_config(args, 1), train_dataset=task.load(None), task=task, processing_class=tokenizer

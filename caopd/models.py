@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 EMBEDDED_MODEL_NAMES = ("smollm2-135m-instruct", "smollm2", "embedded")
 EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -100,3 +101,39 @@ def resolve_model_name(name: str) -> str:
             )
         return str(path)
     return name
+
+
+def tiny_random_model(
+    tokenizer,
+    *,
+    model_type: str = "llama",
+    hidden_size: int = 32,
+    num_attention_heads: int = 2,
+    num_key_value_heads: int = 1,
+    seed: int = 0,
+    **config: Any,
+):
+    """A randomly initialised small causal LM with ``tokenizer``'s vocabulary and special tokens.
+
+    Tests, benchmarks and ``scripts/gpu_check.py`` build models from a config rather than downloading one; the
+    real tokenizer keeps prompts, the chat template and the vocabulary size as they are for the real model.
+    ``config`` overrides any other setting (e.g. ``num_hidden_layers``, ``head_dim``).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    settings = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": hidden_size,
+        "intermediate_size": 2 * hidden_size,
+        "num_hidden_layers": 2,
+        "num_attention_heads": num_attention_heads,
+        "num_key_value_heads": num_key_value_heads,
+        "max_position_embeddings": 4096,
+        "tie_word_embeddings": True,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **(settings | config)))

@@ -34,27 +34,13 @@ ZERO3_LAUNCH = ["--config_file", str(ROOT / "scripts" / "accelerate" / "zero3.ya
 def build_tiny_model(directory: Path) -> Path:
     """A randomly initialised Qwen3 (the paper's architecture) with SmolLM2's tokenizer, saved like a hub model."""
     import torch
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+    from transformers import AutoTokenizer
 
-    from caopd.models import embedded_model_path
+    from caopd.models import embedded_model_path, tiny_random_model
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
-    torch.manual_seed(0)
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=64,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    Qwen3ForCausalLM(config).to(torch.bfloat16).save_pretrained(directory)
+    model = tiny_random_model(tokenizer, model_type="qwen3", hidden_size=128, head_dim=64)
+    model.to(torch.bfloat16).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
