@@ -5,7 +5,7 @@ import sys
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from eval.evaluate import evaluate
+from caopd.evaluation import evaluate
 
 if __name__ == "__main__":
     sys.exit(evaluate("science"))

@@ -22,8 +22,9 @@ from caopd.cli import CLIError, gradient_accumulation_steps, parse_args
 from caopd.models import ModelResolutionError, resolve_model_name
 from caopd.run_config import RUN_CONFIG_NAME, resolved_config, write_yaml_atomically
 from caopd.tasks import TaskDataError, get_task
+from caopd.teacher import TEACHER_DIR
 from distil_config import DistilConfig
-from distil_trainer import TEACHER_DIR, DistilTrainer
+from distil_trainer import DistilTrainer
 
 USER_ERRORS = (CLIError, TaskDataError, ModelResolutionError, BackendError)
 

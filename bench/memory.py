@@ -11,7 +11,7 @@ Printed: the step memory for completion lengths L, 2L and 4L, the growth ratios,
 and the slope in "vocabulary rows" (tensors of one vocabulary row per token, in the model's dtype, alive at the
 peak). That count carries to other vocabularies, and with it the script estimates the large tensors of one step at the
 paper's settings (Qwen3-8B, bf16, ZeRO-3 over 8 GPUs, micro-batch 1, 2k-token prompt, 8k-token completion); the
-README explains each row and says which rows rest on the measurement and which on formulas.
+docs/performance.md explains each row and says which rows rest on the measurement and which on formulas.
 
     python bench/memory.py              # about 3 minutes on 2 CPU cores
     python bench/memory.py --length 128 # L = 128, 256, 512

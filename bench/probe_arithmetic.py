@@ -28,9 +28,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from caopd.generation import generate_with_shared_prefill
 from caopd.models import resolve_model_name
 from caopd.tasks.arithmetic import LEVELS, generate_questions, verify_arithmetic
-from eval.generation import generate_with_shared_prefill
 
 _CONFIDENCE_LINE = re.compile(
     r"[*_ \t]{0,6}confidence[*_ \t]{0,6}:[*_ \t]{0,6}([0-9]{1,6}(?:\.[0-9]{1,12})?|\.[0-9]{1,12})"

@@ -2,7 +2,8 @@
 
 Self-distillation pulls the student toward the teacher's next-token distribution on the student's own tokens.
 If the teacher, once it sees the privileged context, no longer expects the format the verifier reads, the student
-drifts off that format (measured in README, "Base vs SDFT vs CaOPD": both arms stopped writing ``Answer:``).
+drifts off that format (measured in docs/reproduction.md, "Base vs SDFT vs CaOPD": both arms stopped writing
+``Answer:``).
 
 For each arithmetic training question this script feeds the first line of the worked demonstration
 ("18 + 8 = 26") after the student prompt and after the teacher prompts (built by TRL's own

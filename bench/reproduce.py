@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from caopd.atomic import write_text_atomically
+from caopd.metrics import calibration_metrics
 from caopd.tasks.arithmetic import LEVELS, generate_questions
-from eval.metrics import calibration_metrics
 
 ARMS = ("base", "sdft", "caopd")
 LABELS = {"base": "base", "sdft": "SDFT", "caopd": "CaOPD"}

@@ -11,6 +11,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from caopd.confidence import parse_confidence
+
 
 @dataclass(frozen=True)
 class RolloutRecord:
@@ -22,6 +24,23 @@ class RolloutRecord:
     correct: bool
     confidence: float | None
     solution: str | None = None  # the response text, kept only for correct rollouts (correct_solution mode)
+
+
+def local_records(
+    uids: Sequence[int], texts: Sequence[str], verdicts: Sequence[bool], rank: int, keep_solutions: bool
+) -> list[RolloutRecord]:
+    """This process's records, in rollout order; the text of correct rollouts only where peers may need it."""
+    return [
+        RolloutRecord(
+            uid=uid,
+            rank=rank,
+            index=index,
+            correct=correct,
+            confidence=parse_confidence(text),
+            solution=text if correct and keep_solutions else None,
+        )
+        for index, (uid, text, correct) in enumerate(zip(uids, texts, verdicts, strict=True))
+    ]
 
 
 def success_rates(records: Sequence[RolloutRecord]) -> dict[int, float]:
@@ -48,3 +67,38 @@ def peer_solution(records: Sequence[RolloutRecord], rank: int, index: int, uid: 
         return None
     after = [r for r in others if (r.rank, r.index) > (rank, index)]
     return (after or others)[0].solution
+
+
+def teacher_references(
+    demonstrations: Sequence[str], uids: Sequence[int], records: Sequence[RolloutRecord], rank: int, mode: str
+) -> tuple[list[str], int]:
+    """What the teacher is shown for each local rollout, and how many fell back to the golden demonstration.
+
+    ``demo``: the golden demonstration. ``correct_solution``: another verified correct rollout of the same prompt
+    (``peer_solution``), or the demonstration when the group has none.
+    """
+    if mode != "correct_solution":
+        return list(demonstrations), 0
+    references, fallbacks = [], 0
+    for index, (demonstration, uid) in enumerate(zip(demonstrations, uids, strict=True)):
+        solution = peer_solution(records, rank, index, uid)
+        fallbacks += solution is None
+        references.append(demonstration if solution is None else solution)
+    return references, fallbacks
+
+
+def step_statistics(records: Sequence[RolloutRecord], rates: dict[int, float]) -> dict[str, float]:
+    """What a training step logs about its groups: how P_acc spreads, and what the raw rollouts state.
+
+    Questions with P_acc 0 or 1 teach no graded confidence; comparing the stated confidence of the raw rollouts
+    (0 where missing) with the mean P_acc shows over- or underconfidence as training goes.
+    """
+    values = list(rates.values())
+    confidences = [record.confidence for record in records]
+    return {
+        "caopd/p_acc_mean": sum(values) / len(values),
+        "caopd/p_acc_zero_share": sum(v == 0.0 for v in values) / len(values),
+        "caopd/p_acc_one_share": sum(v == 1.0 for v in values) / len(values),
+        "caopd/confidence_format_rate": sum(c is not None for c in confidences) / len(records),
+        "caopd/rollout_confidence_mean": sum(c or 0.0 for c in confidences) / len(records),
+    }

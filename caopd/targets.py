@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from eval.confidence import find_confidence_statement, trailing_partial_label_start
+from caopd.confidence import find_confidence_statement, trailing_partial_label_start
 
 TEACHER_MODES = ("demo", "correct_solution")
 _CONTEXT_WORDING = {
@@ -118,8 +118,8 @@ def teacher_context(mode: str, reference: str, p_acc: float | None, instruction:
     any confidence it states is replaced. ``p_acc=None`` gives the plain SDFT context (``Confidence: 1.00``, no
     note); a value gives the CaOPD context with that confidence and the note before the closing instruction.
     ``instruction`` replaces the paper's closing instruction of the mode (a newline is added if it lacks one):
-    small models can read "including the thinking process" as "answer in another format" (README, "Base vs SDFT
-    vs CaOPD on this CPU").
+    small models can read "including the thinking process" as "answer in another format" (docs/reproduction.md,
+    "Base vs SDFT vs CaOPD on this CPU").
     """
     if mode not in _CONTEXT_WORDING:
         raise ValueError(f"unknown teacher context mode {mode!r}; choose one of {', '.join(TEACHER_MODES)}")

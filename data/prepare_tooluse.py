@@ -23,7 +23,7 @@ from datasets import Dataset
 
 from caopd.atomic import save_dataset_atomically
 from caopd.tasks.tooluse import demonstration_from_calls
-from eval.verifiers import tooluse_golden_problem
+from caopd.verifiers import tooluse_golden_problem
 
 PROMPT_TEMPLATE = (
     "Your task is to answer the user's question using available tools. \n"

@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from caopd.atomic import write_text_atomically
-from eval.plots import reliability_diagram
+from caopd.plots import reliability_diagram
 
 COLUMNS = (
     ("accuracy", "acc"),

@@ -5,8 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.metric_script import run_metric_script
-from eval.verifiers import extract_choice, verify_mcq
+from caopd.metric_script import run_metric_script
+from caopd.verifiers import extract_choice, verify_mcq
 
 
 def answer_parse_rate(items: list[dict]) -> dict:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.metric_script import run_metric_script
-from eval.verifiers import tooluse_golden_problem, verify_tooluse
+from caopd.metric_script import run_metric_script
+from caopd.verifiers import tooluse_golden_problem, verify_tooluse
 
 if __name__ == "__main__":
     description = "Calibration metrics for tool-use responses (ToolAlpaca golden calls)."

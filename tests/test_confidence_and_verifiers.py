@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from eval.confidence import parse_confidence
-from eval.verifiers import extract_choice, parse_tool_calls, verify_mcq, verify_tooluse
+from caopd.confidence import parse_confidence
+from caopd.verifiers import extract_choice, parse_tool_calls, verify_mcq, verify_tooluse
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ def test_final_answer_and_built_in_verifiers():
     assert not numeric("Answer: 41", 42) and not numeric("no number", 42)
     assert resolve_verifier("mcq_letter")("<answer>B</answer>", "B")
     assert resolve_verifier("regex:city=(\\w+)")("... city=Oslo ...", "oslo")
-    assert resolve_verifier("eval.verifiers:verify_mcq")("<answer>C</answer>", "C")
+    assert resolve_verifier("caopd.verifiers:verify_mcq")("<answer>C</answer>", "C")
 
 
 @pytest.mark.parametrize(

@@ -78,7 +78,7 @@ def test_eval_errors_are_one_line(argv, message):
 
 
 def test_compare_writes_a_table_and_an_overlaid_diagram(tmp_path):
-    from eval.metrics import calibration_metrics
+    from caopd.metrics import calibration_metrics
 
     paths = []
     for name, confidence in (("base", 0.9), ("caopd", 0.5)):

@@ -5,10 +5,10 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from caopd.confidence import parse_confidence
 from caopd.targets import rewrite_completion_text
 from caopd.tasks.arithmetic import verify_arithmetic
-from eval.confidence import parse_confidence
-from eval.verifiers import tooluse_golden_problem, verify_mcq, verify_tooluse
+from caopd.verifiers import tooluse_golden_problem, verify_mcq, verify_tooluse
 
 FRAGMENTS = [
     "Confidence:", "confidence: ", "**Confidence:** ", "0.85", "0.85.", "85%", "1e9", "-0.3", "1.25", "NaN",

@@ -2,7 +2,7 @@
 
 import torch
 
-from eval.generation import generate_with_shared_prefill
+from caopd.generation import generate_with_shared_prefill
 
 
 def _encode(tokenizer, texts):

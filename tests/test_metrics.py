@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from eval.metrics import calibration_metrics
+from caopd.metrics import calibration_metrics
 
 
 def test_hand_computed_example():
@@ -35,7 +35,7 @@ def test_confidence_one_falls_in_the_last_bin_and_one_sided_spr_is_zero():
 
 
 def _reference(correct, confidence, n_bins):
-    """Plain-Python reimplementation of the definitions, written independently of eval/metrics.py."""
+    """Plain-Python reimplementation of the definitions, written independently of caopd/metrics.py."""
     conf = [0.0 if c is None else c for c in confidence]
     n = len(conf)
     acc = sum(correct) / n

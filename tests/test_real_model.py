@@ -6,8 +6,8 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 import main
+from caopd.confidence import parse_confidence
 from caopd.targets import rewrite_completion_text
-from eval.confidence import parse_confidence
 
 
 @pytest.mark.slow

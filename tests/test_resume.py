@@ -8,7 +8,7 @@ from peft import LoraConfig, get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from distil_trainer import TEACHER_DIR
+from caopd.teacher import TEACHER_DIR
 
 
 def _digest(tensors: dict) -> str:

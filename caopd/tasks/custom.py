@@ -15,11 +15,11 @@ from typing import Any
 
 from datasets import Dataset
 
+from caopd.confidence import last_match
 from caopd.prompts import ANSWER_CONFIDENCE_INSTRUCTION, append_confidence_instruction
 from caopd.targets import strip_confidence
 from caopd.tasks.base import Task, TaskDataError, Verifier, canonical_dataset, read_rows, user_chat
-from eval.confidence import last_match
-from eval.verifiers import verify_mcq, verify_tooluse
+from caopd.verifiers import verify_mcq, verify_tooluse
 
 _ANSWER_LABEL = re.compile(r"^[ \t*_#>]{0,8}(?:final )?answer[ \t*_]{0,4}:", re.IGNORECASE | re.MULTILINE)
 _NUMBER = re.compile(r"[-+]?\d{1,30}(?:[.,]\d{1,30})?(?:[eE][-+]?\d{1,3})?")

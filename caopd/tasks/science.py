@@ -17,7 +17,7 @@ from caopd.tasks.base import (
     require_columns,
     user_chat,
 )
-from eval.verifiers import golden_choice, verify_mcq
+from caopd.verifiers import golden_choice, verify_mcq
 
 DEFAULT_TRAIN_PATH = Path(__file__).resolve().parents[2] / "data" / "science" / "train"
 _HINT = (

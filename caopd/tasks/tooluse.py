@@ -18,7 +18,7 @@ from caopd.tasks.base import (
     require_columns,
     user_chat,
 )
-from eval.verifiers import verify_tooluse
+from caopd.verifiers import verify_tooluse
 
 DEFAULT_TRAIN_PATH = Path(__file__).resolve().parents[2] / "data" / "tooluse" / "train"
 _HINT = (

@@ -21,14 +21,14 @@ from typing import Any
 from datasets import Dataset
 
 from caopd.atomic import write_text_atomically
+from caopd.confidence import parse_confidence
+from caopd.generation import Sampling, generate
+from caopd.metrics import calibration_metrics
 from caopd.models import ModelResolutionError, resolve_model_name
+from caopd.plots import reliability_diagram
 from caopd.tasks import Task, TaskDataError, get_task
 from caopd.tasks.arithmetic import SPLITS, generate_questions
-from eval.confidence import parse_confidence
-from eval.generation import Sampling, generate
-from eval.metrics import calibration_metrics
-from eval.plots import reliability_diagram
-from eval.verifiers import extract_choice
+from caopd.verifiers import extract_choice
 
 DEFAULT_DATA = {"tooluse": "data/tooluse/test", "science": "data/science/test", "arithmetic": None}
 

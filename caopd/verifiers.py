@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from eval.confidence import last_match
+from caopd.confidence import last_match
 
 _STEP_LABEL = re.compile(
     r"^[ \t*_]{0,4}(action input|action|thought|observation|confidence|final answer)[ \t*_]{0,4}:[ \t*_]{0,4}",

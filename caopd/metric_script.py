@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from caopd.atomic import write_text_atomically
-from eval.confidence import parse_confidence
-from eval.metrics import calibration_metrics
+from caopd.confidence import parse_confidence
+from caopd.metrics import calibration_metrics
 
 Judge = Callable[[str, Any], bool]
 GoldenCheck = Callable[[Any], str | None]
