@@ -28,6 +28,9 @@ from caopd.targets import reserved_completion_tokens, rewrite_completion_ids, te
 from caopd.tasks.base import Task
 from caopd.tasks.custom import resolve_equivalence
 from caopd.teacher import (
+    TEACHER_DIR,
+    FP32AdapterEMA,
+    FP32TeacherEMA,
     TeacherRestoreCallback,
     copy_of_student,
     drop_recreated_teacher_adapter,
@@ -93,20 +96,32 @@ class DistilTrainer(SDFTTrainer):
 
     # ------------------------------------------------------------------------------------------------- teacher
     def _setup_teacher_model(self) -> None:
-        """Build a separate teacher from the in-memory student, so it needs no loadable path.
+        """TRL's teacher, built from the in-memory student where possible, and an EMA averaged in fp32.
 
-        TRL re-loads it from ``config._name_or_path``; that fails for a model built in memory. Under ZeRO-3 the
-        student is already sharded and cannot be copied, so TRL's path-based construction is kept there.
+        TRL re-loads a separate teacher from ``config._name_or_path``, which fails for a model built in memory; a
+        copy of the student needs no path. Under ZeRO-3 the student is already sharded and cannot be copied, so
+        TRL's construction stays. TRL's EMA callbacks update the teacher in its own dtype (in bf16 most updates
+        round away); they are swapped for ones that average in fp32 (``caopd.teacher``).
         """
         kind = self.args.teacher_model_kind
         plugin = self.accelerator.state.deepspeed_plugin
         zero3 = self.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3
-        if kind not in ("base", "ema") or is_peft_model(self.model) or zero3:
+        if kind in ("base", "ema") and not is_peft_model(self.model) and not zero3:
+            self.teacher_model = copy_of_student(self.accelerator, self.model)
+        else:
             super()._setup_teacher_model()
+        self.ema = None
+        if kind != "ema":
             return
-        self.teacher_model = copy_of_student(self.accelerator, self.model)
-        if kind == "ema":
-            self.add_callback(SyncTeacherModelCallback(teacher_model=self.teacher_model, accelerator=self.accelerator))
+        rate = self.args.teacher_update_rate
+        if self._use_peft_ema_teacher_adapter():
+            self.remove_callback(PEFTAdapterEMACallback)
+            sync_steps = self.args.teacher_sync_steps
+            self.ema = FP32AdapterEMA(self.model, TEACHER_DIR, rate, sync_steps, accelerator=self.accelerator)
+        else:
+            self.remove_callback(SyncTeacherModelCallback)
+            self.ema = FP32TeacherEMA(self.model, self.teacher_model, self.accelerator, rate)
+        self.add_callback(self.ema)
 
     @contextmanager
     def _prompt_limit(self, limit: int | None):
@@ -239,11 +254,12 @@ class DistilTrainer(SDFTTrainer):
 
     # --------------------------------------------------------------------------------------------- checkpoints
     def _save_checkpoint(self, model, trial) -> None:
-        """Save the checkpoint as the Trainer does, plus a separate EMA teacher (a LoRA teacher rides along)."""
+        """Save the checkpoint as the Trainer does, plus the EMA teacher and its fp32 shadow (``caopd.teacher``)."""
         super()._save_checkpoint(model, trial)
-        if self.args.teacher_model_kind == "ema" and self.teacher_model is not self.model:
+        if self.ema is not None:
             checkpoint = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            save_teacher(self.accelerator, self.teacher_model, checkpoint)
+            separate = self.teacher_model if self.teacher_model is not self.model else None
+            save_teacher(self.accelerator, separate, self.ema, checkpoint)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         if resume_from_checkpoint is True:
