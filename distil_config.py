@@ -75,6 +75,17 @@ class DistilConfig(SDFTConfig):
         default="ema",
         metadata={"help": "Teacher weights: 'ema' (EMA of the student), 'base' (initial student) or 'live'."},
     )
+    enable_thinking: bool = field(
+        default=False,
+        metadata={
+            "help": "Thinking mode of chat templates that have the switch (Qwen3), for student and teacher prompts "
+            "alike; the paper trains with it off. Templates without the switch ignore it."
+        },
+    )
+    num_loss_tokens_to_skip: int = field(
+        default=3,
+        metadata={"help": "First completion tokens left out of the loss (the original release skips 3)."},
+    )
     distillation_alpha: float = field(
         default=1.0,
         metadata={"help": "0 = forward KL, 1 = reverse KL (paper default), in between = generalized JSD."},
@@ -92,6 +103,8 @@ class DistilConfig(SDFTConfig):
         if self.teacher_instruction is not None and not self.teacher_instruction.strip():
             raise ValueError("teacher_instruction is empty; give a sentence, or leave it unset for the paper's wording")
         super().__post_init__()
+        # TRL renders student and teacher prompts (and self-consistency references) with these template arguments.
+        self.chat_template_kwargs = {**(self.chat_template_kwargs or {}), "enable_thinking": self.enable_thinking}
         if self.max_teacher_prompt_length is None and self.max_prompt_length is not None:
             completion = self.max_completion_length or 0
             self.max_teacher_prompt_length = self.max_prompt_length + completion + TEACHER_WORDING_TOKENS

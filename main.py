@@ -20,13 +20,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from caopd.backends import BackendError, resolve_bf16, resolve_use_vllm
 from caopd.cli import CLIError, gradient_accumulation_steps, parse_args
 from caopd.models import ModelResolutionError, resolve_model_name
+from caopd.prompt_lengths import PromptLengthError, check_prompt_lengths
+from caopd.prompts import encode_chat_prompts, thinking_mode
 from caopd.run_config import RUN_CONFIG_NAME, resolved_config, write_yaml_atomically
 from caopd.tasks import TaskDataError, get_task
 from caopd.teacher import TEACHER_DIR
 from distil_config import DistilConfig
 from distil_trainer import DistilTrainer
 
-USER_ERRORS = (CLIError, TaskDataError, ModelResolutionError, BackendError)
+USER_ERRORS = (CLIError, TaskDataError, ModelResolutionError, BackendError, PromptLengthError)
 
 
 def build_config(args: argparse.Namespace, world_size: int) -> DistilConfig:
@@ -65,12 +67,14 @@ def build_config(args: argparse.Namespace, world_size: int) -> DistilConfig:
             temperature=args.temperature,
             distillation_alpha=args.distillation_alpha,
             distillation_topk=args.distillation_topk,
+            num_loss_tokens_to_skip=args.num_loss_tokens_to_skip,
             teacher_model_kind=args.teacher_model_kind,
             teacher_update_rate=args.ref_model_mixup_alpha,
             teacher_context_mode=args.teacher_context_mode,
             teacher_instruction=args.teacher_instruction,
             empirical_calibration=not args.no_empirical_calibration,
             save_rollouts=args.save_rollouts,
+            enable_thinking=args.enable_thinking,
             self_consistency=args.self_consistency,
             equivalence=args.equivalence,
             use_vllm=use_vllm,
@@ -155,6 +159,11 @@ def run(args: argparse.Namespace) -> None:
     task = get_task(args.dataset_name, args.verifier)
     dataset = task.load(args.train_data)
     model, tokenizer = load_model_and_tokenizer(args.model_name, config.bf16)
+    lengths = [len(ids) for ids in encode_chat_prompts(tokenizer, list(dataset["prompt"]), args.enable_thinking)]
+    check = check_prompt_lengths(lengths, args.max_prompt_length, args.overlong_prompts, "--max_prompt_length")
+    if check.warning and int(os.environ.get("RANK", "0")) == 0:
+        print(f"warning: {check.warning}", file=sys.stderr)
+    dataset = dataset.select(check.keep)
     try:
         trainer = DistilTrainer(
             model=model,
@@ -173,6 +182,10 @@ def run(args: argparse.Namespace) -> None:
             "gradient_accumulation_steps": config.gradient_accumulation_steps,
             "rollouts_per_step": args.num_prompts_per_batch * args.num_generations,
             "train_rows": len(dataset),
+            "longest_prompt_tokens": max(lengths),
+            "prompts_dropped": len(lengths) - len(check.keep),
+            "prompts_truncated": len(check.truncated),
+            "thinking": thinking_mode(tokenizer, args.enable_thinking),
         }
         write_yaml_atomically(resolved_config(args, derived, config.to_dict()), Path(args.output_dir) / RUN_CONFIG_NAME)
     trainer.train(resume_from_checkpoint=resume)

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from caopd.prompt_lengths import OVERLONG_CHOICES
 from caopd.targets import TEACHER_MODES
 from caopd.tasks import TASK_NAMES
 
@@ -39,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--report_to", default="wandb", help="Trainer integrations: wandb, tensorboard, none, ...")
     run.add_argument("--save_rollouts", action="store_true", help="write every rollout and its targets as JSONL")
+    run.add_argument(
+        "--enable_thinking",
+        action="store_true",
+        help="turn on the thinking mode of chat templates that have the switch (Qwen3); off as in the paper",
+    )
 
     caopd = parser.add_argument_group("CaOPD")
     caopd.add_argument(
@@ -91,8 +97,21 @@ def build_parser() -> argparse.ArgumentParser:
     distil = parser.add_argument_group("distillation")
     distil.add_argument("--distillation_alpha", type=float, default=1.0, help="0 forward KL, 1 reverse KL, else JSD")
     distil.add_argument("--distillation_topk", type=int, default=100, help="top-k logits of the student's support")
+    distil.add_argument(
+        "--num_loss_tokens_to_skip",
+        type=int,
+        default=3,
+        help="first completion tokens left out of the loss (the original release's setting: 3)",
+    )
     distil.add_argument("--temperature", type=float, default=1.0, help="rollout sampling temperature")
     distil.add_argument("--max_prompt_length", type=int, default=1024)
+    distil.add_argument(
+        "--overlong_prompts",
+        choices=OVERLONG_CHOICES,
+        default="error",
+        help="prompts longer than --max_prompt_length: stop with a message (error), leave them out (drop), or "
+        "cut their beginning as TRL does (truncate)",
+    )
     distil.add_argument("--max_completion_length", type=int, default=1024, help="includes the appended confidence")
     distil.add_argument(
         "--max_teacher_prompt_length", type=int, default=None, help="default: prompt + completion + 128"
@@ -169,6 +188,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise CLIError(
             f"--distillation_alpha must lie in [0, 1] (0 forward KL, 1 reverse KL), got {args.distillation_alpha}"
         )
+    if args.num_loss_tokens_to_skip < 0:
+        raise CLIError(f"--num_loss_tokens_to_skip must be 0 or more, got {args.num_loss_tokens_to_skip}")
     if args.temperature <= 0:
         raise CLIError(f"--temperature must be positive, got {args.temperature}")
     if args.learning_rate <= 0:

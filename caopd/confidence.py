@@ -5,9 +5,9 @@ emphasis allowed: ``**Confidence:** 0.8``). The word "confidence" elsewhere, e.g
 statement. When a response has several statements, the last one counts: it is the one CaOPD rewrites in
 training, so evaluation reads the same one.
 
-Values: decimals on the 0-1 scale the prompts ask for; ``85%`` and a bare ``85`` are percentages. A value above
-the top of the scale (``1.25``: SmolLM2-135M writes such values in about 40% of its arithmetic answers) is read as
-1.0, the most the scale can say.
+Values: decimals on the 0-1 scale the prompts ask for; ``85%`` and a bare ``85`` are percentages; ``8/10`` is a
+fraction (0.8). A value above the top of the scale (``1.25``: SmolLM2-135M writes such values in about 40% of its
+arithmetic answers) is read as 1.0, the most the scale can say.
 """
 
 from __future__ import annotations
@@ -17,8 +17,12 @@ from dataclasses import dataclass
 
 # Line-anchored label; bounded character classes keep the scan linear on any input.
 _LABEL = re.compile(r"^[ \t>*_#-]{0,8}confidence[ \t*_]{0,4}:", re.IGNORECASE | re.MULTILINE)
-# A plain decimal, optionally a percentage; anything glued to it (1e9, 0.5x, 12.3.4) is not a number we accept.
-_VALUE = re.compile(r"[ \t*_]{0,8}(\d{1,6}(?:\.\d{1,12})?|\.\d{1,12})[ \t]{0,4}(%?)(?![\w.]*\w)")
+# A plain decimal, a fraction (8/10) or a percentage; anything glued to it (1e9, 0.5x, 12.3.4, 8/x) is not a number
+# we accept.
+_NUMBER = r"(\d{1,6}(?:\.\d{1,12})?|\.\d{1,12})"
+_VALUE = re.compile(
+    rf"[ \t*_]{{0,8}}{_NUMBER}(?:[ \t]{{0,4}}/[ \t]{{0,4}}{_NUMBER})?[ \t]{{0,4}}(%?)(?![ \t]{{0,4}}/|[\w.]*\w)"
+)
 _PARTIAL_LABEL_TARGET = "confidence:"
 
 
@@ -52,9 +56,13 @@ def _parse_value(fragment: str) -> float | None:
     match = _VALUE.match(fragment)
     if match is None:
         return None
-    text, percent = match.group(1), match.group(2)
+    text, denominator, percent = match.group(1), match.group(2), match.group(3)
     number = float(text)
-    if percent or (number > 1.0 and text.isdigit()):
+    if denominator is not None:  # "8/10": a fraction of the whole scale
+        if float(denominator) == 0:
+            return None
+        number = number / float(denominator)
+    elif percent or (number > 1.0 and text.isdigit()):
         number = number / 100.0  # "85%", and a bare whole number such as "85", are percentages
     # Above the top of the scale ("1.25", "150%") the response claims more than certainty: it reads as 1.0, not as
     # a missing confidence (which would count as 0.0 and hide exactly the overconfidence being measured).

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
+from transformers import AutoTokenizer
 
 from caopd.atomic import write_text_atomically
 from caopd.confidence import parse_confidence
@@ -26,6 +27,8 @@ from caopd.generation import Sampling, generate
 from caopd.metrics import calibration_metrics
 from caopd.models import ModelResolutionError, resolve_model_name
 from caopd.plots import reliability_diagram
+from caopd.prompt_lengths import OVERLONG_CHOICES, check_prompt_lengths
+from caopd.prompts import encode_chat_prompts
 from caopd.tasks import Task, TaskDataError, get_task
 from caopd.tasks.arithmetic import SPLITS, generate_questions
 from caopd.verifiers import extract_choice
@@ -48,11 +51,26 @@ def build_parser(task: str) -> argparse.ArgumentParser:
         parser.add_argument("--num_questions", type=int, default=200, help="generated questions to evaluate")
         parser.add_argument("--question_seed", type=int, default=0, help="seed of the question draw")
     parser.add_argument("--output_dir", default=None, help="default: <model_path>/eval_<task> (or eval_<task>/)")
-    parser.add_argument("--num_samples", type=int, default=1, help="responses per question")
-    parser.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (the original evaluation)")
-    parser.add_argument("--top_p", type=float, default=0.95)
-    parser.add_argument("--max_new_tokens", type=int, default=512)
+    sampling = parser.add_argument_group("sampling (defaults: the paper's validation setting)")
+    sampling.add_argument("--num_samples", type=int, default=8, help="responses per question (the paper: 8 or 16)")
+    sampling.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (the original evaluation)")
+    sampling.add_argument("--top_p", type=float, default=0.95)
+    sampling.add_argument(
+        "--max_new_tokens", type=int, default=8192, help="response limit (the paper: 8,192; a CPU wants far fewer)"
+    )
+    sampling.add_argument(
+        "--enable_thinking", action="store_true", help="Qwen3's thinking mode on (the paper: off; as in training)"
+    )
     parser.add_argument("--batch_size", type=int, default=8, help="questions per generate() call")
+    parser.add_argument(
+        "--max_prompt_length", type=int, default=None, help="prompt limit in tokens (default: none, whole prompts)"
+    )
+    parser.add_argument(
+        "--overlong_prompts",
+        choices=OVERLONG_CHOICES,
+        default="error",
+        help="prompts longer than --max_prompt_length: stop (error), leave out (drop) or cut from the left (truncate)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N questions")
     parser.add_argument("--backend", choices=("transformers", "vllm"), default="transformers")
     parser.add_argument("--n_bins", type=int, default=10)
@@ -68,6 +86,8 @@ def _validate(args: argparse.Namespace) -> None:
     for name in ("num_samples", "max_new_tokens", "batch_size", "n_bins"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if args.max_prompt_length is not None and args.max_prompt_length < 1:
+        raise ValueError(f"--max_prompt_length must be a positive integer, got {args.max_prompt_length}")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be positive, got {args.limit}")
     if args.temperature < 0 or not 0 < args.top_p <= 1:
@@ -95,10 +115,16 @@ def evaluate(task_name: str, argv: list[str] | None = None) -> int:
         if args.limit is not None:
             rows = rows.select(range(min(args.limit, len(rows))))
         model_path = resolve_model_name(args.model_path)
+        rows, prompt_ids = _encoded_prompts(rows, model_path, args)
         sampling = Sampling(
-            args.num_samples, args.temperature, args.top_p, args.max_new_tokens, args.batch_size, args.seed
+            args.num_samples,
+            args.temperature,
+            args.top_p,
+            args.max_new_tokens,
+            args.batch_size,
+            args.seed,
         )
-        responses = generate(model_path, list(rows["prompt"]), sampling, args.backend)
+        responses = generate(model_path, prompt_ids, sampling, args.backend)
     except (ValueError, TaskDataError, ModelResolutionError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -106,22 +132,24 @@ def evaluate(task_name: str, argv: list[str] | None = None) -> int:
     for item_id, (row, samples) in enumerate(zip(rows, responses, strict=True)):
         truth = json.loads(row["ground_truth"])
         for sample_index, response in enumerate(samples):
-            confidence = parse_confidence(response)
+            confidence = parse_confidence(response.text)
             items.append(
                 {
                     "item_id": item_id,
                     "sample_index": sample_index,
                     "prompt": row["prompt"],
-                    "response": response,
+                    "response": response.text,
                     "golden_answer": golden_for_output(task_name, truth),
-                    "correct": task.verify_fn(response, truth),
+                    "correct": task.verify_fn(response.text, truth),
                     "confidence": confidence,
                     "format_ok": confidence is not None,
+                    "cut_by_length": response.cut_by_length,
                 }
             )
     metrics = calibration_metrics(
         [i["correct"] for i in items], [i["confidence"] for i in items], args.n_bins, args.n_bootstrap, args.seed
     )
+    metrics["length_cut_share"] = sum(i["cut_by_length"] for i in items) / len(items)
     if task_name == "science":
         metrics["answer_parse_rate"] = sum(extract_choice(i["response"]) is not None for i in items) / len(items)
     metrics["settings"] = {key: value for key, value in vars(args).items()}
@@ -134,6 +162,19 @@ def evaluate(task_name: str, argv: list[str] | None = None) -> int:
         f"  SPR {metrics['spr']:.3f}  OCG {metrics['overconfidence_gap']:+.3f}  -> {output}"
     )
     return 0
+
+
+def _encoded_prompts(rows: Dataset, model_path: str, args: argparse.Namespace) -> tuple[Dataset, list[list[int]]]:
+    """The prompts as token ids, rendered as in training, after the length check (``--overlong_prompts``)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    prompt_ids = encode_chat_prompts(tokenizer, list(rows["prompt"]), args.enable_thinking)
+    lengths = [len(ids) for ids in prompt_ids]
+    check = check_prompt_lengths(lengths, args.max_prompt_length, args.overlong_prompts, "--max_prompt_length")
+    if check.warning:
+        print(f"warning: {check.warning}", file=sys.stderr)
+    cut = set(check.truncated)
+    kept_ids = [prompt_ids[i][-args.max_prompt_length :] if i in cut else prompt_ids[i] for i in check.keep]
+    return rows.select(check.keep), kept_ids
 
 
 def _load_rows(task: Task, args: argparse.Namespace) -> Dataset:

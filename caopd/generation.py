@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl.trainer.utils import pad
 
 Chat = list[dict[str, str]]
 
@@ -17,24 +18,32 @@ Chat = list[dict[str, str]]
 class Sampling:
     """How to sample: ``temperature=0`` is greedy decoding (then one sample per prompt is enough)."""
 
-    num_samples: int = 1
+    num_samples: int = 8
     temperature: float = 0.6
     top_p: float = 0.95
-    max_new_tokens: int = 512
+    max_new_tokens: int = 8192
     batch_size: int = 8
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class Response:
+    """One sampled response, and whether the length limit cut it (it ended without an end-of-sequence token)."""
+
+    text: str
+    cut_by_length: bool
+
+
 def generate(
-    model_path: str, prompts: list[Chat], sampling: Sampling, backend: str = "transformers"
-) -> list[list[str]]:
-    """``sampling.num_samples`` responses for every chat prompt, in prompt order."""
+    model_path: str, prompt_ids: list[list[int]], sampling: Sampling, backend: str = "transformers"
+) -> list[list[Response]]:
+    """``sampling.num_samples`` responses for every prompt (token ids), in prompt order."""
     if backend == "vllm":
-        return _generate_vllm(model_path, prompts, sampling)
-    return _generate_transformers(model_path, prompts, sampling)
+        return _generate_vllm(model_path, prompt_ids, sampling)
+    return _generate_transformers(model_path, prompt_ids, sampling)
 
 
-def _generate_transformers(model_path: str, prompts: list[Chat], sampling: Sampling) -> list[list[str]]:
+def _generate_transformers(model_path: str, prompt_ids: list[list[int]], sampling: Sampling) -> list[list[Response]]:
     torch.manual_seed(sampling.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
     if tokenizer.pad_token is None:
@@ -48,17 +57,20 @@ def _generate_transformers(model_path: str, prompts: list[Chat], sampling: Sampl
         options |= {"temperature": sampling.temperature, "top_p": sampling.top_p}
     options["num_return_sequences"] = sampling.num_samples
     options["pad_token_id"] = tokenizer.pad_token_id
-    responses: list[list[str]] = []
-    batches = range(0, len(prompts), sampling.batch_size)
+    eos = model.generation_config.eos_token_id
+    stops = {tokenizer.eos_token_id, *([eos] if isinstance(eos, int) else eos or [])}
+    responses: list[list[Response]] = []
+    batches = range(0, len(prompt_ids), sampling.batch_size)
     for start in tqdm(batches, desc="Generating", unit="batch"):
-        batch = prompts[start : start + sampling.batch_size]
-        encoded = tokenizer.apply_chat_template(
-            batch, add_generation_prompt=True, tokenize=True, return_dict=True, padding=True, return_tensors="pt"
-        ).to(device)
-        output = generate_with_shared_prefill(model, encoded["input_ids"], encoded["attention_mask"], options)
-        texts = tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+        batch = [torch.tensor(ids) for ids in prompt_ids[start : start + sampling.batch_size]]
+        input_ids = pad(batch, padding_value=tokenizer.pad_token_id, padding_side="left").to(device)
+        attention_mask = pad([torch.ones_like(t) for t in batch], padding_value=0, padding_side="left").to(device)
+        output = generate_with_shared_prefill(model, input_ids, attention_mask, options)
+        completions = output[:, input_ids.shape[1] :].tolist()
+        texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+        flat = [Response(text, not stops.intersection(ids)) for text, ids in zip(texts, completions, strict=True)]
         k = sampling.num_samples
-        responses += [texts[i * k : (i + 1) * k] for i in range(len(batch))]
+        responses += [flat[i * k : (i + 1) * k] for i in range(len(batch))]
     return responses
 
 
@@ -93,7 +105,7 @@ def generate_with_shared_prefill(
     )
 
 
-def _generate_vllm(model_path: str, prompts: list[Chat], sampling: Sampling) -> list[list[str]]:
+def _generate_vllm(model_path: str, prompt_ids: list[list[int]], sampling: Sampling) -> list[list[Response]]:
     if importlib.util.find_spec("vllm") is None:
         raise ValueError("--backend vllm: vLLM is not installed (pip install vllm on a GPU machine)")
     from vllm import LLM, SamplingParams
@@ -105,5 +117,5 @@ def _generate_vllm(model_path: str, prompts: list[Chat], sampling: Sampling) -> 
         top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
         max_tokens=sampling.max_new_tokens,
     )
-    outputs = engine.chat(prompts, params, use_tqdm=True)
-    return [[choice.text for choice in output.outputs] for output in outputs]
+    outputs = engine.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=True)
+    return [[Response(c.text, c.finish_reason == "length") for c in output.outputs] for output in outputs]

@@ -77,6 +77,8 @@ def run_metric_script(
         items = read_items(args.input)
         verdicts, confidences, problems = score_items(items, judge, check_golden)
         metrics = calibration_metrics(verdicts, confidences, n_bins=args.n_bins, n_bootstrap=args.n_bootstrap)
+        if items and all("cut_by_length" in item for item in items):  # written by the eval scripts
+            metrics["length_cut_share"] = sum(bool(item["cut_by_length"]) for item in items) / len(items)
         if extra is not None:
             metrics.update(extra(items))
         metrics["malformed_items"] = problems

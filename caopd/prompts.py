@@ -38,3 +38,19 @@ def append_confidence_instruction(messages: list[dict[str, Any]], instruction: s
     last = dict(messages[-1])
     last["content"] = f"{last['content'].rstrip()}\n\n{instruction}"
     return [*messages[:-1], last]
+
+
+def thinking_mode(tokenizer, enable_thinking: bool) -> str:
+    """What ``enable_thinking`` does with this tokenizer's chat template: "on", "off", or nothing (no switch)."""
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else str(tokenizer.chat_template)
+    if "enable_thinking" not in template:
+        return "the chat template has no thinking switch"
+    return "on" if enable_thinking else "off"
+
+
+def encode_chat_prompts(tokenizer, prompts: list[list[dict[str, Any]]], enable_thinking: bool) -> list[list[int]]:
+    """Token ids of chat prompts, rendered as training renders them (generation prompt, the thinking switch)."""
+    encoded = tokenizer.apply_chat_template(
+        prompts, add_generation_prompt=True, tokenize=True, return_dict=True, enable_thinking=enable_thinking
+    )
+    return [list(ids) for ids in encoded["input_ids"]]

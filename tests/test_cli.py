@@ -27,6 +27,7 @@ def test_original_flags_and_defaults():
     assert (args.max_prompt_length, args.max_completion_length, args.vllm_gpu_memory_utilization) == (1024, 1024, 0.3)
     assert (args.teacher_context_mode, args.no_empirical_calibration, args.no_wandb) == ("demo", False, False)
     assert args.distillation_alpha == 1.0
+    assert args.num_loss_tokens_to_skip == 3  # the original release skips the first 3 completion tokens
     assert "distinct questions per optimizer step" in build_parser().format_help()
 
 
@@ -45,6 +46,7 @@ def test_yaml_config_and_command_line_precedence(tmp_path):
         (["--output_dir", "o", "--ref_model_mixup_alpha", "2"], "EMA rate in [0, 1]"),
         (["--output_dir", "o", "--distillation_alpha", "-1"], "--distillation_alpha"),
         (["--output_dir", "o", "--temperature", "0"], "--temperature must be positive"),
+        (["--output_dir", "o", "--num_loss_tokens_to_skip", "-1"], "--num_loss_tokens_to_skip must be 0 or more"),
         (["--output_dir", "o", "--max_steps", "0"], "--max_steps must be positive"),
         (["--output_dir", "o", "--per_device_train_batch_size", "3", "--no_wandb"], "not a multiple of"),
         (["--output_dir", "o", "--resume_from_checkpoint", "/nope", "--no_wandb"], "not a checkpoint folder"),

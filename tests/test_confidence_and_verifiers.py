@@ -28,6 +28,12 @@ from caopd.verifiers import extract_choice, parse_tool_calls, verify_mcq, verify
         ("Confidence: 0.5x", None),
         ("I have confidence: 0.9", None),  # not line-anchored: inside a sentence
         ("Confidence: 0.2\nmore\nConfidence: 0.7", 0.7),  # the last statement counts
+        ("Confidence: 8/10", 0.8),  # a fraction of the whole scale, not 0.08
+        ("Confidence: 3 / 4.", 0.75),
+        ("Confidence: 12/10", 1.0),
+        ("Confidence: 1/0", None),
+        ("Confidence: 8/10ths", None),
+        ("Confidence: 8 / x", None),
         ("", None),
     ],
 )

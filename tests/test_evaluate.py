@@ -49,6 +49,8 @@ def test_eval_science_on_a_trained_checkpoint(trained_checkpoint, tmp_path):
     assert items[0]["prompt"][-1]["content"].endswith("no other words or explanation.")  # the trained format
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_samples"] == 6 and "answer_parse_rate" in metrics
+    cut = [item["cut_by_length"] for item in items]
+    assert all(isinstance(flag, bool) for flag in cut) and metrics["length_cut_share"] == sum(cut) / len(cut)
     assert Image.open(out / "reliability.png").size[0] > 100
 
 
@@ -56,7 +58,7 @@ def test_no_confidence_instruction_flag_and_greedy(trained_checkpoint, tmp_path)
     out = tmp_path / "eval"
     result = _evaluate(
         "eval_tooluse.py", "--model_path", str(trained_checkpoint), "--data", str(FIXTURES / "tooluse_rows.jsonl"),
-        "--output_dir", str(out), "--temperature", "0", "--max_new_tokens", "8", "--limit", "2",
+        "--output_dir", str(out), "--temperature", "0", "--num_samples", "1", "--max_new_tokens", "8", "--limit", "2",
         "--no_confidence_instruction", "--n_bootstrap", "0",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -124,3 +126,18 @@ def test_eval_arithmetic_rejects_dropping_the_confidence_instruction():
 def test_eval_arithmetic_asking_for_more_questions_than_the_split_has_is_one_line():
     result = _evaluate("eval_arithmetic.py", "--model_path", "smollm2", "--num_questions", "100000")
     assert result.returncode == 2 and "ask for at most" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_evaluation_defaults_are_the_papers_validation_setting():
+    from caopd.evaluation import build_parser
+
+    args = build_parser("tooluse").parse_args(["--model_path", "m"])
+    assert (args.temperature, args.top_p, args.num_samples, args.max_new_tokens) == (0.6, 0.95, 8, 8192)
+    assert not args.enable_thinking and args.max_prompt_length is None
+
+
+def test_overlong_evaluation_prompts_are_one_line(trained_checkpoint, tmp_path):
+    argv = ["--model_path", str(trained_checkpoint), "--data", str(FIXTURES / "tooluse_rows.jsonl")]
+    result = _evaluate("eval_tooluse.py", *argv, "--max_prompt_length", "16", "--output_dir", str(tmp_path / "e"))
+    assert result.returncode == 2 and "prompts are longer than --max_prompt_length 16" in result.stderr
+    assert not (tmp_path / "e").exists()

@@ -24,3 +24,19 @@ def save_tiny_model(directory: Path, seed: int = 0) -> Path:
     tiny_model(tokenizer, seed).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+# A chat template with a thinking switch in the manner of Qwen3's (written for the tests): with thinking off, the
+# generation prompt ends with an empty think block.
+THINKING_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+
+
+def thinking_tokenizer():
+    """The real tokenizer with a chat template that has Qwen3's ``enable_thinking`` switch."""
+    tokenizer = real_tokenizer()
+    tokenizer.chat_template = THINKING_TEMPLATE
+    return tokenizer
