@@ -75,6 +75,21 @@ def parse_confidence(text: str) -> float | None:
     return None if statement is None else statement.value
 
 
+def confidence_statement_spans(text: str) -> list[tuple[int, int]]:
+    """Where every confidence statement of ``text`` lies: [start of its line, end of its line break).
+
+    A last line that is a cut-off label ("Conf") counts as one too (see ``trailing_partial_label_start``).
+    """
+    spans = []
+    for label in _LABEL.finditer(text):
+        line_end = text.find("\n", label.end())
+        spans.append((label.start(), len(text) if line_end == -1 else line_end + 1))
+    partial = trailing_partial_label_start(text)
+    if partial is not None and (not spans or spans[-1][1] <= partial):
+        spans.append((partial, len(text)))
+    return spans
+
+
 def trailing_partial_label_start(text: str) -> int | None:
     """Start of a last line that is a cut-off ``Confidence:`` label ("Conf", "Confidence"), else None.
 

@@ -2,7 +2,8 @@
 
 Three places carry the empirical success rate P_acc (formatted ``f"{p:.2f}"``):
 
-1. the student completion: its trailing confidence segment is dropped and ``Confidence: {P_acc}`` appended;
+1. the student completion: its confidence statements are removed (only those lines; the rest of the response
+   stays) and ``Confidence: {P_acc}`` is appended;
 2. the teacher demonstration: its ``Confidence: 1.00`` becomes ``Confidence: {P_acc}``;
 3. a teacher note, inserted before the teacher's closing instruction.
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from caopd.confidence import find_confidence_statement, trailing_partial_label_start
+from caopd.confidence import confidence_statement_spans
 
 TEACHER_MODES = ("demo", "correct_solution")
 _CONTEXT_WORDING = {
@@ -43,28 +44,31 @@ def teacher_note(p_acc: float) -> str:
     return NOTE_TEMPLATE.format(p=format_confidence(p_acc))
 
 
-def confidence_segment_start(text: str) -> int:
-    """Where the trailing confidence segment of a response begins (``len(text)`` when it has none).
+def kept_spans(text: str) -> list[tuple[int, int]]:
+    """The character spans of ``text`` outside its confidence statements, in order."""
+    spans, position = [], 0
+    for start, end in confidence_statement_spans(text):
+        if start > position:
+            spans.append((position, start))
+        position = end
+    if position < len(text):
+        spans.append((position, len(text)))
+    return spans
 
-    The segment is the last line-anchored ``Confidence:`` statement and everything after it; a response cut
-    by the length limit in the middle of the label loses the fragment. The word "confidence" inside a
-    Thought is not a statement and is kept.
-    """
-    statement = find_confidence_statement(text)
-    if statement is not None:
-        return statement.line_start
-    partial = trailing_partial_label_start(text)
-    return len(text) if partial is None else partial
+
+def without_confidence(text: str) -> str:
+    """``text`` with every confidence statement line removed, and nothing else."""
+    return "".join(text[start:end] for start, end in kept_spans(text))
 
 
 def strip_confidence(text: str) -> str:
-    """The response without its trailing confidence segment and trailing whitespace."""
-    return text[: confidence_segment_start(text)].rstrip()
+    """The response without its confidence statements and without trailing whitespace."""
+    return without_confidence(text).rstrip()
 
 
 def rewrite_completion_text(text: str, p_acc: float) -> str:
-    """The student target as text: the response up to its confidence segment, then ``Confidence: {P_acc}``."""
-    kept = text[: confidence_segment_start(text)]
+    """The student target as text: the response without its confidence statements, then ``Confidence: {P_acc}``."""
+    kept = without_confidence(text)
     return kept + _separator(kept) + confidence_line(p_acc)
 
 
@@ -88,6 +92,31 @@ def kept_token_count(token_ids: Sequence[int], cut: int, decode: Callable[[Seque
     return low
 
 
+def _first_token_starting_at_or_after(
+    token_ids: Sequence[int], position: int, decode: Callable[[Sequence[int]], str]
+) -> int:
+    """The smallest m whose first m tokens decode to at least ``position`` characters."""
+    low, high = 0, len(token_ids)
+    while low < high:
+        middle = (low + high) // 2
+        if len(decode(token_ids[:middle])) >= position:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def _span_ids(token_ids, text, start, end, decode, encode) -> list[int]:
+    """Token ids for ``text[start:end]``: the sampled ids wholly inside the span, re-encoded text at its two edges."""
+    first = _first_token_starting_at_or_after(token_ids, start, decode)
+    last = kept_token_count(token_ids, end, decode)
+    if first > last:  # the whole span lies inside one sampled token
+        return encode(text[start:end])
+    head = text[start : len(decode(token_ids[:first]))]
+    tail = text[len(decode(token_ids[:last])) : end]
+    return (encode(head) if head else []) + list(token_ids[first:last]) + (encode(tail) if tail else [])
+
+
 def rewrite_completion_ids(
     token_ids: Sequence[int],
     p_acc: float,
@@ -95,15 +124,16 @@ def rewrite_completion_ids(
     encode: Callable[[str], list[int]],
     eos_token_id: int,
 ) -> list[int]:
-    """The student target as token ids: sampled ids up to the confidence segment + ``Confidence: {P_acc}`` + EOS.
+    """The student target as token ids: the sampled ids outside the confidence statements, ``Confidence: {P_acc}``, EOS.
 
-    ``token_ids`` is the rollout without its end-of-sequence token.
+    ``token_ids`` is the rollout without its end-of-sequence token. Only the characters where a removed statement
+    meets a sampled token are re-encoded; every other token is kept as it was sampled.
     """
     text = decode(token_ids)
-    keep = kept_token_count(token_ids, confidence_segment_start(text), decode)
-    kept_ids = list(token_ids[:keep])
-    suffix = _separator(decode(kept_ids)) + confidence_line(p_acc)
-    return kept_ids + encode(suffix) + [eos_token_id]
+    ids: list[int] = []
+    for start, end in kept_spans(text):
+        ids += _span_ids(token_ids, text, start, end, decode, encode)
+    return ids + encode(_separator(without_confidence(text)) + confidence_line(p_acc)) + [eos_token_id]
 
 
 def reserved_completion_tokens(encode: Callable[[str], list[int]]) -> int:

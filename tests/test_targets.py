@@ -2,8 +2,8 @@
 
 import pytest
 
+from caopd.confidence import confidence_statement_spans
 from caopd.targets import (
-    confidence_segment_start,
     format_confidence,
     kept_token_count,
     reserved_completion_tokens,
@@ -52,14 +52,30 @@ def test_confidence_inside_a_thought_is_kept():
     )
 
 
-def test_several_confidence_lines_only_the_trailing_segment_is_replaced():
+def test_every_confidence_statement_is_removed_and_nothing_else():
     rollout = (
         "Action: a\nAction Input: {}\nConfidence: 0.9\n"
         "Action: b\nAction Input: {}\nConfidence: 0.99\nObservation: made up"
     )
     assert rewrite_completion_text(rollout, 1 / 8) == (
-        "Action: a\nAction Input: {}\nConfidence: 0.9\nAction: b\nAction Input: {}\nConfidence: 0.12"
+        "Action: a\nAction Input: {}\nAction: b\nAction Input: {}\nObservation: made up\nConfidence: 0.12"
     )
+
+
+def test_a_confidence_line_before_the_answer_keeps_the_answer():
+    rollout = "<reasoning>\nbecause\n</reasoning>\nConfidence: 0.9\n<answer>\nA\n</answer>"
+    assert rewrite_completion_text(rollout, 5 / 8) == (
+        "<reasoning>\nbecause\n</reasoning>\n<answer>\nA\n</answer>\nConfidence: 0.62"
+    )
+
+
+def test_per_step_confidences_leave_demonstrations_and_peer_solutions_too():
+    steps = "Thought: t1\nAction: a\nAction Input: {}\nConfidence: 0.8\nThought: t2\nAction: b\nAction Input: {}"
+    plain = "Thought: t1\nAction: a\nAction Input: {}\nThought: t2\nAction: b\nAction Input: {}"
+    assert teacher_context("demo", steps + "\nConfidence: 0.7", 5 / 8).startswith(
+        f"This is an example for a response to the question:\n{plain}\nConfidence: 0.62\n\n{NOTE_062}"
+    )
+    assert teacher_context("correct_solution", steps, None).startswith(f"Correct solution:\n{plain}\nConfidence: 1.00")
 
 
 def test_markdown_label_is_a_confidence_statement():
@@ -80,9 +96,12 @@ def test_empty_rollout_becomes_the_confidence_line():
     assert rewrite_completion_text("", 1.0) == "Confidence: 1.00"
 
 
-def test_segment_start_is_the_start_of_the_last_label_line():
-    text = "x\nConfidence: 0.5\ny\n  Confidence: 0.7 trailing"
-    assert confidence_segment_start(text) == text.index("  Confidence: 0.7")
+def test_statement_spans_cover_whole_lines_and_a_cut_off_label():
+    text = "x\nConfidence: 0.5\ny\n  Confidence: 0.7 trailing\nConf"
+    first, second, cut = confidence_statement_spans(text)
+    assert text[slice(*first)] == "Confidence: 0.5\n"
+    assert text[slice(*second)] == "  Confidence: 0.7 trailing\n"
+    assert text[slice(*cut)] == "Conf"
 
 
 def test_demo_teacher_context_plain_sdft():
@@ -172,11 +191,11 @@ def test_kept_token_count_with_multi_character_tokens():
         return "".join(vocabulary[i] for i in ids)
 
     ids = [1, 2, 3, 4, 5]
-    cut = confidence_segment_start(decode(ids))
+    ((cut, _),) = confidence_statement_spans(decode(ids))
     assert kept_token_count(ids, cut, decode) == 3
 
 
-def test_a_token_straddling_the_cut_is_dropped_and_a_newline_added():
+def test_a_token_straddling_a_statement_keeps_its_part_outside_re_encoded():
     vocabulary = {1: "Answer: 7", 2: "\nConf", 3: "idence: 0.9"}
 
     def decode(ids):
@@ -184,6 +203,13 @@ def test_a_token_straddling_the_cut_is_dropped_and_a_newline_added():
 
     target = rewrite_completion_ids([1, 2, 3], 0.25, decode, _encode, EOS)
     assert target[0] == 1 and decode([target[0]]) + _decode(target[1:-1]) == "Answer: 7\nConfidence: 0.25"
+
+
+def test_sampled_ids_on_both_sides_of_a_removed_statement_survive():
+    sampled = _encode("A\nConfidence: 0.9\nB")
+    target = rewrite_completion_ids(sampled, 0.5, _decode, lambda text: [9999] * len(text), EOS)
+    assert target[:2] == _encode("A\n") and target[2] == ord("B")  # not re-encoded: the disagreeing encoder
+    assert target[3:-1] == [9999] * len("\nConfidence: 0.50") and target[-1] == EOS
 
 
 def test_reserved_tokens_cover_every_value_and_eos():

@@ -6,7 +6,8 @@ import pytest
 import torch
 from helpers import assert_rewritten_with_group_rates, capture_batches, read_rollouts, toy_trainer
 
-from caopd.targets import confidence_segment_start, kept_token_count
+from caopd.confidence import confidence_statement_spans
+from caopd.targets import kept_token_count
 
 
 def _texts(trainer, ids_list):
@@ -44,7 +45,8 @@ def test_sampled_prefix_ids_are_kept_exactly(model, tokenizer, tmp_path):
     for raw_ids, final_ids in zip(captured["raw"][0], trainer._get_completion_ids_list(batch)):
         raw_ids = trainer._strip_eos(raw_ids)
         text = trainer._decode(raw_ids)
-        keep = kept_token_count(raw_ids, confidence_segment_start(text), trainer._decode)
+        first_statement = next((start for start, _ in confidence_statement_spans(text)), len(text))
+        keep = kept_token_count(raw_ids, first_statement, trainer._decode)
         assert final_ids[:keep] == raw_ids[:keep]
         suffix = trainer._decode(final_ids[keep:-1])
         assert suffix.lstrip("\n").startswith("Confidence: ")
