@@ -65,10 +65,12 @@ class DistilConfig(SDFTConfig):
         },
     )
     equivalence: str = field(
-        default="normalized_exact",
+        default="task",
         metadata={
-            "help": "With self_consistency: how two answers are compared. 'normalized_exact' (final answers equal "
-            "up to case, whitespace and a trailing period) or 'module:function' taking (response, reference)."
+            "help": "With self_consistency: how a rollout is compared with the reference. 'task': the task's own "
+            "reading of the answer agrees (MCQ letter, tool-call sequence, arithmetic result, a custom verifier's "
+            "extraction); 'normalized_exact': the final answers match; a built-in verifier name or 'regex:PATTERN': "
+            "its reading agrees; 'module:function': your function of (response, reference)."
         },
     )
     teacher_model_kind: str = field(

@@ -66,7 +66,7 @@ class DistilTrainer(SDFTTrainer):
             **kwargs,
         )
         self.resume_dir: str | None = None
-        self._equivalent = resolve_equivalence(args.equivalence) if args.self_consistency else None
+        self._equivalent = resolve_equivalence(args.equivalence, task) if args.self_consistency else None
         self.rollout_log = RolloutLog(args.output_dir, self.accelerator.process_index)
         self.add_callback(TeacherRestoreCallback(self))
         if args.save_rollouts:

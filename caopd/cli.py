@@ -58,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="no verifier: P_acc = share of rollouts equivalent to a greedy reference answer under the teacher context",
     )
     caopd.add_argument(
-        "--equivalence", default="normalized_exact", help="with --self_consistency: normalized_exact or module:function"
+        "--equivalence",
+        default="task",
+        help="with --self_consistency: task (the task's answer extraction agrees), normalized_exact, a built-in "
+        "verifier name, regex:PATTERN, or module:function",
     )
     caopd.add_argument("--teacher_context_mode", default="demo", choices=TEACHER_MODES)
     caopd.add_argument(

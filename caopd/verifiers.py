@@ -110,6 +110,11 @@ def verify_tooluse(response: str, golden: list[dict[str, Any]]) -> bool:
     return bool(predicted) and predicted == golden_tool_calls(golden)
 
 
+def tool_call_key(response: str) -> tuple[ToolCall, ...] | None:
+    """The response's sequence of calls, as the tool-use verifier compares it (None when it makes no call)."""
+    return tuple(parse_tool_calls(response)) or None
+
+
 def extract_choice(response: str) -> str | None:
     """The letter in the last ``<answer>...</answer>`` of a response, upper-cased, or None."""
     last = last_match(_ANSWER_TAG, response)

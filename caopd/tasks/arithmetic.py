@@ -218,6 +218,7 @@ ARITHMETIC_TASK = Task(
     name="arithmetic",
     verify_fn=verify_arithmetic,
     load=load_arithmetic,
+    answer_key=parse_answer,
     description=(
         "Generated integer arithmetic (sums, differences, products; eight difficulty levels), offline; the answer "
         "is the integer on the last 'Answer:' line. Default task of the CPU demo."

@@ -13,7 +13,7 @@ The same ``verify(response, ground_truth)`` decides correctness in training (P_a
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,9 @@ class Task:
     verify_fn: Verifier
     load: Callable[..., Dataset]  # (path: str | None, **options) -> canonical rows
     description: str = ""
+    # The answer a response gives, as the verifier reads it (None: it gives none). Self-consistency compares two
+    # responses by it; a task without one falls back to the normalized final answer.
+    answer_key: Callable[[str], Hashable | None] | None = None
 
     def verify(self, response: str, ground_truth_json: str) -> bool:
         """Judge ``response`` against the JSON-encoded ground truth; never raises on odd model output."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from datasets import Dataset
@@ -19,11 +20,13 @@ from caopd.confidence import last_match
 from caopd.prompts import ANSWER_CONFIDENCE_INSTRUCTION, append_confidence_instruction
 from caopd.targets import strip_confidence
 from caopd.tasks.base import Task, TaskDataError, Verifier, canonical_dataset, read_rows, user_chat
-from caopd.verifiers import verify_mcq, verify_tooluse
+from caopd.verifiers import extract_choice, tool_call_key, verify_mcq, verify_tooluse
 
 _ANSWER_LABEL = re.compile(r"^[ \t*_#>]{0,8}(?:final )?answer[ \t*_]{0,4}:", re.IGNORECASE | re.MULTILINE)
 _NUMBER = re.compile(r"[-+]?\d{1,30}(?:[.,]\d{1,30})?(?:[eE][-+]?\d{1,3})?")
 VERIFIER_HELP = "exact_match, numeric, mcq_letter, regex:PATTERN, tooluse, or module:function"
+AnswerKey = Callable[[str], Hashable | None]
+Equivalence = Callable[[str, str], bool]
 
 
 def final_answer(response: str) -> str:
@@ -51,20 +54,39 @@ def numeric(response: str, answer: Any) -> bool:
     return abs(value - reference) <= 1e-6 * max(1.0, abs(reference))
 
 
-def _regex_verifier(pattern: str) -> Verifier:
+def _regex_key(pattern: str, flag: str = "--verifier") -> AnswerKey:
+    """The normalized text of the last match of ``pattern`` (its group 1 when it has groups)."""
     try:
         compiled = re.compile(pattern, re.MULTILINE)
     except re.error as err:
-        raise TaskDataError(f"--verifier regex:{pattern}: not a valid regular expression ({err})") from err
+        raise TaskDataError(f"{flag} regex:{pattern}: not a valid regular expression ({err})") from err
 
-    def verify(response: str, answer: Any) -> bool:
+    def key(response: str) -> str | None:
         found = last_match(compiled, response)
         if found is None:
-            return False
-        extracted = found.group(1) if compiled.groups else found.group(0)
-        return _normalize(extracted) == _normalize(answer)
+            return None
+        return _normalize(found.group(1) if compiled.groups else found.group(0))
 
-    return verify
+    return key
+
+
+def _regex_verifier(pattern: str) -> Verifier:
+    key = _regex_key(pattern)
+    return lambda response, answer: (extracted := key(response)) is not None and extracted == _normalize(answer)
+
+
+def final_answer_key(response: str) -> str | None:
+    """The normalized final answer (None when empty): ``exact_match``'s reading of a response."""
+    return _normalize(final_answer(response)) or None
+
+
+def number_key(response: str) -> float | None:
+    """The last number of the final answer: ``numeric``'s reading of a response (rounded to 9 significant digits)."""
+    found = last_match(_NUMBER, final_answer(response))
+    try:
+        return float(f"{float(found.group(0).replace(',', '')):.9g}")
+    except (AttributeError, ValueError):
+        return None
 
 
 BUILT_IN: dict[str, Verifier] = {
@@ -72,6 +94,13 @@ BUILT_IN: dict[str, Verifier] = {
     "numeric": numeric,
     "mcq_letter": verify_mcq,
     "tooluse": verify_tooluse,
+}
+# How each built-in verifier reads a response's answer; self-consistency compares two responses by it.
+ANSWER_KEYS: dict[str, AnswerKey] = {
+    "exact_match": final_answer_key,
+    "numeric": number_key,
+    "mcq_letter": extract_choice,
+    "tooluse": tool_call_key,
 }
 
 
@@ -132,14 +161,38 @@ def load_custom(path: str | None, confidence_instruction: bool = True) -> Datase
 
 
 def custom_task(verifier: str) -> Task:
-    return Task(name="custom", verify_fn=resolve_verifier(verifier), load=load_custom, description=verifier)
+    verify = resolve_verifier(verifier)
+    return Task("custom", verify, load_custom, description=verifier, answer_key=_answer_key(verifier))
 
 
-def normalized_exact(response: str, reference: str) -> bool:
-    """Teacher-anchored self-consistency's default: the two final answers match after normalization."""
-    return _normalize(final_answer(response)) == _normalize(final_answer(reference))
+def _answer_key(spec: str, flag: str = "--verifier") -> AnswerKey | None:
+    """How the verifier ``spec`` reads an answer: built-ins and regexes; None for a user's ``module:function``."""
+    if spec in ANSWER_KEYS:
+        return ANSWER_KEYS[spec]
+    if spec.startswith("regex:"):
+        return _regex_key(spec[len("regex:") :], flag)
+    return None
 
 
-def resolve_equivalence(spec: str) -> Verifier:
-    """``normalized_exact`` or a ``module:function`` comparing (response, reference)."""
-    return normalized_exact if spec == "normalized_exact" else resolve_verifier(spec)
+def _equal_keys(key: AnswerKey, response: str, reference: str) -> bool:
+    answer = key(response)
+    return answer is not None and answer == key(reference)
+
+
+def resolve_equivalence(spec: str, task: Task) -> Equivalence:
+    """How self-consistency compares a rollout with its reference.
+
+    ``task`` (the default): the task's own reading of an answer agrees (the MCQ letter, the tool-call sequence, the
+    arithmetic result; a custom task's verifier, or its final answer when the verifier is your own function).
+    ``normalized_exact``: the final answers match. A built-in verifier name or ``regex:PATTERN``: that verifier's
+    reading agrees. ``module:function``: your ``function(response, reference) -> bool``.
+    """
+    if spec == "task":
+        key = task.answer_key or final_answer_key
+    elif spec == "normalized_exact":
+        key = final_answer_key
+    else:
+        key = _answer_key(spec, "--equivalence")
+        if key is None:
+            return resolve_verifier(spec)
+    return lambda response, reference: _equal_keys(key, response, reference)

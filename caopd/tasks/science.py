@@ -17,7 +17,7 @@ from caopd.tasks.base import (
     require_columns,
     user_chat,
 )
-from caopd.verifiers import golden_choice, verify_mcq
+from caopd.verifiers import extract_choice, golden_choice, verify_mcq
 
 DEFAULT_TRAIN_PATH = Path(__file__).resolve().parents[2] / "data" / "science" / "train"
 _HINT = (
@@ -73,5 +73,6 @@ SCIENCE_TASK = Task(
     name="science",
     verify_fn=verify_mcq,
     load=load_science,
+    answer_key=extract_choice,
     description="SciKnowEval Chemistry L3 multiple choice; correct = the last <answer> letter is the golden letter",
 )

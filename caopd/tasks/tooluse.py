@@ -18,7 +18,7 @@ from caopd.tasks.base import (
     require_columns,
     user_chat,
 )
-from caopd.verifiers import verify_tooluse
+from caopd.verifiers import tool_call_key, verify_tooluse
 
 DEFAULT_TRAIN_PATH = Path(__file__).resolve().parents[2] / "data" / "tooluse" / "train"
 _HINT = (
@@ -82,5 +82,6 @@ TOOLUSE_TASK = Task(
     name="tooluse",
     verify_fn=verify_tooluse,
     load=load_tooluse,
+    answer_key=tool_call_key,
     description="ToolAlpaca tool calls in ReAct format; correct = same tools and JSON inputs as the golden calls",
 )
