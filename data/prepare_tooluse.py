@@ -2,11 +2,22 @@
 
     python data/prepare_tooluse.py --input train_data.json --output data/tooluse/train
 
+ToolAlpaca ships two formats, and a file may hold either (the format is read per API record):
+
+- evaluation files (``eval_simulated.json``, ``eval_real.json``): ``Instructions`` with ``Golden_Answers`` (lists of
+  ``{Action, Action_Input}``); the demonstration is written from the golden calls;
+- the training file (``train_data.json``): ``Instances``, each with ``input`` (the instruction), ``output``,
+  ``Final Thought`` and ``intermediate_steps``, a list of ``[[action, action_input, "Thought: ...\nAction: ...\nAction
+  Input: ..."], observation]``. The golden calls are the steps' actions and inputs, and the demonstration is the
+  steps' own thought/action text, joined by newlines. Observations and the final answer are left out: the student
+  sees no tool output, so it must plan every call, and the verifier judges the calls.
+
 One row per instruction: ``prompt`` (the ReAct prompt with tool name, description, documentation, the format
 lines and the ``Begin!`` anchor), ``name``, ``description``, ``nl_documentation``, ``instruction``,
-``golden_answer`` (list of ``{Action, Action_Input}``) and ``golden_response`` (a demonstration, written from
-the golden calls when the raw record has none). Rows whose golden Action_Input is not valid JSON are
-reported with their API and index and left out (``--keep_invalid`` keeps them, flagged ``golden_valid=False``).
+``golden_answer`` (list of ``{Action, Action_Input}``) and ``golden_response`` (the demonstration). Problems (a
+golden Action_Input that is not valid JSON, an instance without tool calls, a malformed record or step) are
+reported with their API and index, and those rows left out; ``--keep_invalid`` keeps rows whose only problem is
+invalid golden JSON, flagged ``golden_valid=False``.
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ from datasets import Dataset
 
 from caopd.atomic import save_dataset_atomically
 from caopd.tasks.tooluse import demonstration_from_calls
-from caopd.verifiers import tooluse_golden_problem
+from caopd.verifiers import tooluse_golden_problem, verify_tooluse
 
 PROMPT_TEMPLATE = (
     "Your task is to answer the user's question using available tools. \n"
@@ -48,13 +59,15 @@ def convert(records: list[dict[str, Any]], keep_invalid: bool = False) -> tuple[
     """Training rows and the problems found (one line each, naming the API and the instruction index)."""
     rows, problems = [], []
     for api_index, record in enumerate(records):
-        name = str(record.get("Name", f"api{api_index}"))
-        instructions = record.get("Instructions") or []
-        answers = record.get("Golden_Answers") or []
-        if len(instructions) != len(answers):
-            problems.append(f"{name}: {len(instructions)} instructions but {len(answers)} golden answers; skipped")
+        if not isinstance(record, dict):
+            problems.append(f"record {api_index}: not a JSON object; skipped")
             continue
-        for index, (instruction, golden) in enumerate(zip(instructions, answers, strict=True)):
+        name = str(record.get("Name", f"api{api_index}"))
+        if "Instances" in record:
+            examples = _training_examples(record, name, problems)
+        else:
+            examples = _evaluation_examples(record, name, problems)
+        for index, instruction, golden, demonstration in examples:
             calls = [
                 {"Action": str(step.get("Action", "")), "Action_Input": str(step.get("Action_Input", ""))}
                 for step in (golden if isinstance(golden, list) else [])
@@ -63,8 +76,14 @@ def convert(records: list[dict[str, Any]], keep_invalid: bool = False) -> tuple[
             problem = tooluse_golden_problem(golden) or (None if calls else "no golden call")
             if problem:
                 problems.append(f"{name} instruction {index}: {problem}")
-                if not keep_invalid:
+                if not keep_invalid or not calls:
                     continue
+            if demonstration is not None and not verify_tooluse(demonstration, calls):
+                problems.append(
+                    f"{name} instruction {index}: the steps' text does not state their calls; the demonstration is "
+                    "written from the calls instead"
+                )
+                demonstration = None
             documentation = str(record.get("NLDocumentation", ""))
             row = {
                 "prompt": react_prompt(name, str(record.get("Description", "")), documentation, str(instruction)),
@@ -73,12 +92,59 @@ def convert(records: list[dict[str, Any]], keep_invalid: bool = False) -> tuple[
                 "nl_documentation": documentation,
                 "instruction": str(instruction),
                 "golden_answer": calls,
-                "golden_response": demonstration_from_calls(calls) if calls else "",
+                "golden_response": demonstration or demonstration_from_calls(calls),
             }
             if keep_invalid:
                 row["golden_valid"] = problem is None
             rows.append(row)
     return rows, problems
+
+
+Example = tuple[int, str, Any, "str | None"]  # index, instruction, golden calls, demonstration (None: write one)
+
+
+def _evaluation_examples(record: dict[str, Any], name: str, problems: list[str]) -> list[Example]:
+    instructions = record.get("Instructions") or []
+    answers = record.get("Golden_Answers") or []
+    if len(instructions) != len(answers):
+        problems.append(f"{name}: {len(instructions)} instructions but {len(answers)} golden answers; skipped")
+        return []
+    pairs = zip(instructions, answers, strict=True)
+    return [(index, instruction, golden, None) for index, (instruction, golden) in enumerate(pairs)]
+
+
+def _training_examples(record: dict[str, Any], name: str, problems: list[str]) -> list[Example]:
+    instances = record.get("Instances")
+    if not isinstance(instances, list):
+        problems.append(f"{name}: 'Instances' is not a list; skipped")
+        return []
+    instructions = record.get("Instructions") or []
+    examples = []
+    for index, instance in enumerate(instances):
+        steps = instance.get("intermediate_steps") if isinstance(instance, dict) else None
+        instruction = instance.get("input") if isinstance(instance, dict) else None
+        if instruction is None and index < len(instructions):
+            instruction = instructions[index]
+        if not isinstance(steps, list) or not isinstance(instruction, str) or not instruction.strip():
+            problems.append(f"{name} instruction {index}: needs 'input' text and an 'intermediate_steps' list")
+            continue
+        parsed = [_step(step) for step in steps]
+        if any(step is None for step in parsed):
+            problems.append(f"{name} instruction {index}: a step is not [[action, input, text], observation]")
+            continue
+        golden = [{"Action": action, "Action_Input": action_input} for action, action_input, _ in parsed]
+        examples.append((index, instruction, golden, "\n".join(text.strip() for _, _, text in parsed) or None))
+    return examples
+
+
+def _step(step: Any) -> tuple[str, str, str] | None:
+    """(action, action input, the step's thought/action text) of one intermediate step, or None if malformed."""
+    if not isinstance(step, list) or not step or not isinstance(step[0], list) or len(step[0]) < 3:
+        return None
+    action, action_input, text = step[0][:3]
+    if not all(isinstance(value, str) for value in (action, action_input, text)):
+        return None
+    return action.strip(), action_input, text
 
 
 def main(argv: list[str] | None = None) -> int:
