@@ -3,7 +3,7 @@
 Prompts come from the training loaders, so the model is asked exactly as it was trained (confidence
 instruction included unless ``--no_confidence_instruction``); responses are judged by the training
 verifier and the shared confidence parser. Outputs, each written atomically: ``inference.json`` (one item
-per sample), ``metrics.json`` and ``reliability.png``.
+per sample), ``metrics.json``, ``reliability.png`` and ``selective.png`` (accuracy against coverage).
 
 The arithmetic task needs no files: by default it is evaluated on generated questions of its ``test`` split,
 which never share a question with the training split (membership is fixed by a hash of the question).
@@ -26,7 +26,7 @@ from caopd.confidence import parse_confidence
 from caopd.generation import Sampling, generate
 from caopd.metrics import calibration_metrics
 from caopd.models import ModelResolutionError, resolve_model_name
-from caopd.plots import reliability_diagram
+from caopd.plots import reliability_diagram, selective_diagram
 from caopd.prompt_lengths import OVERLONG_CHOICES, check_prompt_lengths
 from caopd.prompts import encode_chat_prompts
 from caopd.tasks import Task, TaskDataError, get_task
@@ -157,6 +157,7 @@ def evaluate(task_name: str, argv: list[str] | None = None) -> int:
     write_text_atomically(output / "inference.json", json.dumps(items, indent=1, ensure_ascii=False) + "\n")
     write_text_atomically(output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     reliability_diagram({args.model_path: metrics}, output / "reliability.png", title=f"{task_name}: reliability")
+    selective_diagram({args.model_path: metrics}, output / "selective.png", title=f"{task_name}: selective prediction")
     print(
         f"{task_name}: accuracy {metrics['accuracy']:.3f}  ECE {metrics['ece']:.3f}  Brier {metrics['brier_score']:.3f}"
         f"  SPR {metrics['spr']:.3f}  OCG {metrics['overconfidence_gap']:+.3f}  -> {output}"

@@ -2,9 +2,10 @@
 
 Definitions (DESIGN.md): accuracy; ECE over ``n_bins`` equal-width bins (a confidence of 1.0 falls in the
 last bin); Brier score; SPR = P(c+ > c-) over all (correct, incorrect) pairs, ties earn nothing, 0 when one
-side is empty; AUROC = the same with ties earning one half; OCG = mean confidence - accuracy. In the
-headline numbers a missing confidence counts as 0.0; ``valid_confidence_only`` repeats them over the
-responses whose confidence parsed.
+side is empty; AUROC = the same with ties earning one half; OCG = mean confidence - accuracy; an equal-mass-bin
+ECE beside the equal-width one; and selective prediction (``caopd.selective``: AURC, accuracy at 50 % and 80 %
+coverage, the accuracy-coverage curve). In the headline numbers a missing confidence counts as 0.0;
+``valid_confidence_only`` repeats them over the responses whose confidence parsed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,19 @@ from typing import Any
 
 import numpy as np
 
-BOOTSTRAP_METRICS = ("accuracy", "ece", "brier_score", "spr", "mean_confidence")
+from caopd.selective import accuracy_at_coverage, accuracy_curve, aurc
+
+BOOTSTRAP_METRICS = (
+    "accuracy",
+    "ece",
+    "ece_equal_mass",
+    "brier_score",
+    "spr",
+    "mean_confidence",
+    "aurc",
+    "accuracy_at_coverage_50",
+    "accuracy_at_coverage_80",
+)
 
 
 def _pair_counts(confidence: np.ndarray, correct: np.ndarray) -> tuple[float, float, int]:
@@ -53,6 +66,24 @@ def ece(confidence: np.ndarray, correct: np.ndarray, n_bins: int) -> float:
     return float(gap / confidence.size)
 
 
+def ece_equal_mass(confidence: np.ndarray, correct: np.ndarray, n_bins: int) -> float:
+    """ECE over ``n_bins`` bins of (about) equal count: bin edges at the confidence quantiles.
+
+    Equal-width bins leave most of them empty when confidences cluster (as stated confidences do, near 0.9 or at
+    0.0 for a missing one) and average a few crowded bins; equal-mass bins follow the data. Equal confidences
+    always share a bin, so a bin can hold more than n / n_bins responses and some bins stay empty.
+    """
+    if confidence.size == 0:
+        return 0.0
+    edges = np.quantile(confidence, np.linspace(0.0, 1.0, n_bins + 1))[1:-1]
+    bins = np.searchsorted(edges, confidence, side="right")
+    gap = 0.0
+    for b in np.unique(bins):
+        members = bins == b
+        gap += members.sum() * abs(correct[members].mean() - confidence[members].mean())
+    return float(gap / confidence.size)
+
+
 def bin_stats(confidence: np.ndarray, correct: np.ndarray, n_bins: int) -> list[dict[str, Any]]:
     bins = bin_index(confidence, n_bins) if confidence.size else np.array([], dtype=int)
     stats = []
@@ -78,11 +109,15 @@ def _core(confidence: np.ndarray, correct: np.ndarray, n_bins: int) -> dict[str,
     return {
         "accuracy": accuracy,
         "ece": ece(confidence, correct, n_bins),
+        "ece_equal_mass": ece_equal_mass(confidence, correct, n_bins),
         "brier_score": 0.0 if empty else float(((confidence - correct) ** 2).mean()),
         "spr": spr(confidence, correct),
         "auroc": auroc(confidence, correct),
         "overconfidence_gap": mean_confidence - accuracy,
         "mean_confidence": mean_confidence,
+        "aurc": aurc(confidence, correct),
+        "accuracy_at_coverage_50": accuracy_at_coverage(confidence, correct, 0.5),
+        "accuracy_at_coverage_80": accuracy_at_coverage(confidence, correct, 0.8),
         "n_samples": int(confidence.size),
     }
 
@@ -122,6 +157,7 @@ def calibration_metrics(
     result["confidence_format_adherence"] = float(valid.mean()) if valid.size else 0.0
     result["n_bins"] = n_bins
     result["bin_stats"] = bin_stats(stated, verdicts, n_bins)
+    result["selective_accuracy"] = accuracy_curve(stated, verdicts)
     result["valid_confidence_only"] = _core(stated[valid], verdicts[valid], n_bins)
     result["bootstrap_95ci"] = _bootstrap(stated, verdicts, n_bins, n_bootstrap, seed)
     return result

@@ -51,3 +51,43 @@ def reliability_diagram(runs: dict[str, dict[str, Any]], path: Path | str, title
     figure.tight_layout()
     write_atomically(path, lambda stream: figure.savefig(stream, format="png"), mode="wb")
     plt.close(figure)
+
+
+def selective_diagram(runs: dict[str, dict[str, Any]], path: Path | str, title: str = "Selective prediction") -> None:
+    """Accuracy of the answered questions against the share answered (most confident first), one curve per run.
+
+    A model whose confidence ranks its answers well starts high on the left and falls to its plain accuracy at
+    full coverage; a flat curve means the confidence says nothing about which answers are right.
+    """
+    figure, axis = plt.subplots(figsize=(5.2, 4.2), dpi=120)
+    for label, metrics in runs.items():
+        curve = metrics["selective_accuracy"]
+        axis.plot(
+            curve["coverage"],
+            curve["accuracy"],
+            label=f"{label} (AURC {metrics['aurc']:.3f}, acc@50% {metrics['accuracy_at_coverage_50']:.2f})",
+        )
+    axis.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="coverage (share answered, most confident first)")
+    axis.set(ylabel="accuracy of the answered", title=title)
+    axis.legend(loc="lower left", fontsize=8)
+    figure.tight_layout()
+    write_atomically(path, lambda stream: figure.savefig(stream, format="png"), mode="wb")
+    plt.close(figure)
+
+
+def routing_diagram(routing: dict[str, Any], path: Path | str) -> None:
+    """Accuracy against cost per query for each small model's cascade, and the large model alone as a point."""
+    figure, axis = plt.subplots(figsize=(5.6, 4.2), dpi=120)
+    ratio = routing["cost_ratio"]
+    for label, points in routing["results"].items():
+        (line,) = axis.plot([p["cost"] for p in points], [p["accuracy"] for p in points], marker=".", label=label)
+        for point in points[:: max(1, len(points) // 5)]:  # a few thresholds written along the curve
+            position = (point["cost"], point["accuracy"])
+            axis.annotate(f"t={point['threshold']:.2f}", position, fontsize=6, color=line.get_color())
+    large = sorted({round(entry["accuracy"], 6) for entry in routing["large"].values()})
+    axis.scatter([ratio] * len(large), large, marker="*", s=140, color="black", zorder=3, label="large model alone")
+    axis.set(xlabel="cost per query (small-model calls)", ylabel="accuracy", title=f"Cascade routing (R = {ratio:g})")
+    axis.legend(loc="lower right", fontsize=7)
+    figure.tight_layout()
+    write_atomically(path, lambda stream: figure.savefig(stream, format="png"), mode="wb")
+    plt.close(figure)

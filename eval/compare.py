@@ -1,7 +1,10 @@
-"""Compare runs: several metrics.json files in, a Markdown table and one overlaid reliability diagram out.
+"""Compare runs: several metrics.json files in, a Markdown table and overlaid diagrams out.
 
     python eval/compare.py base/metrics.json sdft/metrics.json caopd/metrics.json \
-        --labels base SDFT CaOPD --output_md compare.md --output_png compare.png
+        --labels base SDFT CaOPD --output_md compare.md --output_png compare.png [--output_selective_png sel.png]
+
+The table holds accuracy, both ECEs, Brier, SPR, AUROC, OCG, mean confidence, AURC, accuracy at 50 % and 80 %
+coverage and format adherence, with bootstrap intervals where the metrics file has them.
 """
 
 from __future__ import annotations
@@ -14,16 +17,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from caopd.atomic import write_text_atomically
-from caopd.plots import reliability_diagram
+from caopd.plots import reliability_diagram, selective_diagram
 
 COLUMNS = (
     ("accuracy", "acc"),
     ("ece", "ECE"),
+    ("ece_equal_mass", "ECE (equal mass)"),
     ("brier_score", "Brier"),
     ("spr", "SPR"),
     ("auroc", "AUROC"),
     ("overconfidence_gap", "OCG"),
     ("mean_confidence", "mean conf"),
+    ("aurc", "AURC"),
+    ("accuracy_at_coverage_50", "acc@50%"),
+    ("accuracy_at_coverage_80", "acc@80%"),
     ("confidence_format_adherence", "format"),
     ("n_samples", "n"),
 )
@@ -53,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("metrics", nargs="+", help="metrics.json files (from eval_*.py or eval/run_eval_*.py)")
     parser.add_argument("--labels", nargs="+", help="one name per file (default: the parent folder names)")
     parser.add_argument("--output_md", required=True)
-    parser.add_argument("--output_png", required=True)
+    parser.add_argument("--output_png", required=True, help="overlaid reliability diagrams")
+    parser.add_argument("--output_selective_png", help="overlaid accuracy-coverage curves (optional)")
     args = parser.parse_args(argv)
     labels = args.labels or [Path(path).parent.name or path for path in args.metrics]
     if len(labels) != len(args.metrics) or len(set(labels)) != len(labels):
@@ -69,9 +77,16 @@ def main(argv: list[str] | None = None) -> int:
         if "bin_stats" not in runs[label]:
             print(f"error: {path}: not a metrics file (no bin_stats)", file=sys.stderr)
             return 2
+    if args.output_selective_png and (old := [label for label, m in runs.items() if "selective_accuracy" not in m]):
+        print(
+            f"error: {', '.join(old)}: no accuracy-coverage curve; re-score it with eval/run_eval_*.py", file=sys.stderr
+        )
+        return 2
     table = markdown_table(runs)
     write_text_atomically(args.output_md, table)
     reliability_diagram(runs, args.output_png, title="Reliability: " + " vs ".join(labels))
+    if args.output_selective_png:
+        selective_diagram(runs, args.output_selective_png, title="Selective prediction: " + " vs ".join(labels))
     print(table)
     return 0
 

@@ -86,3 +86,50 @@ def test_bad_inputs():
         calibration_metrics([True], [0.5, 0.5])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         calibration_metrics([True], [1.5])
+
+
+def test_selective_prediction_by_hand():
+    # confidences 0.9 (right), 0.8 (wrong), 0.5 (right), 0.5 (wrong), missing -> 0.0 (wrong)
+    correct = [True, False, True, False, False]
+    m = calibration_metrics(correct, [0.9, 0.8, 0.5, 0.5, None], n_bootstrap=0)
+    # expected errors among the top k: 0, 1, 1.5, 2 (the tie at 0.5 spreads its one error), 3
+    risks = [0 / 1, 1 / 2, 1.5 / 3, 2 / 4, 3 / 5]
+    assert m["aurc"] == pytest.approx(sum(risks) / 5)
+    assert m["accuracy_at_coverage_50"] == pytest.approx(1 - 1.5 / 3)  # ceil(2.5) = 3 answered
+    assert m["accuracy_at_coverage_80"] == pytest.approx(1 - 2 / 4)
+    curve = m["selective_accuracy"]
+    assert len(curve["coverage"]) == 100 and curve["coverage"][-1] == 1.0 and curve["accuracy"][-1] == 0.4
+    # equal-mass bins: quantile edges put 0.0 | 0.5, 0.5 | 0.8 | 0.9 apart (the tied 0.5s share a bin)
+    assert m["ece_equal_mass"] == pytest.approx((0.0 + 2 * 0.0 + 0.8 + 0.1) / 5)
+
+
+def _brute_force_aurc(correct, confidence):
+    """Average of the plain sorted-order AURC over every order of the tied responses (small n only)."""
+    conf = [0.0 if c is None else c for c in confidence]
+    values = []
+    for order in itertools.permutations(range(len(conf))):
+        if any(conf[order[i]] < conf[order[i + 1]] for i in range(len(order) - 1)):
+            continue  # not a most-confident-first order
+        errors, total = 0, 0.0
+        for k, index in enumerate(order, start=1):
+            errors += not correct[index]
+            total += errors / k
+        values.append(total / len(order))
+    return sum(values) / len(values)
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_aurc_matches_the_average_over_tie_orders(seed):
+    rng = random.Random(seed)
+    n = rng.randint(1, 7)
+    correct = [rng.random() < 0.5 for _ in range(n)]
+    confidence = [rng.choice([None, 0.2, 0.5, 0.5, 0.9]) for _ in range(n)]
+    got = calibration_metrics(correct, confidence, n_bootstrap=0)["aurc"]
+    assert got == pytest.approx(_brute_force_aurc(correct, confidence), abs=1e-12)
+
+
+def test_a_perfect_ranking_has_the_lowest_aurc():
+    correct = [True] * 6 + [False] * 4
+    ranked = calibration_metrics(correct, [0.9] * 6 + [0.1] * 4, n_bootstrap=0)
+    reversed_ = calibration_metrics(correct, [0.1] * 6 + [0.9] * 4, n_bootstrap=0)
+    assert ranked["aurc"] < reversed_["aurc"] and ranked["accuracy_at_coverage_50"] == 1.0

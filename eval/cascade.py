@@ -1,0 +1,120 @@
+"""Cascade routing: accuracy against cost when a small model defers its unsure queries to a large model.
+
+    python eval/cascade.py --small caopd/inference.json sdft/inference.json --labels CaOPD SDFT \
+        --large large/inference.json --cost_ratio 10 --output_json routing.json --output_png routing.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from caopd.atomic import write_text_atomically
+from caopd.cascade import (
+    DEFAULT_THRESHOLDS,
+    RoutingInputError,
+    accuracy_by_item,
+    cheapest_matching,
+    route,
+    scored_items,
+)
+from caopd.plots import routing_diagram
+
+SEMANTICS = """
+Semantics: every item of a small model's inference file is one query. At threshold t the small model answers it
+when its stated confidence is >= t (a missing confidence counts as 0.0); otherwise the query is deferred and
+scores the large model's accuracy on that item_id: the mean over the large file's samples of that item (or
+--large_accuracy on every item). Cost per query, in units of one small-model call: 1 + deferred_share x R. For
+each small model and threshold, routing.json holds threshold, deferred_share, accuracy and cost under
+results[label], and under cheapest_matching_large[label] the cheapest threshold whose accuracy is within one point
+of the large model's (null if none). The PNG plots accuracy against cost, one curve per small model, and the large
+model alone (cost R) as a point.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=SEMANTICS, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--small", nargs="+", required=True, help="inference.json of each small model")
+    parser.add_argument("--labels", nargs="+", help="one name per small model (default: the parent folder names)")
+    large = parser.add_mutually_exclusive_group(required=True)
+    large.add_argument("--large", help="inference.json of the large model, on the same items")
+    large.add_argument("--large_accuracy", type=float, help="assume a large model of this accuracy on every item")
+    parser.add_argument("--cost_ratio", type=float, required=True, help="R: one large-model call in small calls")
+    parser.add_argument(
+        "--thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS), help="confidence thresholds"
+    )
+    parser.add_argument("--output_json", required=True)
+    parser.add_argument("--output_png", required=True)
+    return parser
+
+
+def _read_items(path: str) -> list:
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise RoutingInputError(f"{path}: cannot read it ({err.strerror})") from err
+    except json.JSONDecodeError as err:
+        raise RoutingInputError(f"{path}: not valid JSON ({err})") from err
+    items = payload.get("items") if isinstance(payload, dict) else payload
+    if not isinstance(items, list):
+        raise RoutingInputError(f"{path}: expected a JSON list of items (an eval script's inference.json)")
+    return items
+
+
+def routing(args: argparse.Namespace) -> dict:
+    labels = args.labels or [Path(path).parent.name or path for path in args.small]
+    if len(labels) != len(args.small) or len(set(labels)) != len(labels):
+        raise RoutingInputError("give one distinct --labels entry per --small file")
+    if args.cost_ratio < 0:
+        raise RoutingInputError(f"--cost_ratio must be 0 or more, got {args.cost_ratio}")
+    if args.large_accuracy is not None and not 0 <= args.large_accuracy <= 1:
+        raise RoutingInputError(f"--large_accuracy must lie in [0, 1], got {args.large_accuracy}")
+    small = {label: scored_items(_read_items(path), path) for label, path in zip(labels, args.small, strict=True)}
+    if args.large is not None:
+        large = accuracy_by_item(scored_items(_read_items(args.large), args.large))
+        for label, path in zip(labels, args.small, strict=True):
+            missing = {item_id for item_id, _, _ in small[label]} - set(large)
+            if missing:
+                raise RoutingInputError(
+                    f"{path}: {len(missing)} item_id(s) are not in {args.large}; evaluate both models on the same data"
+                )
+    result = {"cost_ratio": args.cost_ratio, "large": {}, "small": dict(zip(labels, args.small, strict=True))}
+    result["results"], result["cheapest_matching_large"] = {}, {}
+    for label, items in small.items():
+        by_item = large if args.large is not None else {item_id: args.large_accuracy for item_id, _, _ in items}
+        large_accuracy = sum(by_item[item_id] for item_id, _, _ in items) / len(items)
+        result["large"][label] = {"source": args.large or "assumed (--large_accuracy)", "accuracy": large_accuracy}
+        points = route(items, by_item, args.cost_ratio, args.thresholds)
+        result["results"][label] = points
+        result["cheapest_matching_large"][label] = cheapest_matching(points, large_accuracy)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = routing(args)
+    except RoutingInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    write_text_atomically(args.output_json, json.dumps(result, indent=2) + "\n")
+    routing_diagram(result, args.output_png)
+    for label, point in result["cheapest_matching_large"].items():
+        large = result["large"][label]["accuracy"]
+        verdict = (
+            f"threshold {point['threshold']:.2f}: accuracy {point['accuracy']:.3f} at cost {point['cost']:.2f}"
+            if point
+            else "no threshold reaches it"
+        )
+        print(f"{label}: large model accuracy {large:.3f}; cheapest within one point: {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
