@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> None:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     config = build_config(args, world_size)
     resume = resume_argument(args)
-    task = get_task(args.dataset_name, args.verifier)
+    task = get_task(args.dataset_name, args.verifier, args.tooluse_match)
     dataset = task.load(args.train_data)
     model, tokenizer = load_model_and_tokenizer(args.model_name, config.bf16)
     lengths = [len(ids) for ids in encode_chat_prompts(tokenizer, list(dataset["prompt"]), args.enable_thinking)]

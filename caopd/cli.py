@@ -11,6 +11,7 @@ import yaml
 from caopd.prompt_lengths import OVERLONG_CHOICES
 from caopd.targets import TEACHER_MODES
 from caopd.tasks import TASK_NAMES
+from caopd.verifiers import TOOLUSE_MATCHES
 
 
 class CLIError(ValueError):
@@ -33,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --dataset_name custom: exact_match, numeric, mcq_letter, regex:PATTERN, tooluse or module:function",
     )
     run.add_argument("--train_data", help="training set (save_to_disk folder, .json or .jsonl); default per task")
+    run.add_argument(
+        "--tooluse_match",
+        choices=TOOLUSE_MATCHES,
+        default="sequence",
+        help="tool-use rule for P_acc (and evaluation): every call in order (sequence), the first call (first_call: "
+        "the original's P_acc and calibration script), or tool names + merged inputs (merged: its accuracy script)",
+    )
     run.add_argument("--seed", type=int, default=42)
     run.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest' for the newest in output_dir")
     run.add_argument(

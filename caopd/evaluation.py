@@ -1,4 +1,4 @@
-"""The evaluation command behind eval_tooluse.py, eval_science.py and eval_arithmetic.py.
+"""The evaluation command behind eval_tooluse.py, eval_science.py, eval_arithmetic.py and eval_custom.py.
 
 Prompts come from the training loaders, so the model is asked exactly as it was trained (confidence
 instruction included unless ``--no_confidence_instruction``); responses are judged by the training
@@ -31,9 +31,10 @@ from caopd.prompt_lengths import OVERLONG_CHOICES, check_prompt_lengths
 from caopd.prompts import encode_chat_prompts
 from caopd.tasks import Task, TaskDataError, get_task
 from caopd.tasks.arithmetic import SPLITS, generate_questions
-from caopd.verifiers import extract_choice
+from caopd.tasks.custom import VERIFIER_HELP
+from caopd.verifiers import TOOLUSE_MATCHES, extract_choice
 
-DEFAULT_DATA = {"tooluse": "data/tooluse/test", "science": "data/science/test", "arithmetic": None}
+DEFAULT_DATA = {"tooluse": "data/tooluse/test", "science": "data/science/test", "arithmetic": None, "custom": None}
 
 
 def build_parser(task: str) -> argparse.ArgumentParser:
@@ -45,7 +46,18 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     data_help = "evaluation rows in the task's training format"
     if task == "arithmetic":
         data_help += " (default: generated questions, see --split/--num_questions)"
-    parser.add_argument("--data", default=DEFAULT_DATA[task], help=data_help)
+    if task == "custom":
+        data_help = "your evaluation rows: the same format (and the same --verifier) as the training data"
+        parser.add_argument("--verifier", required=True, help="exactly as in training (" + VERIFIER_HELP + ")")
+    parser.add_argument("--data", default=DEFAULT_DATA[task], required=task == "custom", help=data_help)
+    if task in ("tooluse", "custom"):
+        parser.add_argument(
+            "--tooluse_match",
+            choices=TOOLUSE_MATCHES,
+            default="sequence",
+            help="tool-use rule: every call in order (sequence), the first call (first_call: the original's P_acc "
+            "and calibration script), or tool names + merged inputs (merged: the original's accuracy script)",
+        )
     if task == "arithmetic":
         parser.add_argument("--split", choices=SPLITS, default="test", help="split of the generated questions")
         parser.add_argument("--num_questions", type=int, default=200, help="generated questions to evaluate")
@@ -110,7 +122,7 @@ def evaluate(task_name: str, argv: list[str] | None = None) -> int:
     args.task = task_name
     try:
         _validate(args)
-        task = get_task(task_name)
+        task = get_task(task_name, getattr(args, "verifier", None), getattr(args, "tooluse_match", "sequence"))
         rows = _load_rows(task, args)
         if args.limit is not None:
             rows = rows.select(range(min(args.limit, len(rows))))
@@ -150,6 +162,8 @@ def evaluate(task_name: str, argv: list[str] | None = None) -> int:
         [i["correct"] for i in items], [i["confidence"] for i in items], args.n_bins, args.n_bootstrap, args.seed
     )
     metrics["length_cut_share"] = sum(i["cut_by_length"] for i in items) / len(items)
+    if hasattr(args, "tooluse_match"):
+        metrics["tooluse_match"] = args.tooluse_match
     if task_name == "science":
         metrics["answer_parse_rate"] = sum(extract_choice(i["response"]) is not None for i in items) / len(items)
     metrics["settings"] = {key: value for key, value in vars(args).items()}

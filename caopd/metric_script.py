@@ -11,12 +11,14 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from caopd.atomic import write_text_atomically
 from caopd.confidence import parse_confidence
 from caopd.metrics import calibration_metrics
+from caopd.verifiers import TOOLUSE_MATCHES
 
 Judge = Callable[[str, Any], bool]
 GoldenCheck = Callable[[Any], str | None]
@@ -64,13 +66,21 @@ def run_metric_script(
     judge: Judge,
     extra: Callable[[list[dict]], dict] | None = None,
     check_golden: GoldenCheck | None = None,
+    tooluse_rule: bool = False,
 ) -> int:
+    """The command line of a metric script; ``tooluse_rule`` adds ``--tooluse_match`` (passed to ``judge``)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--input", required=True, help="inference JSON: a list of {response, golden_answer, ...}")
     parser.add_argument("--output", required=True, help="metrics JSON to write (atomically)")
     parser.add_argument("--n_bins", type=int, default=10, help="equal-width confidence bins for ECE")
     parser.add_argument("--n_bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    if tooluse_rule:
+        parser.add_argument(
+            "--tooluse_match", choices=TOOLUSE_MATCHES, default="sequence", help="tool-use rule (see eval_tooluse.py)"
+        )
     args = parser.parse_args()
+    if tooluse_rule:
+        judge = partial(judge, match=args.tooluse_match)
     try:
         if args.n_bins < 1:
             raise ValueError(f"--n_bins must be positive, got {args.n_bins}")
@@ -81,6 +91,8 @@ def run_metric_script(
             metrics["length_cut_share"] = sum(bool(item["cut_by_length"]) for item in items) / len(items)
         if extra is not None:
             metrics.update(extra(items))
+        if tooluse_rule:
+            metrics["tooluse_match"] = args.tooluse_match
         metrics["malformed_items"] = problems
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

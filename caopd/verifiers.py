@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,19 +102,49 @@ def tooluse_golden_problem(golden: Any) -> str | None:
     return None
 
 
-def verify_tooluse(response: str, golden: list[dict[str, Any]]) -> bool:
-    """Correct when the response's sequence of calls equals the golden sequence: same tool names, same JSON inputs.
+TOOLUSE_MATCHES = ("sequence", "first_call", "merged")
+
+
+def _call_key(calls: list[ToolCall], match: str) -> Hashable | None:
+    """What the rule ``match`` compares of a list of calls (None when there is no call).
+
+    ``sequence``: every call, in order. ``first_call``: the first call only (the original release's P_acc and its
+    calibration script). ``merged``: the multiset of tool names plus the inputs merged into one object (the original
+    accuracy script); inputs that are not JSON objects are compared as a sorted list of their texts.
+    """
+    if not calls:
+        return None
+    if match == "sequence":
+        return tuple(calls)
+    if match == "first_call":
+        return calls[0]
+    if match != "merged":
+        raise ValueError(f"unknown tool-use rule {match!r}; choose one of {', '.join(TOOLUSE_MATCHES)}")
+    merged, others = {}, []
+    for call in calls:
+        text = call.action_input
+        value = json.loads(text) if text is not None and not text.startswith("<raw>") else None
+        if isinstance(value, dict):
+            merged.update(value)
+        else:
+            others.append(str(text))
+    names = tuple(sorted(Counter(call.action for call in calls).items()))
+    return names, json.dumps(merged, sort_keys=True, ensure_ascii=False), tuple(sorted(others))
+
+
+def tool_call_key(response: str, match: str = "sequence") -> Hashable | None:
+    """The response's calls as the rule ``match`` compares them (None when it makes no call)."""
+    return _call_key(parse_tool_calls(response), match)
+
+
+def verify_tooluse(response: str, golden: list[dict[str, Any]], match: str = "sequence") -> bool:
+    """Correct when the response's calls equal the golden calls under the rule ``match`` (see ``_call_key``).
 
     Inputs are compared as parsed JSON with sorted keys, so whitespace and key order do not matter. Without an
-    environment the model cannot see observations, so a multi-step golden answer must be planned in full.
+    environment the model cannot see observations, so under ``sequence`` a multi-step answer must be planned in full.
     """
-    predicted = parse_tool_calls(response)
-    return bool(predicted) and predicted == golden_tool_calls(golden)
-
-
-def tool_call_key(response: str) -> tuple[ToolCall, ...] | None:
-    """The response's sequence of calls, as the tool-use verifier compares it (None when it makes no call)."""
-    return tuple(parse_tool_calls(response)) or None
+    predicted = tool_call_key(response, match)
+    return predicted is not None and predicted == _call_key(golden_tool_calls(golden), match)
 
 
 def extract_choice(response: str) -> str | None:

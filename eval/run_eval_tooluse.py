@@ -10,4 +10,4 @@ from caopd.verifiers import tooluse_golden_problem, verify_tooluse
 
 if __name__ == "__main__":
     description = "Calibration metrics for tool-use responses (ToolAlpaca golden calls)."
-    sys.exit(run_metric_script(description, verify_tooluse, check_golden=tooluse_golden_problem))
+    sys.exit(run_metric_script(description, verify_tooluse, check_golden=tooluse_golden_problem, tooluse_rule=True))

@@ -1,5 +1,6 @@
 """The shared confidence parser and task verifiers on hand-written responses."""
 
+import json
 import time
 
 import pytest
@@ -96,3 +97,43 @@ def test_parsers_are_fast_on_a_megabyte_of_junk():
     verify_tooluse(junk, GOLDEN)
     verify_mcq(junk, "A")
     assert time.perf_counter() - start < 5.0
+
+
+TWO_STEPS = [
+    {"Action": "search", "Action_Input": '{"q": "cats"}'},
+    {"Action": "getPage", "Action_Input": '{"page": 2}'},
+]
+
+
+@pytest.mark.parametrize(
+    ("response", "sequence", "first_call", "merged"),
+    [
+        ('Action: search\nAction Input: {"q": "cats"}\nAction: getPage\nAction Input: {"page": 2}', True, True, True),
+        ('Action: search\nAction Input: {"q": "cats"}\nAction: getPage\nAction Input: {"page": 3}', False, True, False),
+        ('Action: getPage\nAction Input: {"page": 2}\nAction: search\nAction Input: {"q": "cats"}', False, False, True),
+        (
+            'Action: search\nAction Input: {"q": "cats", "page": 2}\nAction: getPage\nAction Input: {}',
+            False,
+            False,
+            True,
+        ),
+        ('Action: search\nAction Input: {"q": "cats"}', False, True, False),
+        ("no call at all", False, False, False),
+    ],
+)
+def test_the_three_tool_use_rules(response, sequence, first_call, merged):
+    assert verify_tooluse(response, TWO_STEPS) is sequence  # the default rule
+    assert verify_tooluse(response, TWO_STEPS, match="first_call") is first_call
+    assert verify_tooluse(response, TWO_STEPS, match="merged") is merged
+
+
+def test_the_tool_use_rule_reaches_the_task_and_bad_combinations_are_refused():
+    from caopd.tasks import TaskDataError, get_task
+
+    reordered = 'Action: getPage\nAction Input: {"page": 2}\nAction: search\nAction Input: {"q": "cats"}'
+    truth = json.dumps(TWO_STEPS)
+    assert not get_task("tooluse").verify(reordered, truth)
+    assert get_task("tooluse", tooluse_match="merged").verify(reordered, truth)
+    assert get_task("custom", "tooluse", "merged").verify(reordered, truth)
+    with pytest.raises(TaskDataError, match="--tooluse_match applies to tool use"):
+        get_task("science", tooluse_match="first_call")

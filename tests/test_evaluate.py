@@ -1,6 +1,7 @@
 """Evaluation on a checkpoint written by the training CLI, offline on CPU, and the comparison command."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -30,7 +31,8 @@ def trained_checkpoint(tmp_path_factory):
 
 def _evaluate(script, *argv):
     command = [sys.executable, str(ROOT / script), *argv]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "examples")}  # where the example's own verifier lives
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
 
 
 def test_eval_science_on_a_trained_checkpoint(trained_checkpoint, tmp_path):
@@ -140,4 +142,38 @@ def test_overlong_evaluation_prompts_are_one_line(trained_checkpoint, tmp_path):
     argv = ["--model_path", str(trained_checkpoint), "--data", str(FIXTURES / "tooluse_rows.jsonl")]
     result = _evaluate("eval_tooluse.py", *argv, "--max_prompt_length", "16", "--output_dir", str(tmp_path / "e"))
     assert result.returncode == 2 and "prompts are longer than --max_prompt_length 16" in result.stderr
+    assert not (tmp_path / "e").exists()
+
+
+def test_eval_custom_uses_the_training_loader_and_verifier(trained_checkpoint, tmp_path):
+    out = tmp_path / "eval"
+    data = ROOT / "examples" / "capitals.jsonl"
+    result = _evaluate(
+        "eval_custom.py", "--model_path", str(trained_checkpoint), "--data", str(data),
+        "--verifier", "capitals_verifier:names_the_city", "--output_dir", str(out), "--limit", "3",
+        "--num_samples", "2", "--max_new_tokens", "6", "--n_bootstrap", "0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    items = json.loads((out / "inference.json").read_text())
+    assert len(items) == 6 and items[0]["golden_answer"] == "Paris"
+    assert items[0]["prompt"][-1]["content"].endswith("no other words or explanation.")  # the training loader's
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"aurc", "accuracy_at_coverage_50", "ece_equal_mass", "selective_accuracy"} <= set(metrics)
+    assert (out / "reliability.png").is_file() and (out / "selective.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--verifier", "nosuch:thing"], "cannot import it"),
+        (["--verifier", "regex:("], "not a valid regular expression"),
+        (["--verifier", "exact_match", "--data", str(FIXTURES / "tooluse_rows.jsonl")], "lacks column 'answer'"),
+        (["--verifier", "numeric", "--tooluse_match", "first_call"], "--tooluse_match applies to tool use"),
+    ],
+)
+def test_eval_custom_bad_data_or_spec_is_one_line(argv, message, tmp_path):
+    data = ["--data", str(ROOT / "examples" / "capitals.jsonl")] if "--data" not in argv else []
+    env_argv = ["--model_path", "smollm2", *data, *argv, "--output_dir", str(tmp_path / "e"), "--max_new_tokens", "4"]
+    result = _evaluate("eval_custom.py", *env_argv)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "e").exists()

@@ -12,6 +12,7 @@ import importlib
 import json
 import re
 from collections.abc import Callable, Hashable
+from functools import partial
 from typing import Any
 
 from datasets import Dataset
@@ -160,7 +161,10 @@ def load_custom(path: str | None, confidence_instruction: bool = True) -> Datase
     return canonical_dataset(prompts, demonstrations, answers)
 
 
-def custom_task(verifier: str) -> Task:
+def custom_task(verifier: str, tooluse_match: str = "sequence") -> Task:
+    if verifier == "tooluse":
+        verify, key = partial(verify_tooluse, match=tooluse_match), partial(tool_call_key, match=tooluse_match)
+        return Task("custom", verify, load_custom, description=f"tooluse ({tooluse_match})", answer_key=key)
     verify = resolve_verifier(verifier)
     return Task("custom", verify, load_custom, description=verifier, answer_key=_answer_key(verifier))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +79,12 @@ def load_tooluse(path: str | None, confidence_instruction: bool = True) -> Datas
     return canonical_dataset(prompts, demonstrations, truths)
 
 
-TOOLUSE_TASK = Task(
-    name="tooluse",
-    verify_fn=verify_tooluse,
-    load=load_tooluse,
-    answer_key=tool_call_key,
-    description="ToolAlpaca tool calls in ReAct format; correct = same tools and JSON inputs as the golden calls",
-)
+def tooluse_task(match: str = "sequence") -> Task:
+    """The tool-use task judged by the rule ``match`` (see ``caopd.verifiers``), in P_acc and evaluation alike."""
+    return Task(
+        name="tooluse",
+        verify_fn=partial(verify_tooluse, match=match),
+        load=load_tooluse,
+        description=f"ToolAlpaca tool calls in ReAct format; correct = the calls match the golden ones ({match})",
+        answer_key=partial(tool_call_key, match=match),
+    )
