@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,17 +19,19 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from caopd.backends import BackendError, resolve_bf16, resolve_use_vllm
+from caopd.checkpoints import CheckpointError, checkpoint_problem, checkpoint_step, latest_complete
 from caopd.cli import CLIError, gradient_accumulation_steps, parse_args
 from caopd.models import ModelResolutionError, resolve_model_name
 from caopd.prompt_lengths import PromptLengthError, check_prompt_lengths
 from caopd.prompts import encode_chat_prompts, thinking_mode
 from caopd.run_config import RUN_CONFIG_NAME, resolved_config, write_yaml_atomically
 from caopd.tasks import TaskDataError, get_task
+from caopd.tasks.custom import resolve_equivalence
 from caopd.teacher import TEACHER_DIR
 from distil_config import DistilConfig
 from distil_trainer import DistilTrainer
 
-USER_ERRORS = (CLIError, TaskDataError, ModelResolutionError, BackendError, PromptLengthError)
+USER_ERRORS = (CLIError, TaskDataError, ModelResolutionError, BackendError, PromptLengthError, CheckpointError)
 
 
 def build_config(args: argparse.Namespace, world_size: int) -> DistilConfig:
@@ -117,24 +120,57 @@ def peft_config(args: argparse.Namespace):
 
 
 def resume_argument(args: argparse.Namespace) -> str | None:
+    """The checkpoint to resume from, checked complete before anything is loaded (``caopd.checkpoints``)."""
     value = args.resume_from_checkpoint
     if value is None:
+        _start_over_in(args.output_dir, args.overwrite_output_dir)
         return None
     if value == "latest":
-        from transformers.trainer_utils import get_last_checkpoint
-
-        latest = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+        latest, skipped = latest_complete(args.output_dir)
+        if skipped and int(os.environ.get("RANK", "0")) == 0:
+            names = ", ".join(path.name for path in skipped)
+            print(f"warning: --resume_from_checkpoint latest skips incomplete checkpoint(s) {names}", file=sys.stderr)
         if latest is None:
-            raise CLIError(f"--resume_from_checkpoint latest: no checkpoint-* folder in {args.output_dir}")
-        value = latest
-    if not (Path(value) / "trainer_state.json").is_file():
-        raise CLIError(f"--resume_from_checkpoint {value}: not a checkpoint folder (no trainer_state.json)")
+            found = f" ({len(skipped)} incomplete)" if skipped else ""
+            raise CLIError(
+                f"--resume_from_checkpoint latest: no complete checkpoint-* folder in {args.output_dir}{found}"
+            )
+        value = str(latest)
+    problem = checkpoint_problem(value)
+    if problem:
+        raise CLIError(
+            f"--resume_from_checkpoint {value}: cannot resume from it: {problem}; resume from an earlier checkpoint "
+            "(--resume_from_checkpoint latest picks the newest complete one) or start a new run"
+        )
     if args.teacher_model_kind == "ema" and not (Path(value) / TEACHER_DIR).is_dir():
         raise CLIError(
             f"--resume_from_checkpoint {value}: it holds no EMA teacher ({TEACHER_DIR}/), so resuming would restart "
             "the teacher from the base weights; resume from a checkpoint written by this CLI or start a new run"
         )
     return value
+
+
+def _earlier_checkpoints(output_dir: str) -> list[str]:
+    return sorted(path.name for path in Path(output_dir).glob("checkpoint-*") if checkpoint_step(path) is not None)
+
+
+def _start_over_in(output_dir: str, overwrite: bool) -> None:
+    """A new run never mixes with an earlier run's checkpoints: refuse unless --overwrite_output_dir."""
+    earlier = _earlier_checkpoints(output_dir)
+    if earlier and not overwrite:
+        raise CLIError(
+            f"--output_dir {output_dir} already holds checkpoints ({', '.join(earlier[-3:])}): resume with "
+            "--resume_from_checkpoint latest, choose another --output_dir, or pass --overwrite_output_dir to start over"
+        )
+
+
+def delete_checkpoints(output_dir: str) -> None:
+    """--overwrite_output_dir: the earlier run's checkpoints go, once everything else of this run has been checked."""
+    earlier = _earlier_checkpoints(output_dir)
+    if earlier and int(os.environ.get("RANK", "0")) == 0:
+        print(f"warning: --overwrite_output_dir deletes {', '.join(earlier)} in {output_dir}", file=sys.stderr)
+        for name in earlier:
+            shutil.rmtree(Path(output_dir) / name)
 
 
 def save_final_model(trainer: DistilTrainer, tokenizer, output_dir: str) -> None:
@@ -158,6 +194,10 @@ def run(args: argparse.Namespace) -> None:
     resume = resume_argument(args)
     task = get_task(args.dataset_name, args.verifier, args.tooluse_match)
     dataset = task.load(args.train_data)
+    task.probe(dataset)
+    if args.self_consistency:
+        example = dataset[0]["demonstration"]
+        resolve_equivalence(args.equivalence, task)(example, example)  # a broken --equivalence fails here
     model, tokenizer = load_model_and_tokenizer(args.model_name, config.bf16)
     lengths = [len(ids) for ids in encode_chat_prompts(tokenizer, list(dataset["prompt"]), args.enable_thinking)]
     check = check_prompt_lengths(lengths, args.max_prompt_length, args.overlong_prompts, "--max_prompt_length")
@@ -188,6 +228,8 @@ def run(args: argparse.Namespace) -> None:
             "thinking": thinking_mode(tokenizer, args.enable_thinking),
         }
         write_yaml_atomically(resolved_config(args, derived, config.to_dict()), Path(args.output_dir) / RUN_CONFIG_NAME)
+    if resume is None and args.overwrite_output_dir:
+        delete_checkpoints(args.output_dir)
     trainer.train(resume_from_checkpoint=resume)
     save_final_model(trainer, tokenizer, args.output_dir)
     # Tear the process group down before the interpreter exits: left to exit-time destructors, gloo's worker

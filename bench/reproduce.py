@@ -35,6 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from caopd.atomic import write_text_atomically
+from caopd.checkpoints import latest_complete
+from caopd.cli import CLIError, parse_args
+from caopd.evaluation import parse_evaluation_args
 from caopd.metrics import calibration_metrics
 from caopd.tasks.arithmetic import LEVELS, generate_questions
 
@@ -45,6 +48,8 @@ QUESTION_SEED = 0  # seed of the held-out question draw; the per-level table reg
 # the Answer line (bench/probe_teacher_format.py: P(Answer) 0.07 SDFT / 0.14 CaOPD against the student's 0.98),
 # and both arms trained under it lost the answer format. This wording was the best of ten probed (0.64 / 0.63).
 TEACHER_INSTRUCTION = "Respond like the example."
+POSITIVE_FLAGS = ("max_steps", "save_steps", "num_prompts_per_batch", "num_generations", "lora_r", "num_questions")
+POSITIVE_FLAGS += ("num_samples",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model_name", default="smollm2")
     train = parser.add_argument_group("training (identical for both arms)")
     train.add_argument("--max_steps", type=int, default=24, help="optimizer steps per arm")
+    train.add_argument(
+        "--save_steps", type=int, default=4, help="checkpoint every N steps: a killed stage resumes from the last one"
+    )
     train.add_argument("--num_prompts_per_batch", type=int, default=2, help="questions per optimizer step")
     train.add_argument("--num_generations", type=int, default=8, help="K: rollouts per question")
     train.add_argument("--learning_rate", type=float, default=3e-4)
@@ -105,7 +113,7 @@ def train_command(args: argparse.Namespace, arm: str) -> list[str]:
         "--lr_scheduler_type", args.lr_scheduler_type,
         "--warmup_steps", "1",
         "--temperature", str(args.temperature),
-        "--save_steps", str(args.max_steps),
+        "--save_steps", str(args.save_steps),
         "--seed", str(args.seed),
         "--no_wandb",
         "--save_rollouts",
@@ -158,8 +166,26 @@ def stages(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     return [*plan, ("compare", compare_command(args))]
 
 
+def check_stage_flags(plan: list[tuple[str, list[str]]]) -> None:
+    """Every stage's flags, checked by that stage's own parser before the first stage starts (a bad value would
+    otherwise stop the run only when its stage comes, perhaps an hour in)."""
+    for name, command in plan:
+        try:
+            if "main.py" in command:
+                parse_args(command[2:])
+            elif "eval_arithmetic.py" in command:
+                parse_evaluation_args("arithmetic", command[2:])
+        except (CLIError, ValueError) as err:
+            raise SystemExit(f"error: stage {name}: {err}") from err
+
+
 def run_stage(name: str, command: list[str], out: Path, force: bool) -> float | None:
-    """Run one stage (streaming its output) unless its marker says it is done; its wall seconds, or None if skipped."""
+    """Run one stage (streaming its output) unless its marker says it is done; its wall seconds, or None if skipped.
+
+    A training stage cut short earlier resumes from its newest complete checkpoint (or starts over when it has
+    none), an evaluation cut short replaces what it left; the marker records the stage's command without those
+    flags.
+    """
     marker = out / "stages" / f"{name}.done"
     shown = shlex.join(command)
     if marker.exists() and not force:
@@ -174,12 +200,27 @@ def run_stage(name: str, command: list[str], out: Path, force: bool) -> float | 
     print(f"[reproduce] {name}: {shown}", flush=True)
     start = time.monotonic()
     env = {"TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false", **os.environ}
-    result = subprocess.run(command, cwd=ROOT, env=env, check=False)
+    result = subprocess.run(command + _continue_flags(command, force), cwd=ROOT, env=env, check=False)
     if result.returncode != 0:
         raise SystemExit(f"error: stage {name} failed with exit code {result.returncode}; fix it and re-run to resume")
     seconds = time.monotonic() - start
     write_text_atomically(marker, f"{seconds:.1f}\n{shown}\n")
     return seconds
+
+
+def _continue_flags(command: list[str], force: bool) -> list[str]:
+    """For a stage whose output folder an earlier, unfinished attempt wrote into: a training command resumes (or
+    starts over), an evaluation replaces the results it left (they were never marked done)."""
+    output = Path(command[command.index("--output_dir") + 1]) if "--output_dir" in command else None
+    if output is None:
+        return []
+    if "main.py" not in command:
+        left = any((output / name).exists() for name in ("inference.json", "metrics.json"))
+        return ["--overwrite"] if left else []
+    latest, _ = latest_complete(output)
+    if latest is not None and not force:
+        return ["--resume_from_checkpoint", "latest"]
+    return ["--overwrite_output_dir"] if any(output.glob("checkpoint-*")) else []
 
 
 def target_checks(runs: dict[str, dict]) -> list[tuple[str, bool, str]]:
@@ -298,10 +339,15 @@ def summary_markdown(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in POSITIVE_FLAGS:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
     out = Path(args.output_dir).resolve()
     args.output_dir = str(out)
     plan = stages(args)
+    check_stage_flags(plan)
     write_text_atomically(out / "commands.sh", "\n".join(shlex.join(command) for _, command in plan) + "\n")
     timings_file = out / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() and not args.force else {}

@@ -25,13 +25,30 @@ def write_atomically(path: Path | str, write: Callable[[IO], None], mode: str = 
         raise
 
 
+def output_file_problem(path: Path | str, flag: str) -> str | None:
+    """Why ``path`` cannot be written as a file (it is a folder), or None."""
+    return f"{flag} {path} is a folder; give a file name in it" if Path(path).is_dir() else None
+
+
 def write_text_atomically(path: Path | str, text: str) -> None:
     write_atomically(path, lambda stream: stream.write(text))
 
 
-def save_dataset_atomically(dataset, path: Path | str) -> None:
-    """``dataset.save_to_disk`` into a staging folder beside ``path``, then swap it in place of ``path``."""
+def check_replaceable_dataset(path: Path | str) -> None:
+    """Raise ``FileExistsError`` unless ``path`` is free, an empty folder or an earlier saved dataset."""
     path = Path(path)
+    if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or (path / "dataset_info.json").exists())):
+        raise FileExistsError(f"{path} exists and is not a saved dataset; it was left alone: choose a new folder")
+
+
+def save_dataset_atomically(dataset, path: Path | str) -> None:
+    """``dataset.save_to_disk`` into a staging folder beside ``path``, then swap it in place of ``path``.
+
+    Only an earlier saved dataset (or an empty folder) is replaced: anything else at ``path`` is left alone and
+    raises ``FileExistsError``, so a mistyped output path never deletes a user's files.
+    """
+    path = Path(path)
+    check_replaceable_dataset(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:

@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=42)
     run.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest' for the newest in output_dir")
     run.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="start over in an --output_dir that holds checkpoints of an earlier run (they are deleted)",
+    )
+    run.add_argument(
         "--no_wandb", action="store_true", help="do not report to Weights & Biases (same as --report_to none)"
     )
     run.add_argument("--report_to", default="wandb", help="Trainer integrations: wandb, tensorboard, none, ...")

@@ -63,6 +63,9 @@ def build_parser(task: str) -> argparse.ArgumentParser:
         parser.add_argument("--num_questions", type=int, default=200, help="generated questions to evaluate")
         parser.add_argument("--question_seed", type=int, default=0, help="seed of the question draw")
     parser.add_argument("--output_dir", default=None, help="default: <model_path>/eval_<task> (or eval_<task>/)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the results an earlier evaluation left in --output_dir"
+    )
     sampling = parser.add_argument_group("sampling (defaults: the paper's validation setting)")
     sampling.add_argument("--num_samples", type=int, default=8, help="responses per question (the paper: 8 or 16)")
     sampling.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (the original evaluation)")
@@ -100,6 +103,12 @@ def _validate(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}")
     if args.max_prompt_length is not None and args.max_prompt_length < 1:
         raise ValueError(f"--max_prompt_length must be a positive integer, got {args.max_prompt_length}")
+    if args.n_bootstrap < 0:
+        raise ValueError(f"--n_bootstrap must be 0 (no intervals) or more, got {args.n_bootstrap}")
+    if getattr(args, "num_questions", 1) < 1:
+        raise ValueError(f"--num_questions must be a positive integer, got {args.num_questions}")
+    if args.output_dir is not None and Path(args.output_dir).is_file():
+        raise ValueError(f"--output_dir {args.output_dir} is a file; give a folder")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be positive, got {args.limit}")
     if args.temperature < 0 or not 0 < args.top_p <= 1:
@@ -117,16 +126,25 @@ def golden_for_output(task: str, ground_truth: Any) -> Any:
     return [{"Answer": ground_truth}] if task == "science" else ground_truth
 
 
-def evaluate(task_name: str, argv: list[str] | None = None) -> int:
+def parse_evaluation_args(task_name: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """The evaluation flags of ``task_name``, checked (``ValueError`` names the flag to fix)."""
     args = build_parser(task_name).parse_args(argv)
     args.task = task_name
+    _validate(args)
+    return args
+
+
+def evaluate(task_name: str, argv: list[str] | None = None) -> int:
     try:
-        _validate(args)
+        args = parse_evaluation_args(task_name, argv)
         task = get_task(task_name, getattr(args, "verifier", None), getattr(args, "tooluse_match", "sequence"))
         rows = _load_rows(task, args)
         if args.limit is not None:
             rows = rows.select(range(min(args.limit, len(rows))))
+        task.probe(rows)
         model_path = resolve_model_name(args.model_path)
+        output = Path(args.output_dir or _default_output(args.model_path, model_path, task_name))
+        _refuse_earlier_results(output, args.overwrite)
         rows, prompt_ids = _encoded_prompts(rows, model_path, args)
         sampling = Sampling(
             args.num_samples,
@@ -137,9 +155,45 @@ def evaluate(task_name: str, argv: list[str] | None = None) -> int:
             args.seed,
         )
         responses = generate(model_path, prompt_ids, sampling, args.backend)
+        items = _judged_items(task, rows, responses)
     except (ValueError, TaskDataError, ModelResolutionError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    metrics = calibration_metrics(
+        [i["correct"] for i in items], [i["confidence"] for i in items], args.n_bins, args.n_bootstrap, args.seed
+    )
+    metrics["length_cut_share"] = sum(i["cut_by_length"] for i in items) / len(items)
+    if hasattr(args, "tooluse_match"):
+        metrics["tooluse_match"] = args.tooluse_match
+    if task_name == "science":
+        metrics["answer_parse_rate"] = sum(extract_choice(i["response"]) is not None for i in items) / len(items)
+    metrics["settings"] = {key: value for key, value in vars(args).items()}
+    write_text_atomically(output / "inference.json", json.dumps(items, indent=1, ensure_ascii=False) + "\n")
+    write_text_atomically(output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    reliability_diagram({args.model_path: metrics}, output / "reliability.png", title=f"{task_name}: reliability")
+    selective_diagram({args.model_path: metrics}, output / "selective.png", title=f"{task_name}: selective prediction")
+    print(
+        f"{task_name}: accuracy {metrics['accuracy']:.3f}  ECE {metrics['ece']:.3f}  Brier {metrics['brier_score']:.3f}"
+        f"  SPR {metrics['spr']:.3f}  OCG {metrics['overconfidence_gap']:+.3f}  -> {output}"
+    )
+    return 0
+
+
+RESULT_FILES = ("inference.json", "metrics.json")
+
+
+def _refuse_earlier_results(output: Path, overwrite: bool) -> None:
+    """An evaluation's results (hours of generation at paper lengths) are never replaced unasked."""
+    earlier = [name for name in RESULT_FILES if (output / name).exists()]
+    if earlier and not overwrite:
+        raise ValueError(
+            f"--output_dir {output} already holds results ({', '.join(earlier)}); choose another --output_dir "
+            "or pass --overwrite to replace them"
+        )
+
+
+def _judged_items(task: Task, rows: Dataset, responses: list) -> list[dict[str, Any]]:
+    """One item per sample: the response, its verdict by the training verifier and its parsed confidence."""
     items = []
     for item_id, (row, samples) in enumerate(zip(rows, responses, strict=True)):
         truth = json.loads(row["ground_truth"])
@@ -151,32 +205,14 @@ def evaluate(task_name: str, argv: list[str] | None = None) -> int:
                     "sample_index": sample_index,
                     "prompt": row["prompt"],
                     "response": response.text,
-                    "golden_answer": golden_for_output(task_name, truth),
+                    "golden_answer": golden_for_output(task.name, truth),
                     "correct": task.verify_fn(response.text, truth),
                     "confidence": confidence,
                     "format_ok": confidence is not None,
                     "cut_by_length": response.cut_by_length,
                 }
             )
-    metrics = calibration_metrics(
-        [i["correct"] for i in items], [i["confidence"] for i in items], args.n_bins, args.n_bootstrap, args.seed
-    )
-    metrics["length_cut_share"] = sum(i["cut_by_length"] for i in items) / len(items)
-    if hasattr(args, "tooluse_match"):
-        metrics["tooluse_match"] = args.tooluse_match
-    if task_name == "science":
-        metrics["answer_parse_rate"] = sum(extract_choice(i["response"]) is not None for i in items) / len(items)
-    metrics["settings"] = {key: value for key, value in vars(args).items()}
-    output = Path(args.output_dir or _default_output(args.model_path, model_path, task_name))
-    write_text_atomically(output / "inference.json", json.dumps(items, indent=1, ensure_ascii=False) + "\n")
-    write_text_atomically(output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    reliability_diagram({args.model_path: metrics}, output / "reliability.png", title=f"{task_name}: reliability")
-    selective_diagram({args.model_path: metrics}, output / "selective.png", title=f"{task_name}: selective prediction")
-    print(
-        f"{task_name}: accuracy {metrics['accuracy']:.3f}  ECE {metrics['ece']:.3f}  Brier {metrics['brier_score']:.3f}"
-        f"  SPR {metrics['spr']:.3f}  OCG {metrics['overconfidence_gap']:+.3f}  -> {output}"
-    )
-    return 0
+    return items
 
 
 def _encoded_prompts(rows: Dataset, model_path: str, args: argparse.Namespace) -> tuple[Dataset, list[list[int]]]:
@@ -198,8 +234,6 @@ def _load_rows(task: Task, args: argparse.Namespace) -> Dataset:
         return task.load(args.data, confidence_instruction=not args.no_confidence_instruction)
     if args.data is not None:
         return task.load(args.data)
-    if args.num_questions < 1:
-        raise ValueError(f"--num_questions must be a positive integer, got {args.num_questions}")
     return generate_questions(args.num_questions, seed=args.question_seed, split=args.split)
 
 

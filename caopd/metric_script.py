@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from caopd.atomic import write_text_atomically
+from caopd.atomic import output_file_problem, write_text_atomically
 from caopd.confidence import parse_confidence
 from caopd.metrics import calibration_metrics
 from caopd.verifiers import TOOLUSE_MATCHES
@@ -84,7 +84,14 @@ def run_metric_script(
     try:
         if args.n_bins < 1:
             raise ValueError(f"--n_bins must be positive, got {args.n_bins}")
+        if args.n_bootstrap < 0:
+            raise ValueError(f"--n_bootstrap must be 0 (no intervals) or more, got {args.n_bootstrap}")
+        problem = output_file_problem(args.output, "--output")
+        if problem:
+            raise ValueError(problem)
         items = read_items(args.input)
+        if not items:
+            raise ValueError(f"--input {args.input}: no items to score")
         verdicts, confidences, problems = score_items(items, judge, check_golden)
         metrics = calibration_metrics(verdicts, confidences, n_bins=args.n_bins, n_bootstrap=args.n_bootstrap)
         if items and all("cut_by_length" in item for item in items):  # written by the eval scripts

@@ -27,12 +27,14 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, is_peft_model
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from transformers import TrainerCallback
 from trl.experimental.sdft.teacher_sync import PEFTAdapterEMACallback
 from trl.models import prepare_deepspeed, prepare_fsdp
 
 from caopd.atomic import write_atomically
+from caopd.checkpoints import CheckpointError
 
 TEACHER_DIR = "teacher"  # inside each checkpoint: the EMA teacher (full model) or the teacher LoRA adapter
 logger = logging.getLogger(__name__)
@@ -208,7 +210,7 @@ def restore_teacher(checkpoint: str | Path, accelerator: Accelerator, student, t
     """Load the teacher and its fp32 shadow saved in ``checkpoint`` into the live ones (LoRA adapter or model)."""
     directory = Path(checkpoint) / TEACHER_DIR
     if not directory.is_dir():
-        raise FileNotFoundError(
+        raise CheckpointError(
             f"{checkpoint} holds no EMA teacher ({TEACHER_DIR}/): it was not written by this trainer. Resuming "
             "from it would restart the teacher from the base weights; start a new run instead."
         )
@@ -219,11 +221,11 @@ def restore_teacher(checkpoint: str | Path, accelerator: Accelerator, student, t
     partitioned = _is_partitioned(teacher)
     state = {}
     for file in sorted(directory.glob("model*.safetensors")):
-        state.update(load_file(str(file)))
+        state.update(_read(file))
     _load_full_state(teacher, state, directory, partitioned)
     shadow_file = directory / shadow_file_name(accelerator, partitioned)
     if shadow_file.is_file():
-        ema.load_shadows(load_file(str(shadow_file)))
+        ema.load_shadows(_read(shadow_file))
         return
     if any(directory.glob("ema_fp32*.safetensors")):
         logger.warning(
@@ -240,7 +242,7 @@ def _load_full_state(teacher: torch.nn.Module, state: dict, directory: Path, par
     missing = [key for key in parameters if key not in state]
     unexpected = [key for key in state if key not in teacher.state_dict()]
     if missing or unexpected:
-        raise ValueError(
+        raise CheckpointError(
             f"the teacher saved in {directory} does not match the model (missing {missing[:3]}, unexpected "
             f"{unexpected[:3]}): resume with the same --model_name and LoRA settings as the original run"
         )
@@ -258,12 +260,27 @@ def _load_full_state(teacher: torch.nn.Module, state: dict, directory: Path, par
 def _restore_adapter(directory: Path, student: torch.nn.Module, ema: FP32AdapterEMA) -> None:
     from peft import set_peft_model_state_dict
 
-    weights = load_file(str(directory / "adapter_model.safetensors"))
+    weights = _read(directory / "adapter_model.safetensors")
+    shadow_file = directory / "ema_fp32.safetensors"
+    shadows = _read(shadow_file) if shadow_file.is_file() else weights
+    ema._initialize_teacher_adapter()  # the adapter and its shadow exist from train begin on; make sure
+    if set(weights) != set(ema.shadow_weights) or set(shadows) != set(weights):
+        raise CheckpointError(
+            f"the teacher adapter in {directory} does not match this run's LoRA settings; resume with the same "
+            "--lora_r and LoRA settings as the original run"
+        )
     active = student.active_adapter
     set_peft_model_state_dict(student, weights, adapter_name=TEACHER_DIR)
     student.set_adapter(active)
-    shadow_file = directory / "ema_fp32.safetensors"
-    ema.load_shadows(load_file(str(shadow_file)) if shadow_file.is_file() else weights)
+    ema.load_shadows(shadows)
+
+
+def _read(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors, or a CheckpointError saying that the file does not load."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path} does not load ({err}); resume from another checkpoint") from err
 
 
 class TeacherRestoreCallback(TrainerCallback):

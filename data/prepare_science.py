@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets import Dataset
 
-from caopd.atomic import save_dataset_atomically
+from caopd.atomic import check_replaceable_dataset, save_dataset_atomically
 from caopd.tasks.science import demonstration_for
 
 SYSTEM_PROMPT = (
@@ -102,7 +102,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no {args.domain} {args.level} multiple-choice rows in {source}", file=sys.stderr)
         return 2
     output = Path(args.output)
-    for name, split in split_rows(rows, args.seed).items():
+    splits = split_rows(rows, args.seed)
+    if empty := [name for name, split in splits.items() if not split]:
+        print(
+            f"error: {len(rows)} usable row(s) leave the {', '.join(empty)} split(s) empty (75/5/20 split); "
+            "give more rows (20 or more)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        for name in splits:  # all three checked before any is written
+            check_replaceable_dataset(output / name)
+    except FileExistsError as err:
+        print(f"error: --output {err}", file=sys.stderr)
+        return 2
+    for name, split in splits.items():
         save_dataset_atomically(Dataset.from_list(split), output / name)
         print(f"{name}: {len(split)} rows -> {output / name}")
     return 0

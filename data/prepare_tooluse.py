@@ -168,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no usable rows", file=sys.stderr)
         return 2
     output = Path(args.output)
-    save_dataset_atomically(Dataset.from_list(rows), output)
+    try:
+        save_dataset_atomically(Dataset.from_list(rows), output)
+    except FileExistsError as err:
+        print(f"error: --output {err}", file=sys.stderr)
+        return 2
     print(f"{len(rows)} rows -> {output} ({len(problems)} problem(s) reported)")
     return 0
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from caopd.atomic import write_text_atomically
+from caopd.atomic import output_file_problem, write_text_atomically
 from caopd.cascade import (
     DEFAULT_THRESHOLDS,
     RoutingInputError,
@@ -62,8 +62,8 @@ def _read_items(path: str) -> list:
     except json.JSONDecodeError as err:
         raise RoutingInputError(f"{path}: not valid JSON ({err})") from err
     items = payload.get("items") if isinstance(payload, dict) else payload
-    if not isinstance(items, list):
-        raise RoutingInputError(f"{path}: expected a JSON list of items (an eval script's inference.json)")
+    if not isinstance(items, list) or not items:
+        raise RoutingInputError(f"{path}: expected a non-empty JSON list of items (an eval script's inference.json)")
     return items
 
 
@@ -75,6 +75,16 @@ def routing(args: argparse.Namespace) -> dict:
         raise RoutingInputError(f"--cost_ratio must be 0 or more, got {args.cost_ratio}")
     if args.large_accuracy is not None and not 0 <= args.large_accuracy <= 1:
         raise RoutingInputError(f"--large_accuracy must lie in [0, 1], got {args.large_accuracy}")
+    outside = [value for value in args.thresholds if not 0 <= value <= 1.1]
+    if outside:
+        raise RoutingInputError(
+            f"--thresholds are confidences in [0, 1] (not percentages; one just above 1 defers every query), "
+            f"got {outside}"
+        )
+    for flag in ("output_json", "output_png"):
+        problem = output_file_problem(getattr(args, flag), f"--{flag}")
+        if problem:
+            raise RoutingInputError(problem)
     small = {label: scored_items(_read_items(path), path) for label, path in zip(labels, args.small, strict=True)}
     if args.large is not None:
         large = accuracy_by_item(scored_items(_read_items(args.large), args.large))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from caopd.atomic import write_text_atomically
+from caopd.atomic import output_file_problem, write_text_atomically
 from caopd.plots import reliability_diagram, selective_diagram
 
 COLUMNS = (
@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(labels) != len(args.metrics) or len(set(labels)) != len(labels):
         print("error: give one distinct --labels entry per metrics file", file=sys.stderr)
         return 2
+    for flag in ("output_md", "output_png", "output_selective_png"):
+        if getattr(args, flag) and (problem := output_file_problem(getattr(args, flag), f"--{flag}")):
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     runs = {}
     for label, path in zip(labels, args.metrics, strict=True):
         try:

@@ -21,10 +21,10 @@ if [[ -z "${VIRTUAL_ENV:-}" && -f .venv/bin/activate ]]; then
 fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-python eval_tooluse.py --model_path smollm2 --data "$SHARED/tooluse_eval" --num_samples 1 --max_new_tokens 128 --batch_size 8 \
+python eval_tooluse.py --model_path smollm2 --data "$SHARED/tooluse_eval" --num_samples 1 --max_new_tokens 128 --batch_size 8 --overwrite \
   --output_dir "$OUT_DIR/tooluse"
 python eval_science.py --model_path smollm2 --data "$SHARED/science_eval" --limit "$SCIENCE_LIMIT" \
-  --num_samples 1 --max_new_tokens 256 --batch_size 10 --output_dir "$OUT_DIR/science"
+  --num_samples 1 --max_new_tokens 256 --batch_size 10 --overwrite --output_dir "$OUT_DIR/science"
 python eval/compare.py "$OUT_DIR/tooluse/metrics.json" "$OUT_DIR/science/metrics.json" --labels tooluse science \
   --output_md "$OUT_DIR/baseline.md" --output_png "$OUT_DIR/baseline.png"
 mkdir -p docs

@@ -50,7 +50,10 @@ def test_yaml_config_and_command_line_precedence(tmp_path):
         (["--output_dir", "o", "--max_steps", "0"], "--max_steps must be positive"),
         (["--output_dir", "o", "--per_device_train_batch_size", "3", "--no_wandb"], "not a multiple of"),
         (["--output_dir", "o", "--resume_from_checkpoint", "/nope", "--no_wandb"], "not a checkpoint folder"),
-        (["--output_dir", "/nonexistent/o", "--resume_from_checkpoint", "latest", "--no_wandb"], "no checkpoint-"),
+        (
+            ["--output_dir", "/nonexistent/o", "--resume_from_checkpoint", "latest", "--no_wandb"],
+            "no complete checkpoint-",
+        ),
         (["--output_dir", "o", "--use_vllm", "--no_wandb"], "vLLM is not installed"),
         (["--output_dir", "o", "--report_to", "wandb"], "pip install wandb"),
         (["--output_dir", "o", "--bf16", "--no_wandb"], "--bf16 needs a GPU"),
@@ -124,5 +127,9 @@ def test_resume_needs_a_checkpoint_with_its_teacher(capsys, tmp_path):
     assert main.resume_argument(main.parse_args(argv)) == str(output / "checkpoint-1")
     import shutil
 
+    from caopd.checkpoints import write_marker
+
     shutil.rmtree(output / "checkpoint-1" / "teacher")
+    assert "no complete checkpoint-" in _error(capsys, [*argv, "--train_data", FIXTURE])  # a file is missing
+    write_marker(output / "checkpoint-1", 1)  # complete, but without a teacher (as a --teacher_model_kind base run)
     assert "holds no EMA teacher" in _error(capsys, [*argv, "--train_data", FIXTURE])

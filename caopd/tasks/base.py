@@ -44,6 +44,12 @@ class Task:
         """Judge ``response`` against the JSON-encoded ground truth; never raises on odd model output."""
         return bool(self.verify_fn(response, json.loads(ground_truth_json)))
 
+    def probe(self, rows: Dataset) -> None:
+        """Judge the first row's demonstration once, before any model loads: a verifier of yours that raises or
+        returns a non-bool then fails in seconds (``TaskDataError``), not after the first generation."""
+        if len(rows):
+            self.verify(rows[0]["demonstration"], rows[0]["ground_truth"])
+
 
 def user_chat(text: str) -> list[dict[str, str]]:
     """A one-turn chat prompt: instruction-tuned models are trained (and evaluated) through their chat template."""
@@ -64,12 +70,38 @@ def read_rows(path: str) -> Dataset:
                 loaded = loaded["train"]
             return loaded
         if location.suffix in (".json", ".jsonl"):
+            _check_json_rows(location)
             return Dataset.from_json(str(location))
     except TaskDataError:
         raise
     except Exception as err:  # datasets raises many types for unreadable files; report them as one message
         raise TaskDataError(f"cannot read {path}: {type(err).__name__}: {err}") from err
     raise TaskDataError(f"{path}: expected a save_to_disk folder or a .json / .jsonl file")
+
+
+def _check_json_rows(location: Path) -> None:
+    """A JSON list of objects or JSON Lines of objects, or a ``TaskDataError`` naming the first bad line."""
+    text = location.read_text(encoding="utf-8")
+    if location.suffix == ".json":
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None  # perhaps JSON Lines in a .json file: checked line by line below
+        else:
+            if not isinstance(whole, list) or not all(isinstance(row, dict) for row in whole):
+                raise TaskDataError(f"cannot read {location}: expected a JSON list of objects (rows) or JSON Lines")
+            return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise TaskDataError(
+                f"cannot read {location}: line {number} is not JSON ({err.msg}); fix or remove that line"
+            ) from err
+        if not isinstance(row, dict):
+            raise TaskDataError(f"cannot read {location}: line {number} is not a JSON object (one row per line)")
 
 
 def require_columns(rows: Dataset, columns: tuple[str, ...], source: str, hint: str) -> None:

@@ -15,6 +15,8 @@ from collections.abc import Callable, Hashable
 from functools import partial
 from typing import Any
 
+import numpy as np
+import regex
 from datasets import Dataset
 
 from caopd.confidence import last_match
@@ -26,6 +28,7 @@ from caopd.verifiers import extract_choice, tool_call_key, verify_mcq, verify_to
 _ANSWER_LABEL = re.compile(r"^[ \t*_#>]{0,8}(?:final )?answer[ \t*_]{0,4}:", re.IGNORECASE | re.MULTILINE)
 _NUMBER = re.compile(r"[-+]?\d{1,30}(?:[.,]\d{1,30})?(?:[eE][-+]?\d{1,3})?")
 VERIFIER_HELP = "exact_match, numeric, mcq_letter, regex:PATTERN, tooluse, or module:function"
+REGEX_TIMEOUT_S = 2.0  # per response: a pattern that backtracks catastrophically on long output stops here
 AnswerKey = Callable[[str], Hashable | None]
 Equivalence = Callable[[str, str], bool]
 
@@ -56,14 +59,26 @@ def numeric(response: str, answer: Any) -> bool:
 
 
 def _regex_key(pattern: str, flag: str = "--verifier") -> AnswerKey:
-    """The normalized text of the last match of ``pattern`` (its group 1 when it has groups)."""
+    """The normalized text of the last match of ``pattern`` (its group 1 when it has groups).
+
+    Patterns run under the ``regex`` module with a time limit per response, so a pattern that backtracks
+    catastrophically on a long model output stops the run with a message instead of hanging it.
+    """
     try:
-        compiled = re.compile(pattern, re.MULTILINE)
-    except re.error as err:
+        compiled = regex.compile(pattern, regex.MULTILINE)
+    except regex.error as err:
         raise TaskDataError(f"{flag} regex:{pattern}: not a valid regular expression ({err})") from err
 
     def key(response: str) -> str | None:
-        found = last_match(compiled, response)
+        found = None
+        try:
+            for found in compiled.finditer(response, timeout=REGEX_TIMEOUT_S):  # noqa: B007 - keeps the last
+                pass
+        except TimeoutError as err:
+            raise TaskDataError(
+                f"{flag} regex:{pattern}: took over {REGEX_TIMEOUT_S:g} s on a {len(response):,}-character response "
+                "(catastrophic backtracking); rewrite it without nested repetition such as (a+)+ or (a|aa)+"
+            ) from err
         if found is None:
             return None
         return _normalize(found.group(1) if compiled.groups else found.group(0))
@@ -105,7 +120,7 @@ ANSWER_KEYS: dict[str, AnswerKey] = {
 }
 
 
-def resolve_verifier(spec: str) -> Verifier:
+def resolve_verifier(spec: str, flag: str = "--verifier") -> Verifier:
     """A verifier from its name, ``regex:PATTERN`` (group 1 or the whole match), or ``module:function``."""
     if spec in BUILT_IN:
         return BUILT_IN[spec]
@@ -113,14 +128,36 @@ def resolve_verifier(spec: str) -> Verifier:
         return _regex_verifier(spec[len("regex:") :])
     module_name, _, function_name = spec.partition(":")
     if not module_name or not function_name:
-        raise TaskDataError(f"--verifier {spec!r}: choose one of {VERIFIER_HELP}")
+        raise TaskDataError(f"{flag} {spec!r}: choose one of {VERIFIER_HELP}")
     try:
         function = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as err:
-        raise TaskDataError(f"--verifier {spec}: cannot import it ({err}); is the module on PYTHONPATH?") from err
+        raise TaskDataError(f"{flag} {spec}: cannot import it ({err}); is the module on PYTHONPATH?") from err
+    except Exception as err:
+        raise TaskDataError(f"{flag} {spec}: importing {module_name} failed ({type(err).__name__}: {err})") from err
     if not callable(function):
-        raise TaskDataError(f"--verifier {spec}: {function_name} is not callable")
-    return function
+        raise TaskDataError(f"{flag} {spec}: {function_name} is not callable")
+    return _checked(function, spec, flag)
+
+
+def _checked(function: Callable[[str, Any], Any], spec: str, flag: str) -> Verifier:
+    """Your function, made to fail in one clear line: when it raises, or returns something other than a bool."""
+
+    def verify(response: str, answer: Any) -> bool:
+        try:
+            verdict = function(response, answer)
+        except Exception as err:
+            raise TaskDataError(
+                f"{flag} {spec} raised {type(err).__name__}: {err} (response starting {response[:60]!r}); "
+                "it must return True or False for any text, also one without an answer"
+            ) from err
+        if not isinstance(verdict, (bool, np.bool_)):
+            raise TaskDataError(
+                f"{flag} {spec} returned {verdict!r} ({type(verdict).__name__}); it must return True or False"
+            )
+        return bool(verdict)
+
+    return verify
 
 
 def load_custom(path: str | None, confidence_instruction: bool = True) -> Dataset:
@@ -198,5 +235,5 @@ def resolve_equivalence(spec: str, task: Task) -> Equivalence:
     else:
         key = _answer_key(spec, "--equivalence")
         if key is None:
-            return resolve_verifier(spec)
+            return resolve_verifier(spec, "--equivalence")
     return lambda response, reference: _equal_keys(key, response, reference)

@@ -1,0 +1,25 @@
+"""Verifiers a user could write wrongly, for test_bad_input.py (``--verifier bad_verifiers:NAME``)."""
+
+
+def raises(response, answer):
+    return int(response) == answer  # ValueError on any response that is not a bare number
+
+
+def returns_text(response, answer):
+    return "yes"
+
+
+def returns_none(response, answer):
+    return None
+
+
+def works(response, answer):
+    return answer in response
+
+
+NOT_CALLABLE = 3
+
+
+def fails_on_model_output(response, answer):
+    """Passes the start-up check on the demonstration ("Answer: 4"), then fails on the first sampled response."""
+    return response.split("Answer:")[1].strip() == answer  # IndexError without "Answer:"

@@ -1,0 +1,71 @@
+"""main.py, killed (SIGKILL) at one stage of writing one checkpoint, for test_kill_resume.py.
+
+    python tests/kill_train.py STAGE STEP [main.py flags...]
+
+STAGE is where the process dies while writing checkpoint-STEP:
+  model_written      the model is on disk, the optimizer is not
+  optimizer_written  model, optimizer and scheduler are on disk, the RNG state and trainer state are not
+  trainer_saved      every file of the Trainer is on disk, the EMA teacher is not
+  teacher_half       the teacher's weights are half written (the file cut short)
+  before_marker      everything but the completion marker is on disk
+  after_marker       the checkpoint is complete; the run dies before going on
+"""
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
+
+import distil_trainer
+import main
+
+
+def install(stage: str, step: int) -> None:
+    """Patch the save path so that the process kills itself (SIGKILL) at ``stage`` of writing checkpoint-``step``."""
+    trainers = []
+    original_init = distil_trainer.DistilTrainer.__init__
+
+    def init_and_remember(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        trainers.append(self)
+
+    distil_trainer.DistilTrainer.__init__ = init_and_remember
+
+    def wrap(owner, name: str, after: bool = False, damage=None) -> None:
+        original = getattr(owner, name)
+
+        def wrapped(*args, **kwargs):
+            due = trainers and trainers[0].state.global_step == step
+            if due and not after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            result = original(*args, **kwargs)
+            if due:
+                if damage:
+                    damage(Path(args[-1]))
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
+
+        setattr(owner, name, wrapped)
+
+    def cut_teacher_in_half(checkpoint: Path) -> None:
+        weights = checkpoint / "teacher" / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+    stages = {
+        "model_written": (distil_trainer.DistilTrainer, "_save_optimizer_and_scheduler", False, None),
+        "optimizer_written": (distil_trainer.DistilTrainer, "_save_rng_state", False, None),
+        "trainer_saved": (distil_trainer, "save_teacher", False, None),
+        "teacher_half": (distil_trainer, "save_teacher", True, cut_teacher_in_half),
+        "before_marker": (distil_trainer, "write_marker", False, None),
+        "after_marker": (distil_trainer, "write_marker", True, None),
+    }
+    if stage not in stages:
+        raise SystemExit(f"unknown stage {stage}; choose one of {', '.join(stages)}")
+    wrap(*stages[stage])
+
+
+if __name__ == "__main__":
+    install(sys.argv[1], int(sys.argv[2]))
+    sys.exit(main.main(sys.argv[3:]))

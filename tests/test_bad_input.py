@@ -1,0 +1,324 @@
+"""Bad input at every entry point a user runs: each case ends in one ``error:`` line naming the problem (exit code
+not 0, no traceback) and leaves what was there before untouched.
+
+Every script runs in this process (``runpy``, as ``python SCRIPT ARGS`` would), so the table stays fast: the
+cases fail before any model is loaded, which is the point of checking input early.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+# (case id, script, arguments, what the error line must say). In arguments, {tmp} is the case's own folder (files
+# below are written into it first) and {model} a tiny saved model.
+CASES = [
+    # ---- main.py: flags
+    ("main zero generations", "main.py", "--output_dir {tmp}/o --num_generations 0", "--num_generations must be"),
+    ("main negative lr", "main.py", "--output_dir {tmp}/o --learning_rate -1", "--learning_rate must be positive"),
+    ("main ema rate", "main.py", "--output_dir {tmp}/o --ref_model_mixup_alpha 1.5", "EMA rate in [0, 1]"),
+    ("main alpha", "main.py", "--output_dir {tmp}/o --distillation_alpha -0.1", "--distillation_alpha must lie"),
+    ("main wrong type", "main.py", "--output_dir {tmp}/o --num_generations many", "invalid int value: 'many'"),
+    ("main unknown choice", "main.py", "--output_dir {tmp}/o --dataset_name chess", "invalid choice: 'chess'"),
+    ("main no output", "main.py", "--dataset_name arithmetic", "--output_dir is required"),
+    ("main skip tokens", "main.py", "--output_dir {tmp}/o --num_loss_tokens_to_skip -2", "must be 0 or more"),
+    ("main temperature", "main.py", "--output_dir {tmp}/o --temperature 0", "--temperature must be positive"),
+    ("main max steps", "main.py", "--output_dir {tmp}/o --max_steps 0", "--max_steps must be positive"),
+    ("main vllm on cpu", "main.py", "--output_dir {tmp}/o --use_vllm", "--use_vllm"),
+    ("main bf16 on cpu", "main.py", "--output_dir {tmp}/o --bf16", "--bf16"),
+    ("main overlong prompts", "main.py",
+     "--output_dir {tmp}/o --dataset_name arithmetic --model_name {model} --max_prompt_length 8",
+     "--max_prompt_length"),
+    # ---- main.py: --config
+    ("config missing", "main.py", "--config {tmp}/none.yaml", "cannot read it"),
+    ("config not yaml", "main.py", "--config {tmp}/broken.yaml", "not valid YAML"),
+    ("config not mapping", "main.py", "--config {tmp}/list.yaml", "expected a mapping"),
+    ("config unknown key", "main.py", "--config {tmp}/unknown.yaml", "unknown key(s) learning_rat"),
+    ("config wrong type", "main.py", "--config {tmp}/wrong_type.yaml", "is not a valid int"),
+    # ---- main.py: data and verifier
+    ("custom without data", "main.py", "--output_dir {tmp}/o --dataset_name custom --verifier exact_match",
+     "needs --train_data"),
+    ("custom data missing", "main.py",
+     "--output_dir {tmp}/o --dataset_name custom --verifier exact_match --train_data {tmp}/none.jsonl",
+     "not found"),
+    ("custom data not json", "main.py",
+     "--output_dir {tmp}/o --dataset_name custom --verifier exact_match --train_data {tmp}/garbage.jsonl",
+     "garbage.jsonl: line 1 is not JSON"),
+    ("custom lacks answer", "main.py",
+     "--output_dir {tmp}/o --dataset_name custom --verifier exact_match --train_data {tmp}/no_answer.jsonl",
+     "lacks column 'answer'"),
+    ("custom empty question", "main.py",
+     "--output_dir {tmp}/o --dataset_name custom --verifier exact_match --train_data {tmp}/blank.jsonl",
+     "row 0: empty question"),
+    ("tooluse rows malformed", "main.py", "--output_dir {tmp}/o --dataset_name tooluse --train_data {tmp}/ok.jsonl",
+     "ok.jsonl"),
+    ("verifier unknown", "main.py",
+     "--output_dir {tmp}/o --dataset_name custom --verifier fuzzy --train_data {tmp}/ok.jsonl", "choose one of"),
+    ("verifier not importable", "main.py",
+     "--output_dir {tmp}/o --dataset_name custom --verifier no_such_module:f --train_data {tmp}/ok.jsonl",
+     "cannot import it"),
+    ("verifier not callable", "main.py",
+     "--output_dir {tmp}/o --dataset_name custom --verifier bad_verifiers:NOT_CALLABLE --train_data {tmp}/ok.jsonl",
+     "is not callable"),
+    ("verifier raises", "main.py",
+     "--output_dir {tmp}/o --dataset_name custom --verifier bad_verifiers:raises --train_data {tmp}/ok.jsonl",
+     "raised ValueError"),
+    ("verifier returns text", "main.py",
+     "--output_dir {tmp}/o --dataset_name custom --verifier bad_verifiers:returns_text --train_data {tmp}/ok.jsonl",
+     "returned 'yes' (str); it must return True or False"),
+    ("verifier returns None", "main.py",
+     "--output_dir {tmp}/o --dataset_name custom --verifier bad_verifiers:returns_none --train_data {tmp}/ok.jsonl",
+     "returned None"),
+    ("equivalence raises", "main.py",
+     "--output_dir {tmp}/o --dataset_name custom --verifier exact_match --train_data {tmp}/ok.jsonl "
+     "--self_consistency --equivalence bad_verifiers:raises", "--equivalence bad_verifiers:raises raised"),
+    ("regex invalid", "main.py",
+     "--output_dir {tmp}/o --dataset_name custom --verifier regex:(unclosed --train_data {tmp}/ok.jsonl",
+     "not a valid regular expression"),
+    # ---- main.py: checkpoints and the output folder
+    ("resume missing", "main.py", "--output_dir {tmp}/o --resume_from_checkpoint {tmp}/nowhere",
+     "cannot resume from it: not a checkpoint folder"),
+    ("resume latest none", "main.py", "--output_dir {tmp}/o --resume_from_checkpoint latest",
+     "no complete checkpoint-* folder"),
+    ("resume incomplete", "main.py", "--output_dir {tmp}/run --resume_from_checkpoint {tmp}/run/checkpoint-4",
+     "it has no caopd_complete.json"),
+    ("earlier checkpoints", "main.py", "--output_dir {tmp}/run", "already holds checkpoints (checkpoint-4)"),
+    ("model folder without config", "main.py", "--output_dir {tmp}/o --dataset_name arithmetic --model_name {tmp}",
+     "has no config.json"),
+    # ---- evaluation scripts
+    ("eval samples", "eval_arithmetic.py", "--model_path {model} --num_samples 0", "--num_samples must be"),
+    ("eval top_p", "eval_arithmetic.py", "--model_path {model} --top_p 1.5", "--top_p in (0, 1]"),
+    ("eval questions", "eval_arithmetic.py", "--model_path {model} --num_questions 0", "--num_questions must be"),
+    ("eval limit", "eval_arithmetic.py", "--model_path {model} --limit -3", "--limit must be positive"),
+    ("eval bootstrap", "eval_arithmetic.py", "--model_path {model} --n_bootstrap -1", "--n_bootstrap must be"),
+    ("eval output is a file", "eval_arithmetic.py", "--model_path {model} --output_dir {tmp}/ok.jsonl", "is a file"),
+    ("eval overlong prompts", "eval_arithmetic.py", "--model_path {model} --output_dir {tmp}/e --max_prompt_length 8",
+     "--max_prompt_length"),
+    ("eval custom regex invalid", "eval_custom.py", "--model_path {model} --data {tmp}/ok.jsonl --verifier regex:[a-",
+     "not a valid regular expression"),
+    ("eval wrong type", "eval_arithmetic.py", "--model_path {model} --temperature hot", "invalid float value"),
+    ("eval data missing", "eval_tooluse.py", "--model_path {model} --data {tmp}/none", "not found"),
+    ("eval data malformed", "eval_science.py", "--model_path {model} --data {tmp}/no_answer.jsonl", "no_answer"),
+    ("eval model missing", "eval_arithmetic.py", "--model_path {tmp} --output_dir {tmp}/e", "has no config.json"),
+    ("eval earlier results", "eval_arithmetic.py", "--model_path {model} --output_dir {tmp}/results",
+     "already holds results (inference.json)"),
+    ("eval custom verifier raises", "eval_custom.py",
+     "--model_path {model} --data {tmp}/ok.jsonl --verifier bad_verifiers:raises", "raised ValueError"),
+    ("eval custom verifier non-bool", "eval_custom.py",
+     "--model_path {model} --data {tmp}/ok.jsonl --verifier bad_verifiers:returns_none", "returned None"),
+    ("eval custom no verifier", "eval_custom.py", "--model_path {model} --data {tmp}/ok.jsonl",
+     "the following arguments are required: --verifier"),
+    # ---- metric scripts
+    ("metrics input missing", "eval/run_eval_tooluse.py", "--input {tmp}/none.json --output {tmp}/m.json",
+     "cannot read it"),
+    ("metrics input not json", "eval/run_eval_chemistry.py", "--input {tmp}/garbage.jsonl --output {tmp}/m.json",
+     "not valid JSON"),
+    ("metrics input not a list", "eval/run_eval_chemistry.py", "--input {tmp}/mapping.json --output {tmp}/m.json",
+     "expected a JSON list"),
+    ("metrics no items", "eval/run_eval_chemistry.py", "--input {tmp}/empty.json --output {tmp}/m.json", "no items"),
+    ("metrics bins", "eval/run_eval_chemistry.py", "--input {tmp}/items.json --output {tmp}/m.json --n_bins 0",
+     "--n_bins must be positive"),
+    ("metrics bootstrap", "eval/run_eval_chemistry.py",
+     "--input {tmp}/items.json --output {tmp}/m.json --n_bootstrap -5", "--n_bootstrap must be"),
+    ("metrics output is a folder", "eval/run_eval_chemistry.py", "--input {tmp}/items.json --output {tmp}",
+     "--output"),
+    ("metrics rule", "eval/run_eval_tooluse.py", "--input {tmp}/items.json --output {tmp}/m.json --tooluse_match x",
+     "invalid choice: 'x'"),
+    # ---- comparison and routing
+    ("compare missing", "eval/compare.py", "{tmp}/none.json --output_md {tmp}/c.md --output_png {tmp}/c.png",
+     "cannot read metrics"),
+    ("compare not metrics", "eval/compare.py", "{tmp}/mapping.json --output_md {tmp}/c.md --output_png {tmp}/c.png",
+     "not a metrics file"),
+    ("compare output is a folder", "eval/compare.py", "{tmp}/mapping.json --output_md {tmp} --output_png {tmp}/c.png",
+     "is a folder"),
+    ("compare labels", "eval/compare.py",
+     "{tmp}/mapping.json --labels a b --output_md {tmp}/c.md --output_png {tmp}/c.png", "one distinct --labels"),
+    ("cascade missing", "eval/cascade.py",
+     "--small {tmp}/none.json --large_accuracy 0.9 --cost_ratio 10 --output_json {tmp}/r.json --output_png {tmp}/r.png",
+     "none.json"),
+    ("cascade no large", "eval/cascade.py",
+     "--small {tmp}/items.json --cost_ratio 10 --output_json {tmp}/r.json --output_png {tmp}/r.png", "--large"),
+    ("cascade large accuracy", "eval/cascade.py",
+     "--small {tmp}/items.json --large_accuracy 1.5 --cost_ratio 10 --output_json {tmp}/r.json "
+     "--output_png {tmp}/r.png", "--large_accuracy"),
+    ("cascade cost", "eval/cascade.py",
+     "--small {tmp}/items.json --large_accuracy 0.9 --cost_ratio -1 --output_json {tmp}/r.json "
+     "--output_png {tmp}/r.png", "--cost_ratio"),
+    ("cascade thresholds", "eval/cascade.py",
+     "--small {tmp}/items.json --large_accuracy 0.9 --cost_ratio 10 --thresholds 0 2 --output_json {tmp}/r.json "
+     "--output_png {tmp}/r.png", "--thresholds"),
+    ("cascade empty", "eval/cascade.py",
+     "--small {tmp}/empty.json --large_accuracy 0.9 --cost_ratio 10 --output_json {tmp}/r.json "
+     "--output_png {tmp}/r.png", "non-empty JSON list"),
+    ("cascade output is a folder", "eval/cascade.py",
+     "--small {tmp}/items.json --large_accuracy 0.9 --cost_ratio 10 --output_json {tmp} --output_png {tmp}/r.png",
+     "is a folder"),
+    ("cascade labels", "eval/cascade.py",
+     "--small {tmp}/items.json --labels a b --large_accuracy 0.9 --cost_ratio 10 --output_json {tmp}/r.json "
+     "--output_png {tmp}/r.png", "--labels"),
+    ("cascade items missing", "eval/cascade.py",
+     "--small {tmp}/items.json --large {tmp}/large_one_item.json --cost_ratio 10 --output_json {tmp}/r.json "
+     "--output_png {tmp}/r.png", "1 item_id"),
+    # ---- data preparation
+    ("science input missing", "data/prepare_science.py", "--input {tmp}/none.jsonl --output {tmp}/s", "not found"),
+    ("science no rows", "data/prepare_science.py", "--input {tmp}/garbage.jsonl --output {tmp}/s",
+     "no Chemistry L3 multiple-choice rows"),
+    ("science output taken", "data/prepare_science.py",
+     "--input {tmp}/science20.jsonl --output {tmp}/mine", "is not a saved dataset"),
+    ("science too few rows", "data/prepare_science.py", "--input {tmp}/science.jsonl --output {tmp}/s",
+     "leave the validation, test split(s) empty"),
+    ("tooluse input not json", "data/prepare_tooluse.py", "--input {tmp}/garbage.jsonl --output {tmp}/t",
+     "cannot read ToolAlpaca JSON"),
+    ("tooluse input a mapping", "data/prepare_tooluse.py", "--input {tmp}/mapping.json --output {tmp}/t",
+     "expected a JSON list"),
+    ("tooluse no usable rows", "data/prepare_tooluse.py", "--input {tmp}/empty.json --output {tmp}/t",
+     "no usable rows"),
+    # ---- bench scripts a user runs
+    ("reproduce steps", "bench/reproduce.py", "--output_dir {tmp}/r --max_steps 0", "--max_steps"),
+    ("reproduce questions", "bench/reproduce.py", "--output_dir {tmp}/r --num_questions -1", "--num_questions"),
+    ("reproduce generations", "bench/reproduce.py", "--output_dir {tmp}/r --num_generations 0", "--num_generations"),
+    ("memory length", "bench/memory.py", "--length 0", "--length"),
+    ("overhead pairs", "bench/overhead.py", "--pairs 0", "--pairs"),
+]  # fmt: skip
+
+
+def _write_inputs(tmp: Path) -> None:
+    """The files the cases read, each wrong in its own way (and a few good ones)."""
+    (tmp / "garbage.jsonl").write_text("this is not JSON\n{\n")
+    (tmp / "no_answer.jsonl").write_text(json.dumps({"question": "What is 2 + 2?"}) + "\n")
+    (tmp / "blank.jsonl").write_text(json.dumps({"question": "  ", "answer": "4"}) + "\n")
+    (tmp / "ok.jsonl").write_text(json.dumps({"question": "What is 2 + 2?", "answer": "4"}) + "\n")
+    (tmp / "broken.yaml").write_text("learning_rate: [1e-5\n")
+    (tmp / "list.yaml").write_text("- learning_rate\n")
+    (tmp / "unknown.yaml").write_text("output_dir: out\nlearning_rat: 1e-5\n")
+    (tmp / "wrong_type.yaml").write_text("output_dir: out\nnum_generations: eight\n")
+    science = {"question": "Which is a noble gas?", "choices": {"label": ["A", "B"], "text": ["Ne", "Na"]}}
+    (tmp / "science.jsonl").write_text(json.dumps({**science, "answerKey": "A"}) + "\n")
+    (tmp / "science20.jsonl").write_text(20 * (json.dumps({**science, "answerKey": "A"}) + "\n"))
+    (tmp / "mapping.json").write_text(json.dumps({"accuracy": 0.5}))
+    (tmp / "empty.json").write_text("[]")
+    items = [
+        {"item_id": i, "response": f"<answer>A</answer>\nConfidence: 0.{i + 1}", "golden_answer": [{"Answer": "A"}]}
+        for i in range(2)
+    ]
+    for item in items:
+        item["correct"], item["confidence"] = True, 0.5
+    (tmp / "items.json").write_text(json.dumps(items))
+    (tmp / "large_one_item.json").write_text(json.dumps(items[:1]))
+    (tmp / "run" / "checkpoint-4").mkdir(parents=True)  # a checkpoint whose write was cut short
+    (tmp / "results").mkdir()
+    (tmp / "results" / "inference.json").write_text("[]")
+    (tmp / "mine" / "train").mkdir(parents=True)
+    (tmp / "mine" / "train" / "notes.txt").write_text("my own notes")
+
+
+def run_script(script: str, argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """``python script argv`` in this process: its exit code and its stderr."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    code: int | str | None = 0
+    try:
+        runpy.run_path(str(ROOT / script), run_name="__main__")
+    except SystemExit as exit_:
+        code = exit_.code
+    stderr = capsys.readouterr().err
+    if isinstance(code, str):  # SystemExit("error: ...") prints its message and exits with 1
+        stderr, code = stderr + code + "\n", 1
+    return int(code or 0), stderr
+
+
+@pytest.fixture(scope="module")
+def saved_tiny(tmp_path_factory):
+    from tiny_model import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize(("script", "arguments", "expected"), [case[1:] for case in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_error_line(script, arguments, expected, tmp_path, saved_tiny, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))  # bad_verifiers
+    _write_inputs(tmp_path)
+    before = _snapshot(tmp_path)
+    argv = arguments.format(tmp=tmp_path, model=saved_tiny).split()
+    if script == "main.py":
+        argv.append("--no_wandb")  # wandb is not installed here; its own message is tested in test_cli.py
+    started = time.monotonic()
+    code, stderr = run_script(script, argv, monkeypatch, capsys)
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith(("usage:", " "))]
+    assert code != 0, stderr
+    assert "Traceback" not in stderr, stderr
+    assert lines and "error: " in lines[-1], stderr
+    assert expected in lines[-1], stderr
+    assert time.monotonic() - started < 60  # nothing hangs: every case fails before the work starts
+    after = _snapshot(tmp_path)
+    assert {name: after.get(name) for name in before} == before  # nothing written earlier changed
+
+
+def test_a_catastrophic_regex_stops_in_seconds_with_one_line():
+    from caopd.tasks.base import TaskDataError
+    from caopd.tasks.custom import REGEX_TIMEOUT_S, resolve_verifier
+
+    verify = resolve_verifier("regex:((?:a|aa)+)$")
+    assert verify("Answer: aaa", "aaa")  # an ordinary response is judged as usual
+    started = time.monotonic()
+    with pytest.raises(TaskDataError, match=r"took over 2 s on a 5,001-character response \(catastrophic"):
+        verify("a" * 5000 + "!", "a")  # (a|aa)+ backtracks exponentially before the "!"
+    assert time.monotonic() - started < REGEX_TIMEOUT_S + 5
+
+
+def test_a_verifier_that_fails_on_model_output_stops_training_in_one_line(tmp_path, saved_tiny, capsys, monkeypatch):
+    import main
+
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"question": "What is 2 + 2?", "answer": "4"}) + "\n")
+    flags = ["--model_name", str(saved_tiny), "--dataset_name", "custom", "--train_data", str(data), "--no_wandb"]
+    flags += ["--verifier", "bad_verifiers:fails_on_model_output", "--output_dir", str(tmp_path / "run")]
+    flags += ["--max_steps", "1", "--num_prompts_per_batch", "1", "--num_generations", "2"]
+    flags += ["--per_device_train_batch_size", "2", "--max_completion_length", "16", "--max_prompt_length", "256"]
+    assert main.main(flags) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error: --verifier bad_verifiers:fails_on_model_output raised IndexError" in last
+    assert "it must return True or False for any text" in last
+
+
+def test_an_interrupted_evaluation_leaves_earlier_results_and_no_half_file(tmp_path, saved_tiny, monkeypatch):
+    from caopd import evaluation
+
+    output = tmp_path / "eval"
+    output.mkdir()
+    (output / "inference.json").write_text("[1]")
+
+    def killed(*_args, **_kwargs):
+        raise KeyboardInterrupt  # Ctrl-C (or a time limit) while generating
+
+    monkeypatch.setattr(evaluation, "generate", killed)
+    argv = ["--model_path", str(saved_tiny), "--num_questions", "2", "--output_dir", str(output), "--overwrite"]
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.evaluate("arithmetic", argv)
+    assert sorted(path.name for path in output.iterdir()) == ["inference.json"]
+    assert (output / "inference.json").read_text() == "[1]"  # replaced only when the new results are complete
+
+
+def test_data_preparation_replaces_its_own_earlier_output(tmp_path, monkeypatch, capsys):
+    from datasets import load_from_disk
+
+    _write_inputs(tmp_path)
+    argv = ["--input", str(tmp_path / "science20.jsonl"), "--output", str(tmp_path / "science")]
+    for _ in range(2):  # the second run replaces the first run's datasets
+        assert run_script("data/prepare_science.py", argv, monkeypatch, capsys)[0] == 0
+    assert [len(load_from_disk(str(tmp_path / "science" / name))) for name in ("train", "validation", "test")] == [
+        15,
+        1,
+        4,
+    ]
