@@ -48,8 +48,15 @@ QUESTION_SEED = 0  # seed of the held-out question draw; the per-level table reg
 # the Answer line (bench/probe_teacher_format.py: P(Answer) 0.07 SDFT / 0.14 CaOPD against the student's 0.98),
 # and both arms trained under it lost the answer format. This wording was the best of ten probed (0.64 / 0.63).
 TEACHER_INSTRUCTION = "Respond like the example."
-POSITIVE_FLAGS = ("max_steps", "save_steps", "num_prompts_per_batch", "num_generations", "lora_r", "num_questions")
-POSITIVE_FLAGS += ("num_samples",)
+POSITIVE_FLAGS = (
+    "max_steps",
+    "save_steps",
+    "num_prompts_per_batch",
+    "num_generations",
+    "lora_r",
+    "num_questions",
+    "num_samples",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

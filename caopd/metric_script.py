@@ -24,16 +24,21 @@ Judge = Callable[[str, Any], bool]
 GoldenCheck = Callable[[Any], str | None]
 
 
-def read_items(path: str) -> list[dict[str, Any]]:
+def read_items(path: str, flag: str = "--input") -> list[dict[str, Any]]:
+    """The items of an inference file (a JSON list, or an object with ``items``); ``ValueError`` says what is wrong."""
     try:
         payload = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as err:
-        raise ValueError(f"--input {path}: cannot read it ({err.strerror})") from err
+        raise ValueError(f"{flag} {path}: cannot read it ({err.strerror})") from err
     except json.JSONDecodeError as err:
-        raise ValueError(f"--input {path}: not valid JSON ({err})") from err
+        raise ValueError(f"{flag} {path}: not valid JSON ({err})") from err
     items = payload.get("items") if isinstance(payload, dict) else payload
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
-        raise ValueError(f"--input {path}: expected a JSON list of objects with 'response' and 'golden_answer'")
+        raise ValueError(
+            f"{flag} {path}: expected a JSON list of items (objects, as in an eval script's inference.json)"
+        )
+    if not items:
+        raise ValueError(f"{flag} {path}: no items")
     return items
 
 
@@ -90,8 +95,6 @@ def run_metric_script(
         if problem:
             raise ValueError(problem)
         items = read_items(args.input)
-        if not items:
-            raise ValueError(f"--input {args.input}: no items to score")
         verdicts, confidences, problems = score_items(items, judge, check_golden)
         metrics = calibration_metrics(verdicts, confidences, n_bins=args.n_bins, n_bootstrap=args.n_bootstrap)
         if items and all("cut_by_length" in item for item in items):  # written by the eval scripts

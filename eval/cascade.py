@@ -22,6 +22,7 @@ from caopd.cascade import (
     route,
     scored_items,
 )
+from caopd.metric_script import read_items
 from caopd.plots import routing_diagram
 
 SEMANTICS = """
@@ -54,17 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_items(path: str) -> list:
+def _read_items(path: str, flag: str) -> list:
     try:
-        payload = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as err:
-        raise RoutingInputError(f"{path}: cannot read it ({err.strerror})") from err
-    except json.JSONDecodeError as err:
-        raise RoutingInputError(f"{path}: not valid JSON ({err})") from err
-    items = payload.get("items") if isinstance(payload, dict) else payload
-    if not isinstance(items, list) or not items:
-        raise RoutingInputError(f"{path}: expected a non-empty JSON list of items (an eval script's inference.json)")
-    return items
+        return read_items(path, flag)
+    except ValueError as err:
+        raise RoutingInputError(str(err)) from err
 
 
 def routing(args: argparse.Namespace) -> dict:
@@ -85,9 +80,11 @@ def routing(args: argparse.Namespace) -> dict:
         problem = output_file_problem(getattr(args, flag), f"--{flag}")
         if problem:
             raise RoutingInputError(problem)
-    small = {label: scored_items(_read_items(path), path) for label, path in zip(labels, args.small, strict=True)}
+    small = {
+        label: scored_items(_read_items(path, "--small"), path) for label, path in zip(labels, args.small, strict=True)
+    }
     if args.large is not None:
-        large = accuracy_by_item(scored_items(_read_items(args.large), args.large))
+        large = accuracy_by_item(scored_items(_read_items(args.large, "--large"), args.large))
         for label, path in zip(labels, args.small, strict=True):
             missing = {item_id for item_id, _, _ in small[label]} - set(large)
             if missing:

@@ -155,7 +155,7 @@ CASES = [
      "--output_png {tmp}/r.png", "--thresholds"),
     ("cascade empty", "eval/cascade.py",
      "--small {tmp}/empty.json --large_accuracy 0.9 --cost_ratio 10 --output_json {tmp}/r.json "
-     "--output_png {tmp}/r.png", "non-empty JSON list"),
+     "--output_png {tmp}/r.png", "no items"),
     ("cascade output is a folder", "eval/cascade.py",
      "--small {tmp}/items.json --large_accuracy 0.9 --cost_ratio 10 --output_json {tmp} --output_png {tmp}/r.png",
      "is a folder"),
