@@ -3,7 +3,6 @@
     python tests/kill_train.py STAGE STEP [main.py flags...]
 
 STAGE is where the process dies while writing checkpoint-STEP:
-  model_written      the model is on disk, the optimizer is not
   optimizer_written  model, optimizer and scheduler are on disk, the RNG state and trainer state are not
   trainer_saved      every file of the Trainer is on disk, the EMA teacher is not
   teacher_half       the teacher's weights are half written (the file cut short)
@@ -54,7 +53,6 @@ def install(stage: str, step: int) -> None:
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
 
     stages = {
-        "model_written": (distil_trainer.DistilTrainer, "_save_optimizer_and_scheduler", False, None),
         "optimizer_written": (distil_trainer.DistilTrainer, "_save_rng_state", False, None),
         "trainer_saved": (distil_trainer, "save_teacher", False, None),
         "teacher_half": (distil_trainer, "save_teacher", True, cut_teacher_in_half),

@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT
 from safetensors.torch import load_file
 
-STAGES = ("model_written", "optimizer_written", "trainer_saved", "teacher_half", "before_marker", "after_marker")
+STAGES = ("optimizer_written", "trainer_saved", "teacher_half", "before_marker", "after_marker")
 SINGLE = ["plain"]  # one process, no launcher
 TWO = ["--multi_gpu", "--num_processes", "2"]
 
