@@ -88,10 +88,27 @@ class DistilConfig(SDFTConfig):
         default=3,
         metadata={"help": "First completion tokens left out of the loss (the original release skips 3)."},
     )
+    shared_prefix: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute each distinct prompt of a micro-batch once for the student and the teacher "
+            "(caopd.shared_prefix); exact. Off by itself under gradient checkpointing and DeepSpeed."
+        },
+    )
     distillation_alpha: float = field(
         default=1.0,
         metadata={"help": "0 = forward KL, 1 = reverse KL (paper default), in between = generalized JSD."},
     )
+
+    def shared_prefix_mode(self) -> str:
+        """Whether the shared-prefix forward runs, and why not when it does not (recorded in the run config)."""
+        if not self.shared_prefix:
+            return "off (--no_shared_prefix)"
+        if self.gradient_checkpointing:
+            return "off (gradient checkpointing drops the cache it needs)"
+        if self.deepspeed:
+            return "off (DeepSpeed: not yet tested)"
+        return "on"
 
     def __post_init__(self):
         if self.teacher_model_kind not in TEACHER_KINDS:

@@ -25,6 +25,7 @@ from caopd.confidence import parse_confidence
 from caopd.groups import RolloutRecord, local_records, step_statistics, success_rates, teacher_references
 from caopd.rollout_log import RolloutLog, RolloutLogTrimCallback, rollout_rows
 from caopd.self_consistency import teacher_anchored_references
+from caopd.shared_prefix import shared_prefix_logits
 from caopd.targets import reserved_completion_tokens, rewrite_completion_ids, teacher_context
 from caopd.tasks.base import Task
 from caopd.tasks.custom import resolve_equivalence
@@ -238,6 +239,17 @@ class DistilTrainer(SDFTTrainer):
         limit = self.args.max_teacher_prompt_length
         truncated = (teacher_prompt_lengths >= limit).float().mean() if limit else teacher_prompt_lengths.new_zeros(())
         metrics["caopd/teacher_prompt_truncated"].append(self.accelerator.gather(truncated.reshape(1)).mean().item())
+
+    def _forward_logits(self, model, input_ids, attention_mask, logits_to_keep):
+        """TRL's forward for the student and the teacher, with each distinct prompt computed once where that is on
+        (``caopd.shared_prefix``: same logits, loss and gradients)."""
+        if self.args.shared_prefix_mode() == "on":
+            logits = shared_prefix_logits(
+                model, input_ids, attention_mask, logits_to_keep, "logits_to_keep" in self.model_kwarg_keys
+            )
+            if logits is not None:
+                return logits / self.temperature
+        return super()._forward_logits(model, input_ids, attention_mask, logits_to_keep)
 
     def _compute_self_distillation_loss(self, model, inputs, distillation_logits):
         """TRL's loss, plus the student's mean token entropy on the distilled tokens (a collapse early warning).

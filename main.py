@@ -78,6 +78,7 @@ def build_config(args: argparse.Namespace, world_size: int) -> DistilConfig:
             empirical_calibration=not args.no_empirical_calibration,
             save_rollouts=args.save_rollouts,
             enable_thinking=args.enable_thinking,
+            shared_prefix=not args.no_shared_prefix,
             self_consistency=args.self_consistency,
             equivalence=args.equivalence,
             use_vllm=use_vllm,
@@ -226,6 +227,7 @@ def run(args: argparse.Namespace) -> None:
             "prompts_dropped": len(lengths) - len(check.keep),
             "prompts_truncated": len(check.truncated),
             "thinking": thinking_mode(tokenizer, args.enable_thinking),
+            "shared_prefix": config.shared_prefix_mode(),
         }
         write_yaml_atomically(resolved_config(args, derived, config.to_dict()), Path(args.output_dir) / RUN_CONFIG_NAME)
     if resume is None and args.overwrite_output_dir:

@@ -119,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         help="first completion tokens left out of the loss (the original release's setting: 3)",
     )
+    distil.add_argument(
+        "--no_shared_prefix",
+        action="store_true",
+        help="forward every rollout's prompt (TRL's way) instead of each distinct prompt once (same loss, slower)",
+    )
     distil.add_argument("--temperature", type=float, default=1.0, help="rollout sampling temperature")
     distil.add_argument("--max_prompt_length", type=int, default=1024)
     distil.add_argument(

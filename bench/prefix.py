@@ -1,0 +1,171 @@
+"""Shared-prefix forward against TRL's: the student and teacher forward/backward of one micro-batch, timed and
+measured on this machine.
+
+The part of a step that ``caopd.shared_prefix`` changes is the student forward (with gradients), its backward and
+the teacher forward (no gradients); rollouts and the CaOPD rewrite are untouched. For each shape, one process per
+path (shared, unshared) builds the embedded SmolLM2-135M-Instruct in fp32, renders real prompts with the chat
+template, appends random completion tokens (their content does not change the compute), and times the
+student forward + a reverse-KL loss against the teacher + backward, and the teacher forward on the prompt plus the
+task's golden demonstration (the privileged context). Peak memory is the process's resident high-water mark during
+the timed steps, over what it held before (Linux /proc/self/status).
+
+Shapes: (a) the CPU demo's arithmetic: 2 questions x K = 8 rollouts, 40-token completions, micro-batches of 8;
+(b) tool use: prompts of the shared tool-use set (``--tooluse_data``), 1 question x K = 8, 100-token completions.
+
+    python bench/prefix.py                   # a few minutes on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHAPES = {
+    "arithmetic": {"questions": 2, "k": 8, "completion": 40, "micro_batch": 8},
+    "tooluse": {"questions": 1, "k": 8, "completion": 100, "micro_batch": 8},
+}
+DEFAULT_TOOLUSE = ROOT.parent / "shared" / "data" / "caopd_eval" / "tooluse_eval"
+
+
+def _memory_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _rows(shape: str, tooluse_data: str, questions: int) -> list[tuple[list[dict], str]]:
+    """(prompt messages, demonstration) of the first ``questions`` rows of the task."""
+    from caopd.tasks import get_task
+
+    task = get_task(shape)
+    rows = task.load(tooluse_data if shape == "tooluse" else None)
+    return [(rows[i]["prompt"], rows[i]["demonstration"]) for i in range(questions)]
+
+
+def _batch(tokenizer, rows, k: int, completion: int, seed: int):
+    """Student and teacher inputs of K rollouts per question: left-padded prompts, random completions."""
+    import torch
+
+    from caopd.prompts import encode_chat_prompts
+
+    generator = torch.Generator().manual_seed(seed)
+    prompts = encode_chat_prompts(tokenizer, [messages for messages, _ in rows], False)
+    demonstrations = [tokenizer(demo, add_special_tokens=False)["input_ids"] for _, demo in rows]
+    teachers = [ids + demo for ids, demo in zip(prompts, demonstrations, strict=True)]
+
+    def padded(sequences, completions):
+        width = max(map(len, sequences))
+        ids = [[tokenizer.pad_token_id] * (width - len(s)) + s for s in sequences for _ in range(k)]
+        mask = [[0] * (width - len(s)) + [1] * len(s) for s in sequences for _ in range(k)]
+        ids = torch.cat([torch.tensor(ids), completions], dim=1)
+        return ids, torch.cat([torch.tensor(mask), torch.ones_like(completions)], dim=1)
+
+    completions = torch.randint(100, len(tokenizer) - 100, (len(rows) * k, completion), generator=generator)
+    return padded(prompts, completions), padded(teachers, completions)
+
+
+def measure(shape: str, shared: bool, tooluse_data: str, repeats: int) -> dict:
+    """Time and peak memory of the student and teacher forward/backward, in this (fresh) process."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from caopd.models import embedded_model_path
+    from caopd.shared_prefix import shared_prefix_logits
+
+    settings = SHAPES[shape]
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_path(), padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_path(), dtype=torch.float32)
+    model.train()
+    (student_ids, student_mask), (teacher_ids, teacher_mask) = _batch(
+        tokenizer, _rows(shape, tooluse_data, settings["questions"]), settings["k"], settings["completion"], 0
+    )
+    keep, micro = settings["completion"], settings["micro_batch"]
+
+    def logits(ids, mask):
+        if shared:
+            result = shared_prefix_logits(model, ids, mask, keep)
+            assert result is not None, "no prompt shared in the micro-batch"
+            return result
+        return model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep + 1).logits[:, :-1]
+
+    def step() -> float:
+        model.zero_grad(set_to_none=True)
+        losses = []
+        for start in range(0, student_ids.size(0), micro):
+            rows = slice(start, start + micro)
+            with torch.no_grad():
+                teacher = torch.log_softmax(logits(teacher_ids[rows], teacher_mask[rows]), -1)
+            student = torch.log_softmax(logits(student_ids[rows], student_mask[rows]), -1)
+            loss = (student.exp() * (student - teacher)).sum(-1).mean()  # reverse KL over the completion tokens
+            loss.backward()
+            losses.append(loss.item())
+        return sum(losses) / len(losses)
+
+    step()  # warm-up
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _memory_kib("VmRSS")
+    times, losses = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        losses.append(step())
+        times.append(time.perf_counter() - started)
+    return {
+        "shape": shape,
+        "shared": shared,
+        "seconds": min(times),
+        "peak_mib": (_memory_kib("VmHWM") - before) / 1024,
+        "loss": losses[-1],
+        "prompt_tokens": int(student_mask[:, :-keep].sum()),
+        "rows": student_ids.size(0),
+    }
+
+
+def run_measurement(shape: str, shared: bool, tooluse_data: str, repeats: int) -> dict:
+    command = [sys.executable, __file__, "--measure", shape, str(int(shared)), "--repeats", str(repeats)]
+    command += ["--tooluse_data", tooluse_data]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "HF_HUB_OFFLINE": "1"}
+    finished = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    if finished.returncode != 0:
+        raise SystemExit(f"error: measuring {shape} (shared={shared}) failed:\n{finished.stderr[-3000:]}")
+    return json.loads(finished.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tooluse_data", default=str(DEFAULT_TOOLUSE), help="tool-use rows (the shared eval set)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed steps per path (the fastest counts)")
+    parser.add_argument("--shapes", nargs="+", choices=tuple(SHAPES), default=list(SHAPES))
+    parser.add_argument("--measure", nargs=2, metavar=("SHAPE", "SHARED"), help=argparse.SUPPRESS)
+    options = parser.parse_args(argv)
+    if options.measure:
+        shape, shared = options.measure
+        print(json.dumps(measure(shape, shared == "1", options.tooluse_data, options.repeats)))
+        return 0
+    if options.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {options.repeats}")
+    if "tooluse" in options.shapes and not Path(options.tooluse_data).exists():
+        parser.error(f"--tooluse_data {options.tooluse_data} not found (the shared tool-use set, ../shared/data)")
+    print("| shape | rows x prompt tokens | unshared s | shared s | time ratio | unshared MiB | shared MiB | loss |")
+    print("|---|---|---|---|---|---|---|---|")
+    for shape in options.shapes:
+        unshared, shared = (run_measurement(shape, flag, options.tooluse_data, options.repeats) for flag in (0, 1))
+        print(
+            f"| {shape} | {unshared['rows']} x {unshared['prompt_tokens'] / unshared['rows']:.0f} "
+            f"| {unshared['seconds']:.2f} | {shared['seconds']:.2f} | {shared['seconds'] / unshared['seconds']:.3f} "
+            f"| {unshared['peak_mib']:.0f} | {shared['peak_mib']:.0f} "
+            f"| {unshared['loss']:.5f} / {shared['loss']:.5f} |",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
