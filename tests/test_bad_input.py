@@ -185,6 +185,8 @@ CASES = [
     ("reproduce generations", "bench/reproduce.py", "--output_dir {tmp}/r --num_generations 0", "--num_generations"),
     ("memory length", "bench/memory.py", "--length 0", "--length"),
     ("overhead pairs", "bench/overhead.py", "--pairs 0", "--pairs"),
+    ("prefix repeats", "bench/prefix.py", "--repeats 0", "--repeats"),
+    ("prefix tool-use data", "bench/prefix.py", "--tooluse_data {tmp}/none", "not found"),
 ]  # fmt: skip
 
 
