@@ -8,19 +8,17 @@ comes back on resume (``caopd.teacher``); ``--save_rollouts`` logs every rollout
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
 from accelerate.utils import gather_object, is_peft_model
 from datasets import Dataset
-from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
 from trl.experimental.sdft import SDFTTrainer
 from trl.experimental.sdft.teacher_sync import PEFTAdapterEMACallback, SyncTeacherModelCallback
 from trl.trainer.utils import entropy_from_logits, pad
 
-from caopd.checkpoints import clear_incomplete, latest_complete, rotate, write_marker
+from caopd.checkpoints import CompleteCheckpoints
 from caopd.confidence import parse_confidence
 from caopd.groups import RolloutRecord, local_records, step_statistics, success_rates, teacher_references
 from caopd.rollout_log import RolloutLog, RolloutLogTrimCallback, rollout_rows
@@ -51,7 +49,7 @@ def add_trainer_columns(dataset: Dataset, mode: str, instruction: str | None = N
     return dataset.map(columns, with_indices=True, desc="Teacher contexts")
 
 
-class DistilTrainer(SDFTTrainer):
+class DistilTrainer(CompleteCheckpoints, SDFTTrainer):
     """On-policy self-distillation with CaOPD's empirical-confidence targets."""
 
     _tag_names: ClassVar[list[str]] = ["trl", "sdft", "caopd"]
@@ -67,7 +65,6 @@ class DistilTrainer(SDFTTrainer):
             processing_class=processing_class,
             **kwargs,
         )
-        self.resume_dir: str | None = None
         self._equivalent = resolve_equivalence(args.equivalence, task) if args.self_consistency else None
         self.rollout_log = RolloutLog(args.output_dir, self.accelerator.process_index)
         self.add_callback(TeacherRestoreCallback(self))
@@ -266,49 +263,11 @@ class DistilTrainer(SDFTTrainer):
         return super()._compute_self_distillation_loss(model, inputs, distillation_logits)
 
     # --------------------------------------------------------------------------------------------- checkpoints
-    def _save_checkpoint(self, model, trial) -> None:
-        """The Trainer's checkpoint, the EMA teacher and its fp32 shadow, then the completion marker, written last.
-
-        A folder left incomplete at this step by a killed run is cleared first, and checkpoints are rotated
-        (``--save_total_limit``) only once the new one is complete (``caopd.checkpoints``).
-        """
-        run_dir = self._get_output_dir(trial=trial)
-        checkpoint = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
-        if self.args.should_save:
-            clear_incomplete(checkpoint)
-        self.accelerator.wait_for_everyone()
-        keep, self.args.save_total_limit = self.args.save_total_limit, None  # the Trainer would rotate too early
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self.args.save_total_limit = keep
+    def _save_extra(self, checkpoint: str) -> None:
+        """The EMA teacher and its fp32 shadow, inside the checkpoint before its completion marker."""
         if self.ema is not None:
             separate = self.teacher_model if self.teacher_model is not self.model else None
             save_teacher(self.accelerator, separate, self.ema, checkpoint)
-        self.accelerator.wait_for_everyone()  # every process's part is on disk
-        if self.args.should_save:
-            write_marker(checkpoint, self.state.global_step)
-            rotate(run_dir, keep)
-        self.accelerator.wait_for_everyone()
-
-    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
-        if resume_from_checkpoint is True:
-            latest, _ = latest_complete(self.args.output_dir)
-            resume_from_checkpoint = str(latest) if latest else None
-        self.resume_dir = resume_from_checkpoint or None
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
-
-    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        """The Trainer's loading, except for several CPU processes (gloo), where it maps the optimizer state to
-        ``args.device`` = ``cpu:0``, which ``torch.load`` cannot restore; there the state is read onto the CPU."""
-        several_cpu = self.args.world_size > 1 and self.args.device.type == "cpu"
-        if checkpoint is None or not several_cpu or self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            super()._load_optimizer_and_scheduler(checkpoint)
-            return
-        for state_file, target in ((OPTIMIZER_NAME, self.optimizer), (SCHEDULER_NAME, self.lr_scheduler)):
-            target.load_state_dict(
-                torch.load(os.path.join(checkpoint, state_file), map_location="cpu", weights_only=True)
-            )
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)

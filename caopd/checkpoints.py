@@ -16,11 +16,14 @@ with that marker and with every listed file present at its listed size, and its 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError, safe_open
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
 
 from caopd.atomic import write_text_atomically
 
@@ -108,3 +111,54 @@ def rotate(output_dir: str | Path, keep: int | None) -> None:
     complete = [path for path in complete if (path / MARKER).is_file()]
     for folder in complete[: max(0, len(complete) - keep)]:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+class CompleteCheckpoints:
+    """The Trainer side of complete checkpoints, mixed in before a ``transformers.Trainer`` subclass.
+
+    ``_save_checkpoint`` clears a folder a killed run left at this step, writes the Trainer's files and the subclass's
+    own (``_save_extra``), waits for every process, then writes the marker and rotates. ``train(True)`` resumes from
+    the newest complete checkpoint (the Trainer's own choice would be the newest folder), kept in ``resume_dir``.
+    """
+
+    resume_dir: str | None = None
+
+    def _save_extra(self, checkpoint: str) -> None:
+        """Write what the subclass keeps beside the Trainer's files (every process calls it)."""
+
+    def _save_checkpoint(self, model, trial) -> None:
+        run_dir = self._get_output_dir(trial=trial)
+        checkpoint = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
+        if self.args.should_save:
+            clear_incomplete(checkpoint)
+        self.accelerator.wait_for_everyone()
+        keep, self.args.save_total_limit = self.args.save_total_limit, None  # the Trainer would rotate too early
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = keep
+        self._save_extra(checkpoint)
+        self.accelerator.wait_for_everyone()  # every process's part is on disk
+        if self.args.should_save:
+            write_marker(checkpoint, self.state.global_step)
+            rotate(run_dir, keep)
+        self.accelerator.wait_for_everyone()
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        if resume_from_checkpoint is True:
+            latest, _ = latest_complete(self.args.output_dir)
+            resume_from_checkpoint = str(latest) if latest else None
+        self.resume_dir = resume_from_checkpoint or None
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """The Trainer's loading, except for several CPU processes (gloo), where it maps the optimizer state to
+        ``args.device`` = ``cpu:0``, which ``torch.load`` cannot restore; there the state is read onto the CPU."""
+        several_cpu = self.args.world_size > 1 and self.args.device.type == "cpu"
+        if checkpoint is None or not several_cpu or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            super()._load_optimizer_and_scheduler(checkpoint)
+            return
+        for state_file, target in ((OPTIMIZER_NAME, self.optimizer), (SCHEDULER_NAME, self.lr_scheduler)):
+            target.load_state_dict(
+                torch.load(os.path.join(checkpoint, state_file), map_location="cpu", weights_only=True)
+            )

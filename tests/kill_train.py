@@ -19,6 +19,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 
 import distil_trainer
 import main
+from caopd import checkpoints
 
 
 def install(stage: str, step: int) -> None:
@@ -56,8 +57,8 @@ def install(stage: str, step: int) -> None:
         "optimizer_written": (distil_trainer.DistilTrainer, "_save_rng_state", False, None),
         "trainer_saved": (distil_trainer, "save_teacher", False, None),
         "teacher_half": (distil_trainer, "save_teacher", True, cut_teacher_in_half),
-        "before_marker": (distil_trainer, "write_marker", False, None),
-        "after_marker": (distil_trainer, "write_marker", True, None),
+        "before_marker": (checkpoints, "write_marker", False, None),
+        "after_marker": (checkpoints, "write_marker", True, None),
     }
     if stage not in stages:
         raise SystemExit(f"unknown stage {stage}; choose one of {', '.join(stages)}")
