@@ -92,7 +92,7 @@ class DistilConfig(SDFTConfig):
         default=True,
         metadata={
             "help": "Compute each distinct prompt of a micro-batch once for the student and the teacher "
-            "(caopd.shared_prefix); exact. Off by itself under gradient checkpointing and DeepSpeed."
+            "(caopd.shared_prefix); exact. Off by itself under reentrant gradient checkpointing and DeepSpeed."
         },
     )
     distillation_alpha: float = field(
@@ -104,8 +104,8 @@ class DistilConfig(SDFTConfig):
         """Whether the shared-prefix forward runs, and why not when it does not (recorded in the run config)."""
         if not self.shared_prefix:
             return "off (--no_shared_prefix)"
-        if self.gradient_checkpointing:
-            return "off (gradient checkpointing drops the cache it needs)"
+        if self.gradient_checkpointing and (self.gradient_checkpointing_kwargs or {}).get("use_reentrant"):
+            return "off (reentrant gradient checkpointing passes no gradient through the shared prompt)"
         if self.deepspeed:
             return "off (DeepSpeed: not yet tested)"
         return "on"

@@ -1,5 +1,6 @@
 """P_acc across processes: a prompt whose K rollouts are split over two processes gets the rate of all K."""
 
+import json
 import os
 import subprocess
 import sys
@@ -7,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import read_rollouts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -14,14 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_p_acc_pools_rollouts_split_across_two_processes(tmp_path, tokenizer):
-    # accelerate 1.15 spawns CPU processes for `--cpu` only through mpirun; `--multi_gpu` goes through torchrun,
-    # which on a machine without GPUs gives gloo processes on the CPU.
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    command += [str(ROOT / "tests" / "mp_train.py"), str(tmp_path)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ}, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
-
+    _launch([str(tmp_path)])
     rows = read_rollouts(tmp_path)
     assert {row["rank"] for row in rows} == {0, 1}
     groups = defaultdict(list)
@@ -35,3 +30,34 @@ def test_p_acc_pools_rollouts_split_across_two_processes(tmp_path, tokenizer):
         expected = sum(row["correct"] for row in group) / len(group)
         assert all(row["p_acc"] == expected for row in group)
         assert all(row["target"].endswith(f"Confidence: {expected:.2f}") for row in group)
+
+
+def _launch(script_args: list[str]) -> None:
+    """``tests/mp_train.py`` on two gloo processes."""
+    # accelerate 1.15 spawns CPU processes for `--cpu` only through mpirun; `--multi_gpu` goes through torchrun,
+    # which on a machine without GPUs gives gloo processes on the CPU.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command += [str(ROOT / "tests" / "mp_train.py"), *script_args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ}, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_the_shared_prefix_forward_updates_weights_as_the_unshared_one_across_two_processes(tmp_path):
+    """A rollout group split over two processes: each process shares what it holds of it, and after one SGD step
+    (gradients averaged over both) every weight equals that of the run without sharing."""
+    from safetensors.torch import load_file
+
+    weights = {}
+    for forward in ("shared", "unshared"):
+        _launch([str(tmp_path / forward), forward])
+        weights[forward] = load_file(tmp_path / forward / "model" / "model.safetensors")
+        calls = [json.loads((tmp_path / forward / f"shared_forwards_rank{rank}.json").read_text()) for rank in (0, 1)]
+        if forward == "shared":
+            assert all(calls) and all(all(ranks) for ranks in calls)  # every forward on both processes shared
+        else:
+            assert calls == [[], []]
+    assert weights["shared"].keys() == weights["unshared"].keys()
+    for name, tensor in weights["unshared"].items():
+        torch.testing.assert_close(weights["shared"][name], tensor, rtol=1e-5, atol=1e-7, msg=name)

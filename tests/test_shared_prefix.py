@@ -1,5 +1,7 @@
 """The shared-prefix forward gives TRL's logits, loss and gradients while computing each prompt once."""
 
+import copy
+
 import pytest
 import torch
 
@@ -43,8 +45,22 @@ def test_prompt_groups_find_identical_prompts_in_any_order():
     assert sorted(first.tolist()) == [0, 1, 4]  # each group's first row
 
 
+def _count_recomputes(model) -> list[int]:
+    """Counts the runs of the first MLP's forward: two per forward pass when the backward recomputes it."""
+    mlp = next(module for name, module in model.named_modules() if name.endswith("layers.0.mlp"))
+    runs, forward = [], mlp.forward
+
+    def counted(*args, **kwargs):
+        runs.append(1)
+        return forward(*args, **kwargs)
+
+    mlp.forward = counted
+    return runs
+
+
 @pytest.mark.parametrize("lora", [False, True])
-def test_loss_and_every_gradient_equal_the_unshared_forward(tokenizer, lora):
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_loss_and_every_gradient_equal_the_unshared_forward(tokenizer, lora, checkpointing):
     from tiny_model import tiny_model
 
     model = tiny_model(tokenizer).float()
@@ -52,32 +68,38 @@ def test_loss_and_every_gradient_equal_the_unshared_forward(tokenizer, lora):
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    if checkpointing:  # transformers' default, non-reentrant (TRL's configs leave it so)
+        model.gradient_checkpointing_enable()
+    runs = _count_recomputes(model)
     model.train()
     ids, mask, keep = _batch(model.config.vocab_size)
     reference = _loss(_unshared(model, ids, mask, keep), ids, mask, keep)
     reference.backward()
     expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
+    runs.clear()
     shared = shared_prefix_logits(model, ids, mask, keep)
     loss = _loss(shared, ids, mask, keep)
     loss.backward()
+    assert len(runs) == (4 if checkpointing else 2)  # prompt and completion passes, each recomputed when checkpointed
     torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-6)
     for name, p in model.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(p.grad, expected[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_a_batch_without_shared_prompts_falls_back_and_a_dropped_cache_is_an_error(tokenizer):
+def test_batches_and_models_that_cannot_share_get_the_callers_forward(tokenizer, caplog):
     from tiny_model import tiny_model
 
     model = tiny_model(tokenizer).float()
     ids, mask, keep = _batch(model.config.vocab_size, prompt_lengths=(7, 4), k=1)
     assert shared_prefix_logits(model, ids, mask, keep) is None  # no two rows share a prompt
-    model.gradient_checkpointing_enable()
-    model.train()
     ids, mask, keep = _batch(model.config.vocab_size)
-    with pytest.raises(RuntimeError, match="did not fill its key/value cache"):
-        shared_prefix_logits(model, ids, mask, keep)
+    assert shared_prefix_logits(model, ids, mask, keep) is not None
+    forward = model.forward
+    model.forward = lambda *args, past_key_values=None, **kwargs: forward(*args, **kwargs)  # ignores the cache
+    assert shared_prefix_logits(model, ids, mask, keep) is None
+    assert "did not fill the key/value cache" in caplog.text
 
 
 def test_the_run_config_says_when_it_is_off_and_why():
@@ -88,21 +110,24 @@ def test_the_run_config_says_when_it_is_off_and_why():
         return DistilConfig(output_dir="unused", use_cpu=True, report_to="none", **flags).shared_prefix_mode()
 
     assert mode() == "on"
+    assert mode(gradient_checkpointing=True) == "on"
     assert mode(shared_prefix=False) == "off (--no_shared_prefix)"
-    assert mode(gradient_checkpointing=True).startswith("off (gradient checkpointing")
+    reentrant = mode(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": True})
+    assert reentrant.startswith("off (reentrant gradient checkpointing")
 
 
-# (CaOPD or SDFT, teacher context, LoRA, rollouts per micro-batch), together covering each choice: 4 rollouts per
-# question, so a micro-batch of 2 holds half a group and one of 8 two groups of different prompt lengths.
+# (CaOPD or SDFT, teacher context, LoRA, rollouts per micro-batch, gradient checkpointing), together covering each
+# choice: 4 rollouts per question, so a micro-batch of 2 holds half a group and one of 8 two groups of different
+# prompt lengths.
 STEPS = [
-    ("sdft", "demo", False, 2),
-    ("caopd", "correct_solution", True, 8),
+    ("sdft", "demo", False, 2, True),
+    ("caopd", "correct_solution", True, 8, False),
 ]
 
 
-@pytest.mark.parametrize(("arm", "context", "lora", "micro_batch"), STEPS)
+@pytest.mark.parametrize(("arm", "context", "lora", "micro_batch", "checkpointing"), STEPS)
 def test_a_training_step_updates_every_weight_as_the_unshared_forward_does(
-    tokenizer, tmp_path, monkeypatch, arm, context, lora, micro_batch
+    tokenizer, tmp_path, monkeypatch, arm, context, lora, micro_batch, checkpointing
 ):
     """One SGD step from the same weights and seed, shared and unshared: the rollouts are the same, so every
     weight's change (learning rate x gradient) must be too."""
@@ -120,14 +145,15 @@ def test_a_training_step_updates_every_weight_as_the_unshared_forward_does(
         return result
 
     monkeypatch.setattr(distil_trainer, "shared_prefix_logits", counted)
-    changes = {}
+    pristine, changes = copy.deepcopy(tokenizer), {}
     for shared in (True, False):
+        tokenizer = copy.deepcopy(pristine)  # a trainer sets the pad token, which the next tiny model would take up
         model = tiny_model(tokenizer).float()
         start = {name: p.detach().clone() for name, p in model.named_parameters()}
         peft = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False) if lora else None
         trainer = toy_trainer(
             model, tokenizer, tmp_path / str(shared), peft_config=peft, shared_prefix=shared,
-            gradient_checkpointing=False, optim="sgd", learning_rate=1e-2, teacher_context_mode=context,
+            gradient_checkpointing=checkpointing, optim="sgd", learning_rate=1e-2, teacher_context_mode=context,
             empirical_calibration=arm == "caopd", per_device_train_batch_size=micro_batch,
             gradient_accumulation_steps=8 // micro_batch, teacher_update_rate=0.0,
         )  # fmt: skip
@@ -136,6 +162,7 @@ def test_a_training_step_updates_every_weight_as_the_unshared_forward_does(
             assert shared_forwards and all(shared_forwards)  # every student and teacher forward shared its prompts
             shared_forwards.clear()
         trained = trainer.accelerator.unwrap_model(trainer.model)
+        assert trained.is_gradient_checkpointing == checkpointing
         if lora:
             trained = trained.merge_and_unload()
         changes[shared] = {name: p.detach() - start[name] for name, p in trained.named_parameters()}
