@@ -92,7 +92,7 @@ class DistilConfig(SDFTConfig):
         default=True,
         metadata={
             "help": "Compute each distinct prompt of a micro-batch once for the student and the teacher "
-            "(caopd.shared_prefix); exact. Off by itself under reentrant gradient checkpointing and DeepSpeed."
+            "(caopd.shared_prefix); exact. Off by itself under reentrant gradient checkpointing, DeepSpeed and FSDP."
         },
     )
     distillation_alpha: float = field(
@@ -101,13 +101,12 @@ class DistilConfig(SDFTConfig):
     )
 
     def shared_prefix_mode(self) -> str:
-        """Whether the shared-prefix forward runs, and why not when it does not (recorded in the run config)."""
+        """Whether these settings let the shared-prefix forward run, and why not when they do not (the trainer adds
+        what only it knows: ``DistilTrainer.shared_prefix_mode``)."""
         if not self.shared_prefix:
             return "off (--no_shared_prefix)"
         if self.gradient_checkpointing and (self.gradient_checkpointing_kwargs or {}).get("use_reentrant"):
             return "off (reentrant gradient checkpointing passes no gradient through the shared prompt)"
-        if self.deepspeed:
-            return "off (DeepSpeed: not yet tested)"
         return "on"
 
     def __post_init__(self):

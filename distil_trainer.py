@@ -237,10 +237,20 @@ class DistilTrainer(CompleteCheckpoints, SDFTTrainer):
         truncated = (teacher_prompt_lengths >= limit).float().mean() if limit else teacher_prompt_lengths.new_zeros(())
         metrics["caopd/teacher_prompt_truncated"].append(self.accelerator.gather(truncated.reshape(1)).mean().item())
 
+    def shared_prefix_mode(self) -> str:
+        """Whether the shared-prefix forward runs, and why not when it does not (recorded in the run config).
+        DeepSpeed and FSDP may come from the accelerate config, which only the trainer sees."""
+        mode = self.args.shared_prefix_mode()
+        if mode == "on" and self.is_deepspeed_enabled:
+            return "off (DeepSpeed: not yet tested)"
+        if mode == "on" and self.is_fsdp_enabled:
+            return "off (FSDP: not yet tested)"
+        return mode
+
     def _forward_logits(self, model, input_ids, attention_mask, logits_to_keep):
         """TRL's forward for the student and the teacher, with each distinct prompt computed once where that is on
         (``caopd.shared_prefix``: same logits, loss and gradients)."""
-        if self.args.shared_prefix_mode() == "on":
+        if self.shared_prefix_mode() == "on":
             logits = shared_prefix_logits(
                 model, input_ids, attention_mask, logits_to_keep, "logits_to_keep" in self.model_kwarg_keys
             )

@@ -227,7 +227,7 @@ def run(args: argparse.Namespace) -> None:
             "prompts_dropped": len(lengths) - len(check.keep),
             "prompts_truncated": len(check.truncated),
             "thinking": thinking_mode(tokenizer, args.enable_thinking),
-            "shared_prefix": config.shared_prefix_mode(),
+            "shared_prefix": trainer.shared_prefix_mode(),
         }
         write_yaml_atomically(resolved_config(args, derived, config.to_dict()), Path(args.output_dir) / RUN_CONFIG_NAME)
     if resume is None and args.overwrite_output_dir:

@@ -14,18 +14,23 @@ cache would append a second time when the backward pass recomputes it. The two c
 cache overwrites its states (a recompute writes equal ones), the completion cache returns ``prompt + new`` states and
 stores nothing (a recompute reads the same prompt states). So the layers are allowed to keep them, and the result is
 exact with non-reentrant checkpointing, transformers' default. Reentrant checkpointing passes no gradient through
-state outside a layer's arguments: the caller turns sharing off there (``DistilConfig.shared_prefix_mode``), and
-DeepSpeed until it has been tested. Not shared, and the caller's own forward runs: a model whose cache is not plain
-full attention (sliding windows, linear attention), a model that does not fill or read the caches (checked on every
-call, said once), a micro-batch in which no two rows share a prompt.
+state outside a layer's arguments: the caller turns sharing off there (``DistilTrainer.shared_prefix_mode``), and
+under DeepSpeed and FSDP until they have been tested. Not shared, and the caller's own forward runs: a model whose
+cache is not plain full attention (sliding windows, linear attention), a micro-batch in which no two rows share a
+prompt. A model that does not fill or read the caches (checked on every call, said once) gets the unshared forward
+from here.
+
+Under DistributedDataParallel both passes run inside one forward of the wrapper, as TRL's single forward does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
+from transformers import PretrainedConfig
 from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import logging
@@ -85,13 +90,13 @@ def shared_prefix_logits(
     model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int, trim_logits: bool = True
 ) -> torch.Tensor | None:
     """Logits for the last ``logits_to_keep`` tokens' predictions, as TRL's forward gives them (before temperature),
-    computing each distinct prompt once; None when no two rows share a prompt or the model's cache cannot share.
+    computing each distinct prompt once; None, before any forward, when no two rows share a prompt or the model's
+    cache cannot share.
 
     The logits returned are those at positions ``T - logits_to_keep - 1 .. T - 2``: the prediction of each
-    completion token. The prompt part is tokens ``0 .. T - logits_to_keep - 2``; the token before the first
-    completion token goes with the completion, since its logit is needed. ``trim_logits``: the model takes
-    ``logits_to_keep`` (the prompt's own logits are then not computed). A model that does not fill or read the
-    caches would give wrong logits, so both are checked; such a model gets None (its own forward runs).
+    completion token. ``trim_logits``: the model takes ``logits_to_keep`` (the prompt's own logits are then not
+    computed). Both passes run inside one forward of a DistributedDataParallel wrapper, which runs collectives in
+    every forward: processes that share different numbers of prompts would otherwise wait on each other forever.
     """
     split = input_ids.size(1) - logits_to_keep - 1
     if split < 1:
@@ -99,49 +104,98 @@ def shared_prefix_logits(
     first, inverse = prompt_groups(input_ids[:, :split], attention_mask[:, :split])
     if first.numel() == input_ids.size(0):
         return None
-    config = _unwrapped(model).config
-    prompt_cache = DynamicCache(config=config)
-    if not prompt_cache.layers or any(type(layer) is not DynamicLayer for layer in prompt_cache.layers):
+    inner = _unwrapped(model)
+    layers = DynamicCache(config=inner.config).layers
+    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
         return None
+    groups = _Groups(split, first, inverse, type(inner).__name__)
+
+    def passes(forward) -> torch.Tensor:
+        with _layers_keep_cache(model):
+            return _two_passes(forward, inner.config, input_ids, attention_mask, groups, trim_logits)
+
+    return _as_one_forward(model, passes)
+
+
+@dataclass(frozen=True)
+class _Groups:
+    """Where the prompt ends, each distinct prompt's first row, each row's distinct prompt, and the model's name."""
+
+    split: int
+    first: torch.Tensor
+    inverse: torch.Tensor
+    model_name: str
+
+
+def _two_passes(forward, config, input_ids, attention_mask, groups: _Groups, trim_logits: bool) -> torch.Tensor:
+    """The distinct prompts (tokens ``0 .. split - 1``) into a cache, then every row's completion on its prompt's
+    states; the token before the first completion token goes with the completion, since its logit is needed. A
+    model that does not fill or read the caches would give wrong logits, so both are checked, and such a model gets
+    the unshared forward."""
+    split, first, inverse = groups.split, groups.first, groups.inverse
+    prompt_cache = DynamicCache(config=config)
     prompt_cache.layers = [_PromptLayer() for _ in prompt_cache.layers]
-    with _layers_keep_cache(model):
-        model(
-            input_ids=input_ids[first, :split],
-            attention_mask=attention_mask[first, :split],
-            past_key_values=prompt_cache,
-            use_cache=False,
-            **({"logits_to_keep": 1} if trim_logits else {}),
-        )
-        if prompt_cache.get_seq_length() != split:
-            return _not_shared(model, "its forward did not fill the key/value cache")
+    trim = {"logits_to_keep": 1} if trim_logits else {}
+    forward(
+        input_ids=input_ids[first, :split],
+        attention_mask=attention_mask[first, :split],
+        past_key_values=prompt_cache,
+        use_cache=False,
+        **trim,
+    )
+    if prompt_cache.get_seq_length() == split:
         completion_cache = DynamicCache(config=config)
         completion_cache.layers = [
             _CompletionLayer(layer.keys[inverse], layer.values[inverse]) for layer in prompt_cache.layers
         ]
-        logits = model(
+        logits = forward(
             input_ids=input_ids[:, split:],
             attention_mask=attention_mask,
             past_key_values=completion_cache,
             use_cache=False,
         ).logits
-    if not all(layer.read for layer in completion_cache.layers):
-        return _not_shared(model, "its forward did not read the key/value cache")
-    return logits[:, :-1, :]
+        if all(layer.read for layer in completion_cache.layers):
+            return logits[:, :-1, :]
+        _not_shared(groups.model_name, "does not read the key/value cache")
+    else:
+        _not_shared(groups.model_name, "does not fill the key/value cache")
+    keep = input_ids.size(1) - split - 1
+    trim = {"logits_to_keep": keep + 1} if trim_logits else {}
+    logits = forward(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **trim).logits
+    return logits[:, :-1, :][:, -keep:, :]
+
+
+def _as_one_forward(model, passes) -> torch.Tensor:
+    """``passes(forward)`` as a single forward of ``model``: a wrapped model's forward is pointed at ``passes`` for
+    one call of the wrapper, so the wrapper's collectives and gradient hooks run once, as for TRL's forward."""
+    inner = _unwrapped(model)
+    if inner is model:
+        return passes(model)
+    own_forward = inner.__dict__.get("forward")  # an instance-level forward (e.g. accelerate's) stays in the chain
+    forward = inner.forward
+    inner.forward = lambda: passes(forward)
+    try:
+        return model()
+    finally:
+        if own_forward is None:
+            del inner.forward
+        else:
+            inner.forward = own_forward
 
 
 def _unwrapped(model):
-    """The model inside a DistributedDataParallel (or DeepSpeed) wrapper, which has no ``config``; the forward
-    still goes through the wrapper, whose hooks average the gradients over processes."""
-    while not hasattr(model, "config") and hasattr(model, "module"):
+    """The model inside a DistributedDataParallel or DeepSpeed wrapper, which has no model config (DeepSpeed's
+    ``config`` is its own); the forward still goes through the wrapper, whose hooks average the gradients."""
+    while not isinstance(getattr(model, "config", None), PretrainedConfig) and hasattr(model, "module"):
         model = model.module
     return model
 
 
-def _not_shared(model, reason: str) -> None:
-    """A model that does not take the caches as transformers' decoders do: its own forward runs (said once)."""
+def _not_shared(model_name: str, reason: str) -> None:
+    """Said once for a model that does not take the caches as transformers' decoders do."""
     logger.warning_once(
         "shared-prefix forward: %s %s, so every rollout computes its prompt (exact, not faster); "
         "--no_shared_prefix skips the attempt",
-        type(_unwrapped(model)).__name__,
+        model_name,
         reason,
     )

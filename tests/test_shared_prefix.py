@@ -88,18 +88,43 @@ def test_loss_and_every_gradient_equal_the_unshared_forward(tokenizer, lora, che
             torch.testing.assert_close(p.grad, expected[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_batches_and_models_that_cannot_share_get_the_callers_forward(tokenizer, caplog):
+def test_batches_and_models_that_cannot_share_get_unshared_logits(tokenizer, caplog):
     from tiny_model import tiny_model
 
     model = tiny_model(tokenizer).float()
     ids, mask, keep = _batch(model.config.vocab_size, prompt_lengths=(7, 4), k=1)
-    assert shared_prefix_logits(model, ids, mask, keep) is None  # no two rows share a prompt
+    assert shared_prefix_logits(model, ids, mask, keep) is None  # no two rows share a prompt: the caller's forward
     ids, mask, keep = _batch(model.config.vocab_size)
-    assert shared_prefix_logits(model, ids, mask, keep) is not None
+    expected = _unshared(model, ids, mask, keep)
     forward = model.forward
     model.forward = lambda *args, past_key_values=None, **kwargs: forward(*args, **kwargs)  # ignores the cache
-    assert shared_prefix_logits(model, ids, mask, keep) is None
-    assert "did not fill the key/value cache" in caplog.text
+    torch.testing.assert_close(shared_prefix_logits(model, ids, mask, keep), expected, rtol=1e-5, atol=1e-6)
+    assert "does not fill the key/value cache" in caplog.text
+
+
+class _Wrapper(torch.nn.Module):
+    """Stands in for DistributedDataParallel: no ``config``, the model as ``module``, and a count of its forwards
+    (DDP runs collectives in each, so every process must call it equally often)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module, self.calls = module, 0
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        return self.module(*args, **kwargs)
+
+
+def test_a_wrapped_model_runs_both_passes_in_one_forward_of_its_wrapper(tokenizer):
+    from tiny_model import tiny_model
+
+    model = tiny_model(tokenizer).float()
+    ids, mask, keep = _batch(model.config.vocab_size)
+    wrapped = _Wrapper(model)
+    logits = shared_prefix_logits(wrapped, ids, mask, keep)
+    assert wrapped.calls == 1
+    torch.testing.assert_close(logits, _unshared(model, ids, mask, keep), rtol=1e-5, atol=1e-6)
+    assert "forward" not in model.__dict__  # the model's own forward is back
 
 
 def test_the_run_config_says_when_it_is_off_and_why():
@@ -114,6 +139,28 @@ def test_the_run_config_says_when_it_is_off_and_why():
     assert mode(shared_prefix=False) == "off (--no_shared_prefix)"
     reentrant = mode(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": True})
     assert reentrant.startswith("off (reentrant gradient checkpointing")
+
+
+def test_the_trainer_turns_it_off_under_deepspeed_and_fsdp_from_the_accelerate_config(tokenizer, tmp_path, monkeypatch):
+    from helpers import toy_trainer
+    from tiny_model import tiny_model
+
+    import distil_trainer
+
+    trainer = toy_trainer(tiny_model(tokenizer).float(), tokenizer, tmp_path)
+    assert trainer.shared_prefix_mode() == "on"
+    trainer.is_fsdp_enabled = True  # as accelerate's FSDP plugin sets it, with no flag in the training arguments
+    assert trainer.shared_prefix_mode() == "off (FSDP: not yet tested)"
+    trainer.is_deepspeed_enabled = True
+    assert trainer.shared_prefix_mode() == "off (DeepSpeed: not yet tested)"
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("shared-prefix forward called while off")
+
+    monkeypatch.setattr(distil_trainer, "shared_prefix_logits", refuse)
+    ids, mask, keep = _batch(trainer.model.config.vocab_size)
+    logits = trainer._forward_logits(trainer.model, ids, mask, keep)
+    torch.testing.assert_close(logits, _unshared(trainer.model, ids, mask, keep) / trainer.temperature)
 
 
 # (CaOPD or SDFT, teacher context, LoRA, rollouts per micro-batch, gradient checkpointing), together covering each
