@@ -1,8 +1,8 @@
 """Two-process training run for test_multiprocess.py (launched through torchrun as two gloo processes).
 
 Three prompts x K=4 rollouts = 12 per step, 6 per process: the middle prompt's rollouts land on both.
-``python mp_train.py OUT`` trains two steps; ``python mp_train.py OUT shared|unshared`` takes one SGD step with the
-shared-prefix forward on or off and saves the weights to OUT/model.
+``python mp_train.py OUT shared|unshared`` takes one SGD step with the shared-prefix forward on or off, saves the
+weights to OUT/model and, per process, whether each forward shared its prompts to OUT/shared_forwards_rank<N>.json.
 """
 
 import json
@@ -18,27 +18,22 @@ import distil_trainer
 from caopd.shared_prefix import shared_prefix_logits
 
 if __name__ == "__main__":
-    output_dir = Path(sys.argv[1])
-    forward = sys.argv[2] if len(sys.argv) > 2 else None
+    output_dir, forward = Path(sys.argv[1]), sys.argv[2]
+    shared_forwards = []
+
+    def counted(*args, **kwargs):
+        logits = shared_prefix_logits(*args, **kwargs)
+        shared_forwards.append(logits is not None)
+        return logits
+
+    distil_trainer.shared_prefix_logits = counted
     tokenizer = real_tokenizer()
-    if forward is None:
-        trainer = toy_trainer(tiny_model(tokenizer), tokenizer, output_dir, per_device_train_batch_size=6, max_steps=2)
-        trainer.train()
-    else:
-        shared_forwards = []
-
-        def counted(*args, **kwargs):
-            logits = shared_prefix_logits(*args, **kwargs)
-            shared_forwards.append(logits is not None)
-            return logits
-
-        distil_trainer.shared_prefix_logits = counted
-        trainer = toy_trainer(
-            tiny_model(tokenizer).float(), tokenizer, output_dir, per_device_train_batch_size=6,
-            shared_prefix=forward == "shared", optim="sgd", learning_rate=1e-2, teacher_update_rate=0.0,
-        )  # fmt: skip
-        trainer.train()
-        trainer.save_model(str(output_dir / "model"))
-        rank = trainer.accelerator.process_index
-        (output_dir / f"shared_forwards_rank{rank}.json").write_text(json.dumps(shared_forwards))
+    trainer = toy_trainer(
+        tiny_model(tokenizer).float(), tokenizer, output_dir, per_device_train_batch_size=6,
+        shared_prefix=forward == "shared", optim="sgd", learning_rate=1e-2, teacher_update_rate=0.0,
+    )  # fmt: skip
+    trainer.train()
+    trainer.save_model(str(output_dir / "model"))
+    rank = trainer.accelerator.process_index
+    (output_dir / f"shared_forwards_rank{rank}.json").write_text(json.dumps(shared_forwards))
     trainer.accelerator.end_training()  # as main.py does: no process group left for exit-time destructors

@@ -1,4 +1,5 @@
-"""P_acc across processes: a prompt whose K rollouts are split over two processes gets the rate of all K."""
+"""Two processes: a prompt whose K rollouts are split over them gets the rate of all K, and the shared-prefix
+forward updates the weights as the unshared one does."""
 
 import json
 import os
@@ -14,10 +15,25 @@ from helpers import read_rollouts
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """One SGD step of ``tests/mp_train.py`` on two gloo processes, with the shared-prefix forward and without."""
+    out = tmp_path_factory.mktemp("two_processes")
+    for forward in ("shared", "unshared"):
+        # accelerate 1.15 spawns CPU processes for `--cpu` only through mpirun; `--multi_gpu` goes through torchrun,
+        # which on a machine without GPUs gives gloo processes on the CPU.
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+        command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        command += [str(ROOT / "tests" / "mp_train.py"), str(out / forward), forward]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ}, cwd=ROOT)
+        assert result.returncode == 0, result.stderr[-3000:]
+    return {forward: out / forward for forward in ("shared", "unshared")}
+
+
 @pytest.mark.slow
-def test_p_acc_pools_rollouts_split_across_two_processes(tmp_path, tokenizer):
-    _launch([str(tmp_path)])
-    rows = read_rollouts(tmp_path)
+@pytest.mark.parametrize("forward", ["shared", "unshared"])
+def test_p_acc_pools_rollouts_split_across_two_processes(runs, forward):
+    rows = read_rollouts(runs[forward])
     assert {row["rank"] for row in rows} == {0, 1}
     groups = defaultdict(list)
     for row in rows:
@@ -32,32 +48,18 @@ def test_p_acc_pools_rollouts_split_across_two_processes(tmp_path, tokenizer):
         assert all(row["target"].endswith(f"Confidence: {expected:.2f}") for row in group)
 
 
-def _launch(script_args: list[str]) -> None:
-    """``tests/mp_train.py`` on two gloo processes."""
-    # accelerate 1.15 spawns CPU processes for `--cpu` only through mpirun; `--multi_gpu` goes through torchrun,
-    # which on a machine without GPUs gives gloo processes on the CPU.
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    command += [str(ROOT / "tests" / "mp_train.py"), *script_args]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ}, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
-
-
 @pytest.mark.slow
-def test_the_shared_prefix_forward_updates_weights_as_the_unshared_one_across_two_processes(tmp_path):
+def test_the_shared_prefix_forward_updates_weights_as_the_unshared_one_across_two_processes(runs):
     """A rollout group split over two processes: each process shares what it holds of it, and after one SGD step
     (gradients averaged over both) every weight equals that of the run without sharing."""
     from safetensors.torch import load_file
 
-    weights = {}
-    for forward in ("shared", "unshared"):
-        _launch([str(tmp_path / forward), forward])
-        weights[forward] = load_file(tmp_path / forward / "model" / "model.safetensors")
-        calls = [json.loads((tmp_path / forward / f"shared_forwards_rank{rank}.json").read_text()) for rank in (0, 1)]
-        if forward == "shared":
-            assert all(calls) and all(all(ranks) for ranks in calls)  # every forward on both processes shared
-        else:
-            assert calls == [[], []]
+    def calls(forward: str) -> list[list[bool]]:
+        return [json.loads((runs[forward] / f"shared_forwards_rank{rank}.json").read_text()) for rank in (0, 1)]
+
+    assert all(rank_calls and all(rank_calls) for rank_calls in calls("shared"))  # every forward on both shared
+    assert calls("unshared") == [[], []]
+    weights = {forward: load_file(runs[forward] / "model" / "model.safetensors") for forward in runs}
     assert weights["shared"].keys() == weights["unshared"].keys()
     for name, tensor in weights["unshared"].items():
         torch.testing.assert_close(weights["shared"][name], tensor, rtol=1e-5, atol=1e-7, msg=name)
