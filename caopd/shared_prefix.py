@@ -77,13 +77,14 @@ def _layers_keep_cache(model) -> Iterator[None]:
     """Lets checkpointed decoder layers keep the caches above (transformers' opt-in for caches a recompute cannot
     corrupt); the recompute itself reuses the arguments of the forward, so this is needed during the forward only."""
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    before = [layer._can_checkpoint_with_cache for layer in layers]
     for layer in layers:
         layer._can_checkpoint_with_cache = True
     try:
         yield
     finally:
-        for layer in layers:
-            del layer._can_checkpoint_with_cache
+        for layer, allowed in zip(layers, before, strict=True):
+            layer._can_checkpoint_with_cache = allowed
 
 
 def shared_prefix_logits(
@@ -159,7 +160,7 @@ def _two_passes(forward, config, input_ids, attention_mask, groups: _Groups, tri
         _not_shared(groups.model_name, "does not read the key/value cache")
     else:
         _not_shared(groups.model_name, "does not fill the key/value cache")
-    keep = input_ids.size(1) - split - 1
+    keep = input_ids.size(1) - split - 1  # TRL's forward (SDFTTrainer._forward_logits), in this same wrapper call
     trim = {"logits_to_keep": keep + 1} if trim_logits else {}
     logits = forward(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **trim).logits
     return logits[:, :-1, :][:, -keep:, :]
