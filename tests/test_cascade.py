@@ -66,6 +66,17 @@ def test_an_assumed_large_model_and_two_small_ones(tmp_path):
     assert routing["cheapest_matching_large"]["A"]["threshold"] == 0.5  # 0.8 >= 0.6 - 0.01
 
 
+def test_an_assumed_accuracy_averages_back_to_itself(tmp_path):
+    """Ten queries deferred to a large model of accuracy 0.1 score 0.1, not 0.09999999999999999 (a plain sum)."""
+    small = _write(tmp_path / "small.json", _items([(i, 0, False, 0.5) for i in range(10)]))
+    result = _run(tmp_path, "--small", small, "--labels", "A", "--large_accuracy", 0.1, "--cost_ratio", 2,
+                  "--thresholds", 1.0)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    routing = json.loads((tmp_path / "routing.json").read_text())
+    assert routing["large"]["A"]["accuracy"] == 0.1
+    assert routing["results"]["A"][0]["accuracy"] == 0.1 and routing["results"]["A"][0]["deferred_share"] == 1.0
+
+
 @pytest.mark.parametrize(
     ("large", "extra", "message"),
     [
