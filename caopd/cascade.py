@@ -57,8 +57,13 @@ def route(
 ) -> list[dict[str, float]]:
     """Deferred share, accuracy and cost of the cascade at each threshold (``large``: item_id -> accuracy).
 
-    Sums of accuracies use ``math.fsum``, so a constant large-model accuracy of 0.9 averages to 0.9, not 0.8999...
+    Each point also holds ``random_deferral_accuracy``, the expected accuracy when the same share of queries is
+    deferred at random: what a confidence that knows nothing about correctness gives, so the gap to ``accuracy`` is
+    what the stated confidence adds. Sums of accuracies use ``math.fsum``, so a constant large-model accuracy of 0.9
+    averages to 0.9, not 0.8999...
     """
+    small_accuracy = math.fsum(float(correct) for _, correct, _ in small) / len(small)
+    large_accuracy = math.fsum(large[item_id] for item_id, _, _ in small) / len(small)
     points = []
     for threshold in thresholds:
         deferred = [confidence < threshold for _, _, confidence in small]
@@ -73,6 +78,7 @@ def route(
                 "deferred_share": share,
                 "accuracy": math.fsum(scores) / len(small),
                 "cost": 1.0 + share * cost_ratio,
+                "random_deferral_accuracy": (1.0 - share) * small_accuracy + share * large_accuracy,
             }
         )
     return points

@@ -76,16 +76,21 @@ def selective_diagram(runs: dict[str, dict[str, Any]], path: Path | str, title: 
 
 
 def routing_diagram(routing: dict[str, Any], path: Path | str) -> None:
-    """Accuracy against cost per query for each small model's cascade, and the large model alone as a point."""
+    """Accuracy against cost per query for each small model's cascade (dashed: deferring the same share at random,
+    the line a confidence without information gives), and the large model alone as a point."""
     figure, axis = plt.subplots(figsize=(5.6, 4.2), dpi=120)
     ratio = routing["cost_ratio"]
     for label, points in routing["results"].items():
-        (line,) = axis.plot([p["cost"] for p in points], [p["accuracy"] for p in points], marker=".", label=label)
+        costs = [p["cost"] for p in points]
+        (line,) = axis.plot(costs, [p["accuracy"] for p in points], marker=".", label=label)
+        at_random = [p["random_deferral_accuracy"] for p in points]
+        axis.plot(costs, at_random, linestyle="--", color=line.get_color(), alpha=0.6)
         for point in points[:: max(1, len(points) // 5)]:  # a few thresholds written along the curve
             position = (point["cost"], point["accuracy"])
             axis.annotate(f"t={point['threshold']:.2f}", position, fontsize=6, color=line.get_color())
     large = sorted({round(entry["accuracy"], 6) for entry in routing["large"].values()})
     axis.scatter([ratio] * len(large), large, marker="*", s=140, color="black", zorder=3, label="large model alone")
+    axis.plot([], [], linestyle="--", color="gray", label="dashed: same share deferred at random")
     axis.set(xlabel="cost per query (small-model calls)", ylabel="accuracy", title=f"Cascade routing (R = {ratio:g})")
     axis.legend(loc="lower right", fontsize=7)
     figure.tight_layout()

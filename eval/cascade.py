@@ -32,9 +32,11 @@ when its stated confidence is >= t (a missing confidence counts as 0.0); otherwi
 scores the large model's accuracy on that item_id: the mean over the large file's samples of that item (or
 --large_accuracy on every item). Cost per query, in units of one small-model call: 1 + deferred_share x R. For
 each small model and threshold, routing.json holds threshold, deferred_share, accuracy and cost under
-results[label], and under cheapest_matching_large[label] the cheapest threshold whose accuracy is within one point
-of the large model's (null if none). The PNG plots accuracy against cost, one curve per small model, and the large
-model alone (cost R) as a point.
+results[label], with random_deferral_accuracy: the expected accuracy when the same share is deferred at random (a
+confidence that carries no information about correctness; accuracy above it is what the confidence adds). Under
+cheapest_matching_large[label]: the cheapest threshold whose accuracy is within one point of the large model's
+(null if none). The PNG plots accuracy against cost, one curve per small model with its random-deferral line
+dashed, and the large model alone (cost R) as a point.
 """
 
 

@@ -48,6 +48,9 @@ def test_routing_by_hand(tmp_path):
         assert point["deferred_share"] == pytest.approx(share)
         assert point["accuracy"] == pytest.approx(accuracy)
         assert point["cost"] == pytest.approx(cost)
+        # deferring the same share at random: small accuracy 2/4, large accuracy 3.5/4 over the small file's items
+        assert point["random_deferral_accuracy"] == pytest.approx((1 - share) * 2 / 4 + share * 3.5 / 4)
+    assert points[1]["accuracy"] - points[1]["random_deferral_accuracy"] == pytest.approx(0.875 - 0.6875)
     assert routing["large"]["S"]["accuracy"] == pytest.approx(3.5 / 4)
     cheapest = routing["cheapest_matching_large"]["S"]
     assert cheapest["threshold"] == 0.5 and cheapest["cost"] == pytest.approx(6.0)
