@@ -49,6 +49,12 @@ def accuracy_by_item(items: Sequence[tuple[Any, bool, float]]) -> dict[Any, floa
     return {item_id: sum(values) / len(values) for item_id, values in verdicts.items()}
 
 
+def large_accuracy_on(small: Sequence[tuple[Any, bool, float]], large: dict[Any, float]) -> float:
+    """The large model's accuracy over the small file's queries (each item counted as often as the small file has it),
+    summed with ``math.fsum`` so that a constant 0.9 averages to 0.9, not 0.8999..."""
+    return math.fsum(large[item_id] for item_id, _, _ in small) / len(small)
+
+
 def route(
     small: Sequence[tuple[Any, bool, float]],
     large: dict[Any, float],
@@ -59,11 +65,10 @@ def route(
 
     Each point also holds ``random_deferral_accuracy``, the expected accuracy when the same share of queries is
     deferred at random: what a confidence that knows nothing about correctness gives, so the gap to ``accuracy`` is
-    what the stated confidence adds. Sums of accuracies use ``math.fsum``, so a constant large-model accuracy of 0.9
-    averages to 0.9, not 0.8999...
+    what the stated confidence adds. Sums of accuracies use ``math.fsum`` (see ``large_accuracy_on``).
     """
     small_accuracy = math.fsum(float(correct) for _, correct, _ in small) / len(small)
-    large_accuracy = math.fsum(large[item_id] for item_id, _, _ in small) / len(small)
+    large_accuracy = large_accuracy_on(small, large)
     points = []
     for threshold in thresholds:
         deferred = [confidence < threshold for _, _, confidence in small]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from caopd.cascade import (
     RoutingInputError,
     accuracy_by_item,
     cheapest_matching,
+    large_accuracy_on,
     route,
     scored_items,
 )
@@ -98,7 +98,7 @@ def routing(args: argparse.Namespace) -> dict:
     result["results"], result["cheapest_matching_large"] = {}, {}
     for label, items in small.items():
         by_item = large if args.large is not None else {item_id: args.large_accuracy for item_id, _, _ in items}
-        large_accuracy = math.fsum(by_item[item_id] for item_id, _, _ in items) / len(items)
+        large_accuracy = large_accuracy_on(items, by_item)
         result["large"][label] = {"source": args.large or "assumed (--large_accuracy)", "accuracy": large_accuracy}
         points = route(items, by_item, args.cost_ratio, args.thresholds)
         result["results"][label] = points

@@ -2,7 +2,6 @@
 forward updates the weights as the unshared one does."""
 
 import json
-import os
 import subprocess
 import sys
 from collections import defaultdict
@@ -25,7 +24,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
         command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
         command += [str(ROOT / "tests" / "mp_train.py"), str(out / forward), forward]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ}, cwd=ROOT)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
         assert result.returncode == 0, result.stderr[-3000:]
     return {forward: out / forward for forward in ("shared", "unshared")}
 
