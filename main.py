@@ -7,6 +7,7 @@ DistilTrainer.train() -> final model, tokenizer and resolved config in --output_
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import os
 import shutil
@@ -242,10 +243,15 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         run(parse_args(argv))
+        status = 0
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        status = 2
+    # The trainer sits in reference cycles, so its DDP wrapper (which holds the gloo process group) would otherwise
+    # outlive run() until interpreter shutdown, where destroying gloo's pending work can abort the finished process
+    # (SIGABRT, "terminate called without an active exception"). Collect it while the interpreter is whole.
+    gc.collect()
+    return status
 
 
 if __name__ == "__main__":

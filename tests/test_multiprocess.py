@@ -14,19 +14,39 @@ from helpers import read_rollouts
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _launch_two(script: str, *argv: str) -> None:
+    """``tests/<script>`` on two gloo processes; it must exit 0."""
+    # accelerate 1.15 spawns CPU processes for `--cpu` only through mpirun; `--multi_gpu` goes through torchrun,
+    # which on a machine without GPUs gives gloo processes on the CPU.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command += [str(ROOT / "tests" / script), *argv]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """One SGD step of ``tests/mp_train.py`` on two gloo processes, with the shared-prefix forward and without."""
     out = tmp_path_factory.mktemp("two_processes")
     for forward in ("shared", "unshared"):
-        # accelerate 1.15 spawns CPU processes for `--cpu` only through mpirun; `--multi_gpu` goes through torchrun,
-        # which on a machine without GPUs gives gloo processes on the CPU.
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-        command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-        command += [str(ROOT / "tests" / "mp_train.py"), str(out / forward), forward]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
-        assert result.returncode == 0, result.stderr[-3000:]
+        _launch_two("mp_train.py", str(out / forward), forward)
     return {forward: out / forward for forward in ("shared", "unshared")}
+
+
+@pytest.mark.slow
+def test_main_leaves_no_process_group_for_interpreter_shutdown(tmp_path):
+    """A finished two-process run of main.py frees its DDP wrapper before returning: left to interpreter shutdown,
+    destroying the gloo process group it holds can abort a run that had finished (SIGABRT, exit code -6)."""
+    from tiny_model import save_tiny_model
+
+    tiny = save_tiny_model(tmp_path / "tiny")
+    flags = ["--model_name", str(tiny), "--dataset_name", "arithmetic", "--output_dir", str(tmp_path / "run")]
+    flags += ["--max_steps", "1", "--num_prompts_per_batch", "1", "--num_generations", "2", "--no_wandb"]
+    flags += ["--per_device_train_batch_size", "1", "--max_completion_length", "16", "--max_prompt_length", "512"]
+    _launch_two("mp_main_exit.py", str(tmp_path), *flags)
+    leftover = [json.loads((tmp_path / f"leftover_ddp_rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert leftover == [0, 0]
 
 
 @pytest.mark.slow
