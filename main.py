@@ -241,17 +241,20 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    message = None
     try:
         run(parse_args(argv))
-        status = 0
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        status = 2
+        message = f"error: {err}"
     # The trainer sits in reference cycles, so its DDP wrapper (which holds the gloo process group) would otherwise
     # outlive run() until interpreter shutdown, where destroying gloo's pending work can abort the finished process
-    # (SIGABRT, "terminate called without an active exception"). Collect it while the interpreter is whole.
+    # (SIGABRT, "terminate called without an active exception"). Collect it while the interpreter is whole, and
+    # before the error line, which must stay the last one (an interrupted progress bar prints when collected).
     gc.collect()
-    return status
+    if message is not None:
+        print(message, file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

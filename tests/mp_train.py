@@ -5,6 +5,7 @@ Three prompts x K=4 rollouts = 12 per step, 6 per process: the middle prompt's r
 weights to OUT/model and, per process, whether each forward shared its prompts to OUT/shared_forwards_rank<N>.json.
 """
 
+import gc
 import json
 import sys
 from pathlib import Path
@@ -37,3 +38,5 @@ if __name__ == "__main__":
     rank = trainer.accelerator.process_index
     (output_dir / f"shared_forwards_rank{rank}.json").write_text(json.dumps(shared_forwards))
     trainer.accelerator.end_training()  # as main.py does: no process group left for exit-time destructors
+    del trainer
+    gc.collect()

@@ -6,6 +6,7 @@ Builds the config before the model, as main.py does (DeepSpeed's settings come f
 after every step.
 """
 
+import gc
 import sys
 from pathlib import Path
 
@@ -38,3 +39,5 @@ if __name__ == "__main__":
     )
     trainer.train(resume_from_checkpoint=resume)
     trainer.accelerator.end_training()
+    del trainer, model
+    gc.collect()  # as main.py does: no DeepSpeed engine (and its process group) left for interpreter shutdown
