@@ -9,6 +9,7 @@ cached as a regular safetensors checkpoint, so that everything downstream (TRL's
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -17,6 +18,18 @@ from typing import Any
 
 EMBEDDED_MODEL_NAMES = ("smollm2-135m-instruct", "smollm2", "embedded")
 EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The special tokens of SmolLM2-135M-Instruct as published (its tokenizer_config.json). The GGUF file's tokenizer
+# names <|im_start|> as EOS and has no pad token, while the model ends its turns with <|im_end|> (id 2, as its
+# generation config says): generation, padding and the rewrite's end-of-turn token all need the published ones.
+EMBEDDED_SPECIAL_TOKENS = {
+    "bos_token": "<|im_start|>",
+    "eos_token": "<|im_end|>",
+    "pad_token": "<|im_end|>",
+    "unk_token": "<|endoftext|>",
+    "extra_special_tokens": ["<|im_start|>", "<|im_end|>"],
+}
+EMBEDDED_CONTEXT_LENGTH = 8192
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
 class ModelResolutionError(ValueError):
@@ -56,7 +69,7 @@ def _convert_embedded_model(target: Path) -> None:
     except ImportError as err:
         raise ModelResolutionError("Loading the embedded model needs the `gguf` package: `pip install gguf`.") from err
     quantized = AutoModelForCausalLM.from_pretrained(source, gguf_file=EMBEDDED_GGUF_FILE)
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=EMBEDDED_GGUF_FILE)
+    tokenizer = with_published_tokens(AutoTokenizer.from_pretrained(source, gguf_file=EMBEDDED_GGUF_FILE))
     config = AutoConfig.from_pretrained(source, gguf_file=EMBEDDED_GGUF_FILE)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -80,11 +93,51 @@ def _convert_embedded_model(target: Path) -> None:
         raise
 
 
+def with_published_tokens(tokenizer):
+    """``tokenizer`` with the special tokens, context length and decoding of the published SmolLM2-135M-Instruct."""
+    tokenizer.add_special_tokens(EMBEDDED_SPECIAL_TOKENS)
+    tokenizer.model_max_length = EMBEDDED_CONTEXT_LENGTH
+    tokenizer.clean_up_tokenization_spaces = False
+    return tokenizer
+
+
+def _token_content(value: Any) -> Any:
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def has_published_tokens(model_dir: Path) -> bool:
+    """Whether the cached tokenizer names the published special tokens (caches written before 2026-12 do not)."""
+    try:
+        saved = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    wanted = {name: value for name, value in EMBEDDED_SPECIAL_TOKENS.items() if isinstance(value, str)}
+    return all(_token_content(saved.get(name)) == value for name, value in wanted.items())
+
+
+def _correct_cached_tokenizer(model_dir: Path) -> None:
+    """Rewrite the tokenizer files of an older cache with the published special tokens, file by file atomically
+    (processes that do this at once write the same bytes)."""
+    from transformers import AutoTokenizer
+
+    staging = Path(tempfile.mkdtemp(prefix="tokenizer.tmp-", dir=model_dir.parent))
+    try:
+        with_published_tokens(AutoTokenizer.from_pretrained(model_dir)).save_pretrained(staging)
+        for name in TOKENIZER_FILES:
+            if (staging / name).is_file():
+                os.replace(staging / name, model_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def embedded_model_path() -> Path:
-    """Path of the converted embedded model, converting it on first use (about 40 s on 2 cores)."""
+    """Path of the converted embedded model, converting it on first use (about 40 s on 2 cores) and correcting the
+    tokenizer of a cache written before its special tokens were set."""
     target = cache_root() / "models" / "SmolLM2-135M-Instruct"
     if not (target / "config.json").is_file():
         _convert_embedded_model(target)
+    if not has_published_tokens(target):
+        _correct_cached_tokenizer(target)
     return target
 
 

@@ -30,3 +30,64 @@ def test_a_conversion_finished_by_another_process_is_reused(tmp_path, monkeypatc
     monkeypatch.setattr(models.os, "replace", lambda *_: (_ for _ in ()).throw(OSError(39, "Directory not empty")))
     models._convert_embedded_model(target)  # must not raise, and must leave no staging folder behind
     assert sorted(p.name for p in target.parent.iterdir()) == ["SmolLM2-135M-Instruct"]
+
+
+def _token_names(tokenizer) -> dict:
+    return {
+        "bos": (tokenizer.bos_token, tokenizer.bos_token_id),
+        "eos": (tokenizer.eos_token, tokenizer.eos_token_id),
+        "pad": (tokenizer.pad_token, tokenizer.pad_token_id),
+        "unk": (tokenizer.unk_token, tokenizer.unk_token_id),
+    }
+
+
+PUBLISHED = {
+    "bos": ("<|im_start|>", 1),
+    "eos": ("<|im_end|>", 2),
+    "pad": ("<|im_end|>", 2),
+    "unk": ("<|endoftext|>", 0),
+}
+
+
+def test_the_embedded_tokenizer_has_the_published_special_tokens():
+    from transformers import AutoTokenizer, GenerationConfig
+
+    path = embedded_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert _token_names(tokenizer) == PUBLISHED
+    assert {"<|im_start|>", "<|im_end|>"} <= set(tokenizer.all_special_tokens)
+    assert GenerationConfig.from_pretrained(path).eos_token_id == tokenizer.eos_token_id == 2
+    # The chat template closes an assistant turn with the EOS token, so generation stops where a turn ends.
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Paris"}]
+    ids = tokenizer.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"]
+    paris = tokenizer.encode("Paris", add_special_tokens=False)
+    end = max(i for i in range(len(ids)) if ids[i : i + len(paris)] == paris) + len(paris)
+    assert ids[end] == tokenizer.eos_token_id
+    assert tokenizer.decode([1, 504, 2], skip_special_tokens=True) == tokenizer.decode([504])
+
+
+def test_an_older_cache_with_the_gguf_tokens_is_corrected_on_first_use(tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    import caopd.models as models
+
+    source = embedded_model_path()
+    old = tmp_path / "models" / "SmolLM2-135M-Instruct"
+    old.mkdir(parents=True)
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "chat_template.jinja"):
+        shutil.copy(source / name, old / name)
+    config = json.loads((source / "tokenizer_config.json").read_text())
+    config.update(eos_token="<|im_start|>", eos_token_id=1, pad_token_id=None)  # what the GGUF file names
+    config.pop("pad_token", None)
+    (old / "tokenizer_config.json").write_text(json.dumps(config))
+    assert not models.has_published_tokens(old)
+
+    monkeypatch.setenv("CAOPD_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "_convert_embedded_model", lambda target: pytest.fail("the cache must not be rebuilt"))
+    assert embedded_model_path() == old
+    assert models.has_published_tokens(old)
+    assert _token_names(AutoTokenizer.from_pretrained(old)) == PUBLISHED
+    assert sorted(p.name for p in tmp_path.joinpath("models").iterdir()) == ["SmolLM2-135M-Instruct"]
