@@ -21,6 +21,7 @@ from trl.trainer.utils import entropy_from_logits, pad
 from caopd.checkpoints import CompleteCheckpoints
 from caopd.confidence import parse_confidence
 from caopd.groups import RolloutRecord, local_records, step_statistics, success_rates, teacher_references
+from caopd.prompts import end_of_turn_token
 from caopd.rollout_log import RolloutLog, RolloutLogTrimCallback, rollout_rows
 from caopd.self_consistency import teacher_anchored_references
 from caopd.shared_prefix import shared_prefix_logits
@@ -70,6 +71,7 @@ class DistilTrainer(CompleteCheckpoints, SDFTTrainer):
         self.add_callback(TeacherRestoreCallback(self))
         if args.save_rollouts:
             self.add_callback(RolloutLogTrimCallback(self.rollout_log))
+        self.end_of_turn_id = end_of_turn_token(self._tokenizer, self.eos_token_ids)
         if args.empirical_calibration:
             self._reserve_room_for_confidence()
 
@@ -138,7 +140,8 @@ class DistilTrainer(CompleteCheckpoints, SDFTTrainer):
         mode = "train" if self.model.training else "eval"
         self._record_completion_metrics(mode, batch)
 
-        rollouts = [self._strip_eos(ids) for ids in self._get_completion_ids_list(batch)]
+        sampled = self._get_completion_ids_list(batch)
+        rollouts = [self._strip_eos(ids) for ids in sampled]
         texts = [self._decode(ids) for ids in rollouts]
         records = self._share_records(inputs, texts)
         rates = success_rates(records)
@@ -153,7 +156,8 @@ class DistilTrainer(CompleteCheckpoints, SDFTTrainer):
             for reference, p in zip(references, p_acc, strict=True)
         ]
         if calibrate:
-            self._replace_completions(batch, rollouts, p_acc)
+            stops = [self._stop_token(ids) for ids in sampled]
+            self._replace_completions(batch, rollouts, p_acc, stops)
 
         with self._prompt_limit(self.args.max_teacher_prompt_length):
             teacher_batch = self.teacher_context_builder.build(
@@ -177,6 +181,10 @@ class DistilTrainer(CompleteCheckpoints, SDFTTrainer):
 
     def _strip_eos(self, ids: list[int]) -> list[int]:
         return ids[:-1] if ids and ids[-1] in self.eos_token_ids else ids
+
+    def _stop_token(self, ids: list[int]) -> int:
+        """The stop token a rollout ended with; the template's end-of-turn token for one the length limit cut."""
+        return ids[-1] if ids and ids[-1] in self.eos_token_ids else self.end_of_turn_id
 
     def _share_records(self, inputs: list[dict[str, Any]], texts: list[str]) -> list[RolloutRecord]:
         """Verify the local rollouts and gather every process's verdicts (all processes get the same list)."""
@@ -202,12 +210,18 @@ class DistilTrainer(CompleteCheckpoints, SDFTTrainer):
         )
         return references
 
-    def _replace_completions(self, batch: dict[str, Any], rollouts: list[list[int]], p_acc: list[float]) -> None:
-        """Swap in the rewritten completion ids and rebuild everything derived from them."""
-        eos = self._tokenizer.eos_token_id
+    def _replace_completions(
+        self, batch: dict[str, Any], rollouts: list[list[int]], p_acc: list[float], stops: list[int]
+    ) -> None:
+        """Swap in the rewritten completion ids and rebuild everything derived from them.
+
+        Each target ends with the stop token its rollout ended with (a model may stop on several, and its
+        tokenizer's EOS need not be among them); a rollout cut by the length limit ends with the chat template's
+        end-of-turn token, as the confidence line closes the response.
+        """
         targets = [
-            rewrite_completion_ids(ids, p, self._decode, self._encode, eos)
-            for ids, p in zip(rollouts, p_acc, strict=True)
+            rewrite_completion_ids(ids, p, self._decode, self._encode, stop)
+            for ids, p, stop in zip(rollouts, p_acc, stops, strict=True)
         ]
         device, tensors = batch["completion_ids"].device, [torch.tensor(ids, dtype=torch.long) for ids in targets]
         batch["completion_ids"] = pad(tensors, self._tokenizer.pad_token_id, padding_side="right").to(device)

@@ -6,6 +6,7 @@ demonstration or a verified correct rollout). Wordings follow the CaOPD paper; s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 REACT_ANCHOR = "\n\nBegin!\n"
@@ -54,3 +55,22 @@ def encode_chat_prompts(tokenizer, prompts: list[list[dict[str, Any]]], enable_t
         prompts, add_generation_prompt=True, tokenize=True, return_dict=True, enable_thinking=enable_thinking
     )
     return [list(ids) for ids in encoded["input_ids"]]
+
+
+def end_of_turn_token(tokenizer, stop_ids: Sequence[int]) -> int:
+    """The stop token this chat template closes an assistant turn with (``<|im_end|>``, ``<|eot_id|>``, ...).
+
+    A rewritten completion ends with the stop token its rollout produced; one that the length limit cut (no stop
+    token) gets this one, so that it ends as the model's turns end. Several chat models name another token as the
+    tokenizer's EOS (Llama 3: ``<|end_of_text|>``), hence the template is asked. Falls back to the tokenizer's EOS
+    when the template shows none of ``stop_ids`` after an assistant message.
+    """
+    marker = "caopd-end-of-turn-marker"
+    chat = [{"role": "user", "content": "?"}, {"role": "assistant", "content": marker}]
+    try:
+        rendered = tokenizer.apply_chat_template(chat, tokenize=False)
+    except Exception:  # templates may refuse such a chat; the fallback below is then the best guess
+        rendered = ""
+    after = rendered.rsplit(marker, 1)[1] if marker in rendered else ""
+    following = tokenizer.encode(after, add_special_tokens=False) if after else []
+    return next((token for token in following if token in stop_ids), tokenizer.eos_token_id)

@@ -122,18 +122,19 @@ def rewrite_completion_ids(
     p_acc: float,
     decode: Callable[[Sequence[int]], str],
     encode: Callable[[str], list[int]],
-    eos_token_id: int,
+    stop_token_id: int,
 ) -> list[int]:
-    """The student target as token ids: the sampled ids outside the confidence statements, ``Confidence: {P_acc}``, EOS.
+    """The student target as token ids: the sampled ids outside the confidence statements, ``Confidence: {P_acc}``,
+    then ``stop_token_id`` (the token the rollout stopped on).
 
-    ``token_ids`` is the rollout without its end-of-sequence token. Only the characters where a removed statement
-    meets a sampled token are re-encoded; every other token is kept as it was sampled.
+    ``token_ids`` is the rollout without its stop token. Only the characters where a removed statement meets a
+    sampled token are re-encoded; every other token is kept as it was sampled.
     """
     text = decode(token_ids)
     ids: list[int] = []
     for start, end in kept_spans(text):
         ids += _span_ids(token_ids, text, start, end, decode, encode)
-    return ids + encode(_separator(without_confidence(text)) + confidence_line(p_acc)) + [eos_token_id]
+    return ids + encode(_separator(without_confidence(text)) + confidence_line(p_acc)) + [stop_token_id]
 
 
 def reserved_completion_tokens(encode: Callable[[str], list[int]]) -> int:

@@ -4,10 +4,16 @@ from collections import defaultdict
 
 import pytest
 import torch
-from helpers import assert_rewritten_with_group_rates, capture_batches, read_rollouts, toy_trainer
+from helpers import (
+    assert_rewritten_with_group_rates,
+    capture_batches,
+    read_rollouts,
+    toy_trainer,
+    verify_even_length,
+)
 
 from caopd.confidence import confidence_statement_spans
-from caopd.targets import kept_token_count
+from caopd.targets import kept_token_count, rewrite_completion_text
 
 
 def _texts(trainer, ids_list):
@@ -101,3 +107,39 @@ def test_teacher_prompts_get_their_own_length_limit(model, tokenizer, tmp_path):
     assert batch["prompt_mask"].sum(dim=1).max() <= 40
     assert teacher_prompt_lengths.min() > 40
     assert trainer.state.log_history[0]["caopd/teacher_prompt_truncated"] == 0.0
+
+
+def test_a_rewritten_completion_ends_with_the_stop_token_its_rollout_produced(model, tmp_path):
+    """A tokenizer whose EOS is not the end-of-turn token (as Llama 3 ships): each target keeps the stop token its
+    rollout produced; a rollout cut by the length limit gets the chat template's end-of-turn token."""
+    from tiny_model import real_tokenizer
+
+    tokenizer = real_tokenizer()
+    tokenizer.eos_token = "<|endoftext|>"  # id 0; the template still closes turns with <|im_end|> (id 2)
+    model.generation_config.eos_token_id = [0, 2]
+    trainer = toy_trainer(model, tokenizer, tmp_path)
+    assert trainer.end_of_turn_id == 2 and set(trainer.eos_token_ids) == {0, 2}
+
+    words = tokenizer.encode("Blue, I think.\nConfidence: 0.9", add_special_tokens=False)
+    scripted = [[*words, 2], [*words, 0], words[:5], [*words, 2]]  # ended on 2, ended on 0, cut, ended on 2
+    trainer._generate = lambda prompt_ids: (prompt_ids, [scripted[i % 4] for i in range(len(prompt_ids))])
+    captured = capture_batches(trainer)
+    trainer.train()
+
+    inputs, batch = captured["final"][0]
+    finals = trainer._get_completion_ids_list(batch)
+    assert [ids[-1] for ids in finals] == [2, 0, 2, 2] * (len(finals) // 4)
+    texts = [trainer._decode(trainer._strip_eos(ids)) for ids in captured["raw"][0]]
+    verdicts = defaultdict(list)
+    for example, text in zip(inputs, texts):
+        verdicts[example["prompt_uid"]].append(verify_even_length(text, None))
+    for example, text, final in zip(inputs, texts, finals):
+        p_acc = sum(verdicts[example["prompt_uid"]]) / 4
+        assert trainer._decode(final[:-1]) == rewrite_completion_text(text, p_acc)
+
+
+def test_end_of_turn_token_is_read_from_the_chat_template(tokenizer):
+    from caopd.prompts import end_of_turn_token
+
+    assert end_of_turn_token(tokenizer, [1, 2]) == 2  # <|im_end|> closes SmolLM2's turns
+    assert end_of_turn_token(tokenizer, [0]) == tokenizer.eos_token_id  # the template shows none of these: EOS
