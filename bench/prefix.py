@@ -11,8 +11,11 @@ the timed steps, over what it held before (Linux /proc/self/status).
 
 Shapes: (a) the CPU demo's arithmetic: 2 questions x K = 8 rollouts, 40-token completions, micro-batches of 8;
 (b) tool use: prompts of the shared tool-use set (``--tooluse_data``), 1 question x K = 8, 100-token completions.
+``--quick`` runs the same measurement on a tiny random Llama with the embedded model's tokenizer (seconds, for
+tests; its times say nothing about the real model's).
 
-    python bench/prefix.py                   # a few minutes on 2 CPU cores
+    python bench/prefix.py --repeats 1       # about 10 minutes on 2 CPU cores
+    python bench/prefix.py --quick           # under a minute
 """
 
 from __future__ import annotations
@@ -72,17 +75,29 @@ def _batch(tokenizer, rows, k: int, completion: int, seed: int):
     return padded(prompts, completions), padded(teachers, completions)
 
 
-def measure(shape: str, shared: bool, tooluse_data: str, repeats: int) -> dict:
+def _model(tokenizer, quick: bool):
+    """The embedded SmolLM2-135M-Instruct in fp32, or (``quick``) a tiny random Llama with its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from caopd.models import embedded_model_path, tiny_random_model
+
+    if quick:
+        return tiny_random_model(tokenizer, hidden_size=64, num_attention_heads=4, num_key_value_heads=2)
+    return AutoModelForCausalLM.from_pretrained(embedded_model_path(), dtype=torch.float32)
+
+
+def measure(shape: str, shared: bool, tooluse_data: str, repeats: int, quick: bool = False) -> dict:
     """Time and peak memory of the student and teacher forward/backward, in this (fresh) process."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from caopd.models import embedded_model_path
     from caopd.shared_prefix import shared_prefix_logits
 
     settings = SHAPES[shape]
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_path(), padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(embedded_model_path(), dtype=torch.float32)
+    model = _model(tokenizer, quick)
     model.train()
     (student_ids, student_mask), (teacher_ids, teacher_mask) = _batch(
         tokenizer, _rows(shape, tooluse_data, settings["questions"]), settings["k"], settings["completion"], 0
@@ -128,9 +143,9 @@ def measure(shape: str, shared: bool, tooluse_data: str, repeats: int) -> dict:
     }
 
 
-def run_measurement(shape: str, shared: bool, tooluse_data: str, repeats: int) -> dict:
+def run_measurement(shape: str, shared: bool, tooluse_data: str, repeats: int, quick: bool) -> dict:
     command = [sys.executable, __file__, "--measure", shape, str(int(shared)), "--repeats", str(repeats)]
-    command += ["--tooluse_data", tooluse_data]
+    command += ["--tooluse_data", tooluse_data] + (["--quick"] if quick else [])
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "HF_HUB_OFFLINE": "1"}
     finished = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     if finished.returncode != 0:
@@ -143,11 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tooluse_data", default=str(DEFAULT_TOOLUSE), help="tool-use rows (the shared eval set)")
     parser.add_argument("--repeats", type=int, default=2, help="timed steps per path (the fastest counts)")
     parser.add_argument("--shapes", nargs="+", choices=tuple(SHAPES), default=list(SHAPES))
+    parser.add_argument("--quick", action="store_true", help="a tiny random model instead of SmolLM2 (tests)")
     parser.add_argument("--measure", nargs=2, metavar=("SHAPE", "SHARED"), help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.measure:
         shape, shared = options.measure
-        print(json.dumps(measure(shape, shared == "1", options.tooluse_data, options.repeats)))
+        print(json.dumps(measure(shape, shared == "1", options.tooluse_data, options.repeats, options.quick)))
         return 0
     if options.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {options.repeats}")
@@ -156,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     print("| shape | rows x prompt tokens | unshared s | shared s | time ratio | unshared MiB | shared MiB | loss |")
     print("|---|---|---|---|---|---|---|---|")
     for shape in options.shapes:
-        unshared, shared = (run_measurement(shape, flag, options.tooluse_data, options.repeats) for flag in (0, 1))
+        unshared, shared = (
+            run_measurement(shape, flag, options.tooluse_data, options.repeats, options.quick) for flag in (0, 1)
+        )
         print(
             f"| {shape} | {unshared['rows']} x {unshared['prompt_tokens'] / unshared['rows']:.0f} "
             f"| {unshared['seconds']:.2f} | {shared['seconds']:.2f} | {shared['seconds'] / unshared['seconds']:.3f} "

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from collections import defaultdict
@@ -28,23 +27,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from caopd.confidence import parse_confidence
 from caopd.generation import generate_with_shared_prefill
 from caopd.models import resolve_model_name
 from caopd.tasks.arithmetic import LEVELS, generate_questions, verify_arithmetic
-
-_CONFIDENCE_LINE = re.compile(
-    r"[*_ \t]{0,6}confidence[*_ \t]{0,6}:[*_ \t]{0,6}([0-9]{1,6}(?:\.[0-9]{1,12})?|\.[0-9]{1,12})"
-)
-
-
-def parse_confidence(response: str) -> float | None:
-    """The number on the last ``Confidence:`` line, or None; lines over 200 characters are not looked at."""
-    for line in reversed(response.splitlines()):
-        if len(line) <= 200:
-            match = _CONFIDENCE_LINE.match(line.lower())
-            if match is not None:
-                return float(match.group(1))
-    return None
 
 
 def sample_completions(model, tokenizer, prompts: list, k: int, max_new_tokens: int) -> list[str]:
@@ -134,15 +120,13 @@ def main() -> None:
     print(f"  strictly between 0 and 1: {strictly_between}/{len(all_pacc)}")
 
     total = len(completions)
-    parsed = [c for c in confidences if c is not None]
-    valid = [c for c in parsed if 0.0 <= c <= 1.0]
+    valid = [c for c in confidences if c is not None]
     print(f"\ncompletions: {total}")
     print(f"  with an 'Answer:' line:                 {answer_lines / total:.3f}")
-    print(f"  with a parsable 'Confidence: <number>': {len(parsed) / total:.3f}")
-    print(f"  ... and the number within [0, 1]:       {len(valid) / total:.3f}")
+    print(f"  with a parsable 'Confidence: <number>': {len(valid) / total:.3f}")
     if valid:
-        print(f"  mean confidence, valid ones:            {sum(valid) / len(valid):.3f}")
-    print(f"  mean confidence, invalid/missing as 0:  {sum(valid) / total:.3f}")
+        print(f"  mean confidence, parsable ones:         {sum(valid) / len(valid):.3f}")
+    print(f"  mean confidence, missing as 0:          {sum(valid) / total:.3f}")
     lengths = [len(tokenizer(text, add_special_tokens=False).input_ids) for text in completions]
     hit_limit = sum(length >= args.max_new_tokens for length in lengths)
     print(f"  completion tokens: mean {sum(lengths) / total:.1f}, at the limit {hit_limit / total:.3f}")

@@ -14,6 +14,7 @@
 # arguments are passed: the YAML supplies everything else. The training data comes from
 # data/prepare_<task>.py (default path data/<task>/train); point TRAIN_DATA elsewhere to use another copy.
 # LAUNCH_ARGS: extra `accelerate launch` arguments (run_multinode.sh passes the node rank and address).
+# DRY_RUN=1 prints the command (shell-quoted) and exits without launching it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,6 +56,7 @@ if [[ -z "${VIRTUAL_ENV:-}" && -f .venv/bin/activate ]]; then
   source .venv/bin/activate
 fi
 
+DRY_RUN="${DRY_RUN:-0}"
 if [[ "$NUM_GPUS" -lt 1 ]]; then
   echo "error: no GPU found (nvidia-smi). Set NUM_GPUS, or try scripts/run_cpu_demo.sh on a CPU machine." >&2
   exit 1
@@ -97,5 +99,8 @@ fi
 # shellcheck disable=SC2206  # LAUNCH_ARGS is a list of words on purpose
 CMD=(accelerate launch --config_file "$ACCELERATE_CONFIG" --num_processes "$NUM_GPUS" $LAUNCH_ARGS
   main.py "${ARGS[@]}" --output_dir "$OUTPUT_DIR" "$@")
-echo "[paper_run] ${CMD[*]}"
+echo "[paper_run] $(printf '%q ' "${CMD[@]}")"
+if [[ "$DRY_RUN" == 1 ]]; then
+  exit 0
+fi
 "${CMD[@]}"

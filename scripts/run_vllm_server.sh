@@ -23,6 +23,7 @@
 #   VLLM_MAX_MODEL_LEN   server context length (max prompt + max completion)
 #   SERVER_TIMEOUT       seconds to wait for the server to come up (900)
 #   OUTPUT_DIR, ACCELERATE_CONFIG, CONFIG, LEARNING_RATE, ...: as in scripts/run_tooluse.sh
+#   DRY_RUN=1            print the server and training commands (shell-quoted) and exit
 # The server log is written to $OUTPUT_DIR/vllm_server.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,14 +55,17 @@ MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-2048}"
 MAX_COMPLETION_LENGTH="${MAX_COMPLETION_LENGTH:-8192}"
 VLLM_MAX_MODEL_LEN="${VLLM_MAX_MODEL_LEN:-$((MAX_PROMPT_LENGTH + MAX_COMPLETION_LENGTH))}"
 REPORT_TO="${REPORT_TO:-wandb}"
+DRY_RUN="${DRY_RUN:-0}"
 
 if [[ -z "${VIRTUAL_ENV:-}" && -f .venv/bin/activate ]]; then
   # shellcheck disable=SC1091
   source .venv/bin/activate
 fi
-for tool in vllm curl accelerate; do
-  command -v "$tool" >/dev/null || { echo "error: '$tool' not found on PATH" >&2; exit 1; }
-done
+if [[ "$DRY_RUN" != 1 ]]; then
+  for tool in vllm curl accelerate; do
+    command -v "$tool" >/dev/null || { echo "error: '$tool' not found on PATH" >&2; exit 1; }
+  done
+fi
 
 # --- GPUs: server on VLLM_GPUS, trainer on TRAIN_GPUS ----------------------------
 IFS=, read -r -a VLLM_GPU_LIST <<<"$VLLM_GPUS"
@@ -86,56 +90,15 @@ fi
 IFS=, read -r -a TRAIN_GPU_LIST <<<"$TRAIN_GPUS"
 NUM_TRAIN_GPUS="${#TRAIN_GPU_LIST[@]}"
 
-mkdir -p "$OUTPUT_DIR"
-SERVER_LOG="$OUTPUT_DIR/vllm_server.log"
+SERVER_CMD=(vllm serve "$MODEL"
+  --tensor-parallel-size "$VLLM_TP"
+  --gpu-memory-utilization "$VLLM_GPU_MEMORY_UTILIZATION"
+  --max-model-len "$VLLM_MAX_MODEL_LEN"
+  --host "$VLLM_HOST"
+  --port "$VLLM_PORT"
+  --weight-transfer-config '{"backend": "nccl"}'
+  --logprobs-mode processed_logprobs)
 
-# --- start the server in its own process group, stop it on exit -----------------
-SERVER_PID=""
-stop_server() {
-  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    echo "[run_vllm_server] stopping the vLLM server (pid $SERVER_PID)"
-    kill -TERM -- "-$SERVER_PID" 2>/dev/null || kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 1 30); do
-      kill -0 "$SERVER_PID" 2>/dev/null || break
-      sleep 1
-    done
-    kill -KILL -- "-$SERVER_PID" 2>/dev/null || true
-  fi
-}
-trap stop_server EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-echo "[run_vllm_server] vLLM server: $MODEL on GPU(s) $VLLM_GPUS (tensor parallel $VLLM_TP), log: $SERVER_LOG"
-CUDA_VISIBLE_DEVICES="$VLLM_GPUS" VLLM_SERVER_DEV_MODE=1 setsid vllm serve "$MODEL" \
-  --tensor-parallel-size "$VLLM_TP" \
-  --gpu-memory-utilization "$VLLM_GPU_MEMORY_UTILIZATION" \
-  --max-model-len "$VLLM_MAX_MODEL_LEN" \
-  --host "$VLLM_HOST" \
-  --port "$VLLM_PORT" \
-  --weight-transfer-config '{"backend": "nccl"}' \
-  --logprobs-mode processed_logprobs \
-  >"$SERVER_LOG" 2>&1 &
-SERVER_PID=$!
-
-echo "[run_vllm_server] waiting for http://$VLLM_HOST:$VLLM_PORT/health (up to ${SERVER_TIMEOUT}s)"
-start=$SECONDS
-until curl -sf -o /dev/null "http://$VLLM_HOST:$VLLM_PORT/health"; do
-  if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-    echo "error: the vLLM server exited; last lines of $SERVER_LOG:" >&2
-    tail -n 30 "$SERVER_LOG" >&2
-    exit 1
-  fi
-  if ((SECONDS - start > SERVER_TIMEOUT)); then
-    echo "error: the vLLM server did not answer within ${SERVER_TIMEOUT}s; last lines of $SERVER_LOG:" >&2
-    tail -n 30 "$SERVER_LOG" >&2
-    exit 1
-  fi
-  sleep 5
-done
-echo "[run_vllm_server] server is up after $((SECONDS - start))s"
-
-# --- train on the other GPUs ---------------------------------------------------
 if [[ -n "$CONFIG" ]]; then
   ARGS=(--config "$CONFIG")
 else
@@ -161,8 +124,56 @@ else
   )
 fi
 ARGS+=(--use_vllm --vllm_mode server --vllm_server_host "$VLLM_HOST" --vllm_server_port "$VLLM_PORT")
-
 CMD=(accelerate launch --config_file "$ACCELERATE_CONFIG" --num_processes "$NUM_TRAIN_GPUS"
   main.py "${ARGS[@]}" --output_dir "$OUTPUT_DIR" "$@")
+
+if [[ "$DRY_RUN" == 1 ]]; then
+  echo "[run_vllm_server] server on GPU(s) $VLLM_GPUS: $(printf '%q ' "${SERVER_CMD[@]}")"
+  echo "[run_vllm_server] training on GPU(s) $TRAIN_GPUS: $(printf '%q ' "${CMD[@]}")"
+  exit 0
+fi
+
+mkdir -p "$OUTPUT_DIR"
+SERVER_LOG="$OUTPUT_DIR/vllm_server.log"
+
+# --- start the server in its own process group, stop it on exit -----------------
+SERVER_PID=""
+stop_server() {
+  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    echo "[run_vllm_server] stopping the vLLM server (pid $SERVER_PID)"
+    kill -TERM -- "-$SERVER_PID" 2>/dev/null || kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 1 30); do
+      kill -0 "$SERVER_PID" 2>/dev/null || break
+      sleep 1
+    done
+    kill -KILL -- "-$SERVER_PID" 2>/dev/null || true
+  fi
+}
+trap stop_server EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+echo "[run_vllm_server] vLLM server: $MODEL on GPU(s) $VLLM_GPUS (tensor parallel $VLLM_TP), log: $SERVER_LOG"
+CUDA_VISIBLE_DEVICES="$VLLM_GPUS" VLLM_SERVER_DEV_MODE=1 setsid "${SERVER_CMD[@]}" >"$SERVER_LOG" 2>&1 &
+SERVER_PID=$!
+
+echo "[run_vllm_server] waiting for http://$VLLM_HOST:$VLLM_PORT/health (up to ${SERVER_TIMEOUT}s)"
+start=$SECONDS
+until curl -sf -o /dev/null "http://$VLLM_HOST:$VLLM_PORT/health"; do
+  if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+    echo "error: the vLLM server exited; last lines of $SERVER_LOG:" >&2
+    tail -n 30 "$SERVER_LOG" >&2
+    exit 1
+  fi
+  if ((SECONDS - start > SERVER_TIMEOUT)); then
+    echo "error: the vLLM server did not answer within ${SERVER_TIMEOUT}s; last lines of $SERVER_LOG:" >&2
+    tail -n 30 "$SERVER_LOG" >&2
+    exit 1
+  fi
+  sleep 5
+done
+echo "[run_vllm_server] server is up after $((SECONDS - start))s"
+
+# --- train on the other GPUs ---------------------------------------------------
 echo "[run_vllm_server] training on GPU(s) $TRAIN_GPUS: ${CMD[*]}"
 CUDA_VISIBLE_DEVICES="$TRAIN_GPUS" "${CMD[@]}"

@@ -28,3 +28,9 @@ def model(tokenizer):
     from tiny_model import tiny_model
 
     return tiny_model(tokenizer)
+
+
+def covers(*scripts: str):
+    """Mark a test that runs these documented scripts end to end: tests/test_readme.py fails for a script that
+    README.md or docs/ names and no test covers."""
+    return pytest.mark.covers(*scripts)

@@ -1,25 +1,46 @@
 """The benchmark and check scripts a user runs: they run, and what they print is computed from what they measure."""
 
-import json
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, SHARED_DATA, covers
+from tiny_model import save_tiny_model
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
+def ratio_of_printed(numerator: str, denominator: str):
+    """``numerator / denominator`` as printed values allow: each was rounded to its printed decimals, and the ratio
+    to three."""
+    a, b = float(numerator), float(denominator)
+    half_unit = 0.5 * 10 ** -len(numerator.split(".")[1])
+    return pytest.approx(a / b, abs=0.0005 + half_unit * (1 / b + a / b**2) + 1e-9)
+
+
 @pytest.mark.slow
-def test_memory_measures_a_step_of_the_requested_length():
-    finished = _run("bench/memory.py", "--measure", "caopd", "32")
+@covers("bench/memory.py")
+def test_memory_table_and_estimate_are_computed_from_the_measurements():
+    finished = _run("bench/memory.py", "--length", "16")
     assert finished.returncode == 0, finished.stderr[-2000:]
-    result = json.loads(finished.stdout.strip().splitlines()[-1])
-    assert result["arm"] == "caopd" and result["vocab"] == 49152 and result["element_bytes"] == 2
-    assert 28 <= result["completion_tokens"] <= 32  # forced length minus at most a few unused reserved tokens
-    assert result["step_mib"] > 32 * 49152 * 2 / 2**20  # at least one bf16 logits row per completion token
+    lines = finished.stdout.splitlines()
+    for arm in ("caopd", "sdft"):
+        rows = [line.split() for line in lines if line.startswith(arm) and "slope" not in line]
+        assert [int(row[1]) for row in rows] == [16, 32, 64]
+        steps = [float(row[3]) for row in rows]
+        assert steps[0] > 16 * 49152 * 2 / 2**20  # at least one bf16 logits row per completion token
+        assert [float(row[4]) for row in rows] == pytest.approx([s / steps[0] for s in steps], abs=0.006)
+    rows_per_token = float(next(line for line in lines if line.startswith("caopd") and "slope" in line).split()[8])
+    estimate = {line[:54].strip(): float(line[54:].split()[0]) for line in lines if " GiB  (" in line}
+    one_tensor = 8192 * 151_936 * 2 / 2**30
+    assert estimate["logits and loss temporaries (student + teacher)"] == pytest.approx(
+        rows_per_token * one_tensor, abs=0.06 * one_tensor
+    )
+    total = float(next(line for line in lines if line.strip().startswith("sum")).split("GiB")[0].split()[-1])
+    parts = [gib for name, gib in estimate.items() if not name.startswith("of which")]
+    assert total == pytest.approx(sum(parts), abs=0.05 * len(parts))
 
 
 def test_memory_extrapolation_scales_the_measured_rows():
@@ -34,6 +55,7 @@ def test_memory_extrapolation_scales_the_measured_rows():
 
 
 @pytest.mark.slow
+@covers("bench/overhead.py")
 def test_overhead_times_alternating_arms(tmp_path):
     sys.path.insert(0, str(ROOT / "tests"))
     from tiny_model import save_tiny_model
@@ -43,8 +65,74 @@ def test_overhead_times_alternating_arms(tmp_path):
         "bench/overhead.py", "--pairs", "1", "--model_name", str(model), "--output_dir", str(tmp_path / "o")
     )
     assert finished.returncode == 0, finished.stderr[-2000:]
-    assert "step-time ratio CaOPD / SDFT:" in finished.stdout
+    lines = finished.stdout.splitlines()
+    pair = next(line for line in lines if line.split() and line.split()[0] == "0").split()
+    assert float(pair[3]) == ratio_of_printed(pair[1], pair[2])
+    mean = next(line for line in lines if line.startswith("mean step:")).replace(",", "").split()
+    ratio = float(next(line for line in lines if line.startswith("step-time ratio")).split()[5])
+    assert ratio == ratio_of_printed(mean[3], mean[6])
     assert "% of the CaOPD step" in finished.stdout
+
+
+@pytest.mark.slow
+@covers("bench/prefix.py")
+def test_prefix_quick_mode_times_both_forwards_at_equal_loss():
+    shapes = ["arithmetic", "tooluse"] if (SHARED_DATA / "caopd_eval" / "tooluse_eval").is_dir() else ["arithmetic"]
+    finished = _run("bench/prefix.py", "--quick", "--repeats", "1", "--shapes", *shapes)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    rows = [line.strip("|").split("|") for line in finished.stdout.splitlines() if line.startswith("| ")][1:]
+    rows = [[cell.strip() for cell in row] for row in rows if not row[0].startswith("-")]
+    assert [row[0] for row in rows] == shapes
+    for name, rows_x_tokens, unshared, shared, ratio, _, _, losses in rows:
+        assert int(rows_x_tokens.split(" x ")[0]) == {"arithmetic": 16, "tooluse": 8}[name]
+        assert float(ratio) == ratio_of_printed(shared, unshared)
+        unshared_loss, shared_loss = map(float, losses.split(" / "))
+        assert shared_loss == pytest.approx(unshared_loss, rel=1e-4)
+
+
+@pytest.mark.slow
+@covers("bench/probe_teacher_format.py")
+def test_teacher_format_probe_prints_the_probabilities_it_computed(tmp_path):
+    model = save_tiny_model(tmp_path / "tiny")
+    finished = _run("bench/probe_teacher_format.py", "--model", str(model), "--n", "2", "--teacher_instruction", "Go.")
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    table = {line[:15].strip(): [float(v) for v in line[15:].split()] for line in finished.stdout.splitlines()[2:]}
+    assert list(table) == ["student", "SDFT teacher", "CaOPD teacher", "SDFT, yours", "CaOPD, yours"]
+    assert all(0.0 <= value <= 1.0 for values in table.values() for value in values)
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import probe_teacher_format as probe
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from caopd.tasks.arithmetic import generate_questions
+
+    tokenizer, net = AutoTokenizer.from_pretrained(model), AutoModelForCausalLM.from_pretrained(model).eval()
+    rows = generate_questions(2, seed=0, split="train")
+    expected = (
+        sum(
+            probe.tail_token_probability(
+                net, tokenizer, row["prompt"], row["demonstration"].split("\n")[0] + "\nAnswer", 1
+            )
+            for row in rows
+        )
+        / 2
+    )
+    assert table["student"][0] == pytest.approx(expected, abs=0.0006)
+
+
+@pytest.mark.slow
+@covers("bench/probe_arithmetic.py")
+def test_arithmetic_probe_counts_add_up(tmp_path):
+    model = save_tiny_model(tmp_path / "tiny")
+    argv = ["--model", str(model), "--n", "4", "--k", "2", "--max_new_tokens", "8", "--prompts_per_call", "2"]
+    finished = _run("bench/probe_arithmetic.py", *argv)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    lines = finished.stdout.splitlines()
+    histogram = [int(line.split()[1]) for line in lines if line.strip()[:4] in ("0/2:", "1/2:", "2/2:")]
+    assert len(histogram) == 3 and sum(histogram) == 4
+    assert "completions: 8" in lines
+    accuracy = float(next(line for line in lines if line.startswith("all")).split()[2])
+    assert accuracy == pytest.approx((histogram[1] * 0.5 + histogram[2]) / 4, abs=0.0006)
 
 
 @pytest.mark.parametrize(
@@ -57,17 +145,3 @@ def test_overhead_times_alternating_arms(tmp_path):
 def test_bench_flags_out_of_range(script, argv, message):
     finished = _run(script, *argv)
     assert finished.returncode == 2 and message in finished.stderr
-
-
-@pytest.mark.slow
-def test_gpu_check_runs_its_cpu_checks(tmp_path):
-    finished = _run("scripts/gpu_check.py", "--cpu", "--work_dir", str(tmp_path))
-    assert finished.returncode == 0, finished.stdout[-3000:]
-    summary = finished.stdout[finished.stdout.index("[gpu_check] summary") :]
-    assert summary.count("PASS") == 2 and summary.count("SKIP") == 2 and "FAIL" not in summary
-    assert (tmp_path / "transformers" / "checkpoint-3" / "teacher").is_dir()
-
-
-def test_gpu_check_refuses_a_machine_without_a_gpu():
-    finished = _run("scripts/gpu_check.py")
-    assert finished.returncode == 2 and "error: no CUDA GPU visible" in finished.stderr

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, covers
 
 SCRIPT = ROOT / "eval" / "cascade.py"
 
@@ -30,6 +30,7 @@ def _write(path, items):
     return path
 
 
+@covers("eval/cascade.py")
 def test_routing_by_hand(tmp_path):
     small, large = _write(tmp_path / "small.json", SMALL), _write(tmp_path / "large.json", LARGE)
     result = _run(tmp_path, "--small", small, "--labels", "S", "--large", large, "--cost_ratio", 10,

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, covers
 from PIL import Image
 
 import main
@@ -35,6 +35,7 @@ def _evaluate(script, *argv):
     return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
 
 
+@covers("eval_science.py")
 def test_eval_science_on_a_trained_checkpoint(trained_checkpoint, tmp_path):
     out = tmp_path / "eval"
     result = _evaluate(
@@ -56,6 +57,7 @@ def test_eval_science_on_a_trained_checkpoint(trained_checkpoint, tmp_path):
     assert Image.open(out / "reliability.png").size[0] > 100
 
 
+@covers("eval_tooluse.py")
 def test_no_confidence_instruction_flag_and_greedy(trained_checkpoint, tmp_path):
     out = tmp_path / "eval"
     result = _evaluate(
@@ -81,6 +83,7 @@ def test_eval_errors_are_one_line(argv, message):
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
+@covers("eval/compare.py")
 def test_compare_writes_a_table_and_an_overlaid_diagram(tmp_path):
     from caopd.metrics import calibration_metrics
 
@@ -100,6 +103,7 @@ def test_compare_writes_a_table_and_an_overlaid_diagram(tmp_path):
     assert Image.open(tmp_path / "c.png").format == "PNG"
 
 
+@covers("eval_arithmetic.py")
 def test_eval_arithmetic_defaults_to_generated_held_out_questions(trained_checkpoint, tmp_path):
     from caopd.tasks.arithmetic import generate_questions, split_of, verify_arithmetic
 
@@ -145,6 +149,7 @@ def test_overlong_evaluation_prompts_are_one_line(trained_checkpoint, tmp_path):
     assert not (tmp_path / "e").exists()
 
 
+@covers("eval_custom.py")
 def test_eval_custom_uses_the_training_loader_and_verifier(trained_checkpoint, tmp_path):
     out = tmp_path / "eval"
     data = ROOT / "examples" / "capitals.jsonl"

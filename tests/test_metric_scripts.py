@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, covers
 from test_metrics import _reference
 
 GOLD = [{"Action": "getWeather", "Action_Input": '{"city": "Paris"}'}]
@@ -37,6 +37,7 @@ def _tooluse_items(seed):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
+@covers("eval/run_eval_tooluse.py")
 def test_tooluse_metrics_match_an_independent_computation(tmp_path, seed):
     items, correct, confidence = _tooluse_items(seed)
     result, metrics = _run("run_eval_tooluse.py", items, tmp_path)
@@ -49,6 +50,7 @@ def test_tooluse_metrics_match_an_independent_computation(tmp_path, seed):
     assert metrics["confidence_format_adherence"] == pytest.approx(sum(c is not None for c in confidence) / 40)
 
 
+@covers("eval/run_eval_chemistry.py")
 def test_chemistry_metrics_and_answer_parse_rate(tmp_path):
     items = [
         {"response": "<answer>\nB\n</answer>\nConfidence: 0.9", "golden_answer": [{"Answer": "B"}]},

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, SHARED_DATA
+from conftest import ROOT, SHARED_DATA, covers
 from datasets import load_from_disk
 
 from caopd.tasks import get_task
@@ -31,6 +31,7 @@ def _prepare(tmp_path, lines, *extra):
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
+@covers("data/prepare_science.py")
 def test_splits_formats_and_filtering(tmp_path):
     lines = [json.dumps(_raw(i)) for i in range(40)]
     lines += [json.dumps(_raw(99, level="L1")), json.dumps(_raw(98, domain="Biology")), json.dumps(_raw(97, kind="tf"))]

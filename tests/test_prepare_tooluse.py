@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, SHARED_DATA
+from conftest import ROOT, SHARED_DATA, covers
 from datasets import load_from_disk
 
 from caopd.tasks import get_task
@@ -38,6 +38,7 @@ def test_conversion_reproduces_the_shared_prompts_for_the_same_instructions(tmp_
     assert "warning: AniAPI instruction 0: golden step 1 has an Action_Input that is not valid JSON" in result.stderr
 
 
+@covers("data/prepare_tooluse.py")
 def test_written_rows_load_and_every_valid_golden_verifies(tmp_path):
     raw = [
         {

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest import covers
 from transformers import AutoModelForCausalLM
 
 import main
@@ -11,6 +12,7 @@ from caopd.targets import rewrite_completion_text
 
 
 @pytest.mark.slow
+@covers("main.py")
 def test_one_caopd_step_on_the_embedded_model(tmp_path):
     output = tmp_path / "run"
     argv = ["--model_name", "smollm2", "--dataset_name", "arithmetic", "--output_dir", str(output), "--no_wandb"]

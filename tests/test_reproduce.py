@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, covers
 
 _spec = importlib.util.spec_from_file_location("reproduce", ROOT / "bench" / "reproduce.py")
 reproduce = importlib.util.module_from_spec(_spec)
@@ -48,6 +48,7 @@ def test_target_checks(caopd, holds):
     assert [ok for _, ok, _ in reproduce.target_checks(runs)] == holds
 
 
+@covers("bench/reproduce.py")
 def test_end_to_end_on_a_tiny_model_then_resume(tmp_path):
     from tiny_model import save_tiny_model
 
