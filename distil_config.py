@@ -17,6 +17,21 @@ TEACHER_KINDS = ("base", "live", "ema")
 TEACHER_WORDING_TOKENS = 128
 
 
+def teacher_prompt_limit(max_prompt_length: int, max_completion_length: int, requested: int | None = None) -> int:
+    """The teacher prompt's length limit: as requested, else room for the question, a demonstration up to a
+    completion long, and the wording."""
+    return requested if requested is not None else max_prompt_length + max_completion_length + TEACHER_WORDING_TOKENS
+
+
+def vllm_context_length(
+    max_prompt_length: int, max_completion_length: int, max_teacher_prompt_length: int, self_consistency: bool
+) -> int:
+    """The context vLLM needs for this run: the longest prompt it is sent plus a completion. Rollouts come from
+    student prompts; under self-consistency the greedy references come from teacher prompts, which are longer."""
+    longest = max(max_prompt_length, max_teacher_prompt_length) if self_consistency else max_prompt_length
+    return longest + max_completion_length
+
+
 @dataclass
 class DistilConfig(SDFTConfig):
     """Self-distillation settings (see `SDFTConfig`) and the CaOPD target replacement switches."""
@@ -123,11 +138,11 @@ class DistilConfig(SDFTConfig):
         super().__post_init__()
         # TRL renders student and teacher prompts (and self-consistency references) with these template arguments.
         self.chat_template_kwargs = {**(self.chat_template_kwargs or {}), "enable_thinking": self.enable_thinking}
+        completion = self.max_completion_length or 0
         if self.max_teacher_prompt_length is None and self.max_prompt_length is not None:
-            completion = self.max_completion_length or 0
-            self.max_teacher_prompt_length = self.max_prompt_length + completion + TEACHER_WORDING_TOKENS
+            self.max_teacher_prompt_length = teacher_prompt_limit(self.max_prompt_length, completion)
         if self.use_vllm and self.vllm_max_model_length is None and self.max_prompt_length is not None:
-            # vLLM would otherwise size its KV cache for the model's whole context (40,960 tokens for Qwen3). The
-            # longest prompt it gets is a teacher prompt (self-consistency references) or a student prompt.
-            longest = self.max_teacher_prompt_length if self.self_consistency else self.max_prompt_length
-            self.vllm_max_model_length = longest + (self.max_completion_length or 0)
+            # vLLM would otherwise size its KV cache for the model's whole context (40,960 tokens for Qwen3).
+            self.vllm_max_model_length = vllm_context_length(
+                self.max_prompt_length, completion, self.max_teacher_prompt_length, self.self_consistency
+            )

@@ -29,7 +29,7 @@ from caopd.run_config import RUN_CONFIG_NAME, resolved_config, write_yaml_atomic
 from caopd.tasks import TaskDataError, get_task
 from caopd.tasks.custom import resolve_equivalence
 from caopd.teacher import TEACHER_DIR
-from distil_config import DistilConfig
+from distil_config import DistilConfig, teacher_prompt_limit, vllm_context_length
 from distil_trainer import DistilTrainer
 
 USER_ERRORS = (CLIError, TaskDataError, ModelResolutionError, BackendError, PromptLengthError, CheckpointError)
@@ -240,10 +240,20 @@ def run(args: argparse.Namespace) -> None:
     trainer.accelerator.end_training()
 
 
+def vllm_max_model_len(args: argparse.Namespace) -> int:
+    """The context vLLM needs for these flags, computed as the trainer computes it (``distil_config``)."""
+    teacher = teacher_prompt_limit(args.max_prompt_length, args.max_completion_length, args.max_teacher_prompt_length)
+    return vllm_context_length(args.max_prompt_length, args.max_completion_length, teacher, args.self_consistency)
+
+
 def main(argv: list[str] | None = None) -> int:
     message = None
     try:
-        run(parse_args(argv))
+        args = parse_args(argv)
+        if args.print_vllm_max_model_len:
+            print(vllm_max_model_len(args))
+            return 0
+        run(args)
     except USER_ERRORS as err:
         message = f"error: {err}"
     # The trainer sits in reference cycles, so its DDP wrapper (which holds the gloo process group) would otherwise

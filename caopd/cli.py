@@ -152,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     vllm.add_argument("--vllm_server_host", default="0.0.0.0")
     vllm.add_argument("--vllm_server_port", type=int, default=8000)
     vllm.add_argument("--vllm_gpu_memory_utilization", type=float, default=0.3)
+    vllm.add_argument(
+        "--print_vllm_max_model_len",
+        action="store_true",
+        help="print the vLLM context length these settings need (longest prompt sent + completion) and exit; "
+        "scripts/run_vllm_server.sh sizes its server with it",
+    )
     return parser
 
 

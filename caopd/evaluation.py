@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from transformers import AutoTokenizer
 
 from caopd.atomic import write_text_atomically
 from caopd.confidence import parse_confidence
-from caopd.generation import Sampling, generate
+from caopd.generation import MODEL_SETTABLE, generate, resolve_sampling
 from caopd.metrics import calibration_metrics
 from caopd.models import ModelResolutionError, resolve_model_name
 from caopd.plots import reliability_diagram, selective_diagram
@@ -66,10 +67,28 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the results an earlier evaluation left in --output_dir"
     )
-    sampling = parser.add_argument_group("sampling (defaults: the paper's validation setting)")
-    sampling.add_argument("--num_samples", type=int, default=8, help="responses per question (the paper: 8 or 16)")
-    sampling.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (the original evaluation)")
+    sampling = parser.add_argument_group(
+        "sampling (defaults: the paper's validation setting; the same settings reach either --backend, and "
+        "metrics.json records them with their source)"
+    )
+    sampling.add_argument(
+        "--num_samples", type=int, default=None, help="responses per question (default 8, as the paper; greedy: 1)"
+    )
+    sampling.add_argument(
+        "--temperature", type=float, default=0.6, help="in [0, 2]; 0 = greedy, one response per question"
+    )
     sampling.add_argument("--top_p", type=float, default=0.95)
+    for name, kind, meaning in (
+        ("top_k", int, "0 = off"),
+        ("min_p", float, "0 = off"),
+        ("repetition_penalty", float, "1 = off"),
+    ):
+        sampling.add_argument(
+            f"--{name}",
+            type=kind,
+            default=None,
+            help=f"default: the model's generation_config.json, else off ({meaning})",
+        )
     sampling.add_argument(
         "--max_new_tokens", type=int, default=8192, help="response limit (the paper: 8,192; a CPU wants far fewer)"
     )
@@ -98,7 +117,7 @@ def build_parser(task: str) -> argparse.ArgumentParser:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    for name in ("num_samples", "max_new_tokens", "batch_size", "n_bins"):
+    for name in ("max_new_tokens", "batch_size", "n_bins"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}")
     if args.max_prompt_length is not None and args.max_prompt_length < 1:
@@ -111,8 +130,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--output_dir {args.output_dir} is a file; give a folder")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be positive, got {args.limit}")
-    if args.temperature < 0 or not 0 < args.top_p <= 1:
-        raise ValueError("--temperature must be >= 0 and --top_p in (0, 1]")
+    if args.num_samples is not None and args.num_samples < 1:
+        raise ValueError(f"--num_samples must be a positive integer, got {args.num_samples}")
     if args.task == "arithmetic" and args.no_confidence_instruction:
         raise ValueError(
             "arithmetic: the worked examples carry confidence lines, so --no_confidence_instruction is not supported"
@@ -145,15 +164,9 @@ def evaluate(task_name: str, argv: list[str] | None = None) -> int:
         model_path = resolve_model_name(args.model_path)
         output = Path(args.output_dir or _default_output(args.model_path, model_path, task_name))
         _refuse_earlier_results(output, args.overwrite)
+        requested = {name: getattr(args, name) for name in ("num_samples", *MODEL_SETTABLE)}
+        sampling, sources = resolve_sampling(requested, model_path, args.max_new_tokens, args.batch_size, args.seed)
         rows, prompt_ids = _encoded_prompts(rows, model_path, args)
-        sampling = Sampling(
-            args.num_samples,
-            args.temperature,
-            args.top_p,
-            args.max_new_tokens,
-            args.batch_size,
-            args.seed,
-        )
         responses = generate(model_path, prompt_ids, sampling, args.backend)
         items = _judged_items(task, rows, responses)
     except (ValueError, TaskDataError, ModelResolutionError, OSError) as err:
@@ -168,6 +181,7 @@ def evaluate(task_name: str, argv: list[str] | None = None) -> int:
     if task_name == "science":
         metrics["answer_parse_rate"] = sum(extract_choice(i["response"]) is not None for i in items) / len(items)
     metrics["settings"] = {key: value for key, value in vars(args).items()}
+    metrics["sampling"] = {**asdict(sampling), "stop_token_ids": list(sampling.stop_token_ids), "sources": sources}
     write_text_atomically(output / "inference.json", json.dumps(items, indent=1, ensure_ascii=False) + "\n")
     write_text_atomically(output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     reliability_diagram({args.model_path: metrics}, output / "reliability.png", title=f"{task_name}: reliability")

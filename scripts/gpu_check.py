@@ -7,7 +7,9 @@ Builds a tiny Qwen3 model from a config with the real tokenizer of the embedded 
 2. ``resume``: the same run resumed from ``latest`` to step 3 (teacher restored, rollout log holds each step once);
 3. ``vllm-colocate``: one CaOPD step with vLLM generation in colocate mode, when vLLM is installed;
 4. ``zero3``: one CaOPD step and a checkpoint under DeepSpeed ZeRO-3 (scripts/accelerate/zero3.yaml with one
-   process), when DeepSpeed is installed.
+   process), when DeepSpeed is installed;
+5. ``eval-backends``: the same small evaluation with ``--backend transformers`` and ``--backend vllm``, when vLLM is
+   installed: both must run and record the same sampling settings in their metrics.json.
 
 Each check prints PASS, FAIL (with the end of its log) or SKIP (and why); the exit status is 1 if any failed.
 ``--cpu`` runs checks 1 and 2 without a GPU and without bf16 (the test suite does, to keep this script working).
@@ -80,6 +82,22 @@ def completed_run_problem(output: Path, steps: int) -> str | None:
     return None
 
 
+def eval_backends_problem(model: Path, work: Path) -> str | None:
+    """Evaluate on both backends; what differs in the sampling settings they recorded, or None."""
+    recorded = {}
+    for backend in ("transformers", "vllm"):
+        output = work / f"eval_{backend}"
+        command = [sys.executable, str(ROOT / "eval_arithmetic.py"), "--model_path", str(model), "--backend", backend]
+        command += ["--num_questions", "4", "--num_samples", "2", "--max_new_tokens", "16", "--n_bootstrap", "0"]
+        failed = run([*command, "--output_dir", str(output), "--overwrite"], work / f"eval_{backend}.log")
+        if failed:
+            return f"--backend {backend}: {failed}"
+        recorded[backend] = json.loads((output / "metrics.json").read_text())["sampling"]
+    differing = {key for key in recorded["vllm"] if recorded["vllm"][key] != recorded["transformers"].get(key)}
+    print(f"[gpu_check] sampling settings of both backends: {recorded['vllm']}")
+    return f"the backends sampled differently: {sorted(differing)}" if differing else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cpu", action="store_true", help="run the transformers and resume checks on the CPU")
@@ -128,6 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         flags = VLLM_FLAGS if package == "vllm" else []
         failed = run(train_command(model, work / folder, 1, on_gpu, *launch) + flags, work / f"{folder}.log")
         check(name, failed or completed_run_problem(work / folder, 1))
+
+    name = "eval-backends: one evaluation on transformers and on vLLM, same sampling settings"
+    if not on_gpu or importlib.util.find_spec("vllm") is None:
+        reason = "no GPU (--cpu)" if not on_gpu else "vllm is not installed"
+        results.append((name, "SKIP", reason))
+        print(f"[gpu_check] {name}: SKIP ({reason})")
+    else:
+        check(name, eval_backends_problem(model, work))
 
     print("\n[gpu_check] summary")
     for name, verdict, _ in results:

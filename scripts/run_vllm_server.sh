@@ -20,7 +20,9 @@
 #                        the 7 left on an 8-GPU machine; set it to use others)
 #   VLLM_HOST, VLLM_PORT where the trainer finds the server (127.0.0.1, 8000)
 #   VLLM_GPU_MEMORY_UTILIZATION  share of the server GPUs' memory vLLM takes (0.9)
-#   VLLM_MAX_MODEL_LEN   server context length (max prompt + max completion)
+#   VLLM_MAX_MODEL_LEN   server context length (default: what the run needs, from main.py
+#                        --print_vllm_max_model_len with the same flags: the longest prompt the
+#                        trainer sends, teacher prompts of --self_consistency included, + completion)
 #   SERVER_TIMEOUT       seconds to wait for the server to come up (900)
 #   OUTPUT_DIR, ACCELERATE_CONFIG, CONFIG, LEARNING_RATE, ...: as in scripts/run_tooluse.sh
 #   DRY_RUN=1            print the server and training commands (shell-quoted) and exit
@@ -53,7 +55,7 @@ PER_DEVICE_TRAIN_BATCH_SIZE="${PER_DEVICE_TRAIN_BATCH_SIZE:-8}"
 REF_MODEL_MIXUP_ALPHA="${REF_MODEL_MIXUP_ALPHA:-0.01}"
 MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-2048}"
 MAX_COMPLETION_LENGTH="${MAX_COMPLETION_LENGTH:-8192}"
-VLLM_MAX_MODEL_LEN="${VLLM_MAX_MODEL_LEN:-$((MAX_PROMPT_LENGTH + MAX_COMPLETION_LENGTH))}"
+VLLM_MAX_MODEL_LEN="${VLLM_MAX_MODEL_LEN:-}"
 REPORT_TO="${REPORT_TO:-wandb}"
 DRY_RUN="${DRY_RUN:-0}"
 
@@ -90,15 +92,6 @@ fi
 IFS=, read -r -a TRAIN_GPU_LIST <<<"$TRAIN_GPUS"
 NUM_TRAIN_GPUS="${#TRAIN_GPU_LIST[@]}"
 
-SERVER_CMD=(vllm serve "$MODEL"
-  --tensor-parallel-size "$VLLM_TP"
-  --gpu-memory-utilization "$VLLM_GPU_MEMORY_UTILIZATION"
-  --max-model-len "$VLLM_MAX_MODEL_LEN"
-  --host "$VLLM_HOST"
-  --port "$VLLM_PORT"
-  --weight-transfer-config '{"backend": "nccl"}'
-  --logprobs-mode processed_logprobs)
-
 if [[ -n "$CONFIG" ]]; then
   ARGS=(--config "$CONFIG")
 else
@@ -126,6 +119,19 @@ fi
 ARGS+=(--use_vllm --vllm_mode server --vllm_server_host "$VLLM_HOST" --vllm_server_port "$VLLM_PORT")
 CMD=(accelerate launch --config_file "$ACCELERATE_CONFIG" --num_processes "$NUM_TRAIN_GPUS"
   main.py "${ARGS[@]}" --output_dir "$OUTPUT_DIR" "$@")
+
+# The server's context: what this run needs, computed by main.py from the same flags (CONFIG included).
+if [[ -z "$VLLM_MAX_MODEL_LEN" ]]; then
+  VLLM_MAX_MODEL_LEN="$(python main.py "${ARGS[@]}" --output_dir "$OUTPUT_DIR" "$@" --print_vllm_max_model_len)"
+fi
+SERVER_CMD=(vllm serve "$MODEL"
+  --tensor-parallel-size "$VLLM_TP"
+  --gpu-memory-utilization "$VLLM_GPU_MEMORY_UTILIZATION"
+  --max-model-len "$VLLM_MAX_MODEL_LEN"
+  --host "$VLLM_HOST"
+  --port "$VLLM_PORT"
+  --weight-transfer-config '{"backend": "nccl"}'
+  --logprobs-mode processed_logprobs)
 
 if [[ "$DRY_RUN" == 1 ]]; then
   echo "[run_vllm_server] server on GPU(s) $VLLM_GPUS: $(printf '%q ' "${SERVER_CMD[@]}")"

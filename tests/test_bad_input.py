@@ -93,7 +93,9 @@ CASES = [
      "has no config.json"),
     # ---- evaluation scripts
     ("eval samples", "eval_arithmetic.py", "--model_path {model} --num_samples 0", "--num_samples must be"),
-    ("eval top_p", "eval_arithmetic.py", "--model_path {model} --top_p 1.5", "--top_p in (0, 1]"),
+    ("eval top_p", "eval_arithmetic.py", "--model_path {model} --top_p 1.5", "--top_p must lie in (0, 1]"),
+    ("eval greedy n", "eval_arithmetic.py", "--model_path {model} --temperature 0 --num_samples 4", "is greedy"),
+    ("eval top_k", "eval_arithmetic.py", "--model_path {model} --top_k -5", "--top_k must be 0 (off)"),
     ("eval questions", "eval_arithmetic.py", "--model_path {model} --num_questions 0", "--num_questions must be"),
     ("eval limit", "eval_arithmetic.py", "--model_path {model} --limit -3", "--limit must be positive"),
     ("eval bootstrap", "eval_arithmetic.py", "--model_path {model} --n_bootstrap -1", "--n_bootstrap must be"),

@@ -136,9 +136,11 @@ def test_eval_arithmetic_asking_for_more_questions_than_the_split_has_is_one_lin
 
 def test_evaluation_defaults_are_the_papers_validation_setting():
     from caopd.evaluation import build_parser
+    from caopd.generation import Sampling
 
     args = build_parser("tooluse").parse_args(["--model_path", "m"])
-    assert (args.temperature, args.top_p, args.num_samples, args.max_new_tokens) == (0.6, 0.95, 8, 8192)
+    assert (args.temperature, args.top_p, args.num_samples, args.max_new_tokens) == (0.6, 0.95, None, 8192)
+    assert Sampling().num_samples == 8  # what --num_samples resolves to when sampling (greedy: 1)
     assert not args.enable_thinking and args.max_prompt_length is None
 
 

@@ -38,17 +38,17 @@ def test_shared_prefill_samples_differ_within_a_prompt(model, tokenizer):
 def test_responses_say_whether_the_length_limit_cut_them(tokenizer, tmp_path):
     from tiny_model import tiny_model
 
-    from caopd.generation import Sampling, generate
+    from caopd.generation import generate, resolve_sampling
 
     model = tiny_model(tokenizer)
     with torch.no_grad():
         model.lm_head.weight.zero_()  # every logit 0: greedy decoding picks token 0 (<|endoftext|>) every time
-    greedy = Sampling(num_samples=1, temperature=0, max_new_tokens=3, batch_size=2)
     prompts = [tokenizer("Hello", add_special_tokens=False)["input_ids"], [5, 6, 7]]
     outcomes = {}
     for name, stops in (("runs_on", [tokenizer.eos_token_id]), ("stops", [tokenizer.eos_token_id, 0])):
         model.generation_config.eos_token_id = stops  # with token 0 among the end tokens, it ends at once
         model.save_pretrained(tmp_path / name)
         tokenizer.save_pretrained(tmp_path / name)
+        greedy, _ = resolve_sampling({"temperature": 0}, str(tmp_path / name), 3, 2, 0)  # stops: EOS + the model's
         outcomes[name] = [r.cut_by_length for (r,) in generate(str(tmp_path / name), prompts, greedy)]
     assert outcomes == {"runs_on": [True, True], "stops": [False, False]}

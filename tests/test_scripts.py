@@ -129,18 +129,29 @@ def test_gpu_run_scripts_build_a_command_main_accepts(script, env, expected):
 
 
 @covers("scripts/run_vllm_server.sh")
-def test_vllm_server_script_builds_the_server_and_the_training_command():
+@pytest.mark.parametrize(
+    ("extra", "config", "context"),
+    [
+        ([], None, 2048 + 8192),
+        (["--self_consistency"], None, (2048 + 8192 + 128) + 8192),  # greedy references from teacher prompts
+        ([], "max_prompt_length: 300\nmax_completion_length: 100\nmodel_name: m\n", 400),  # a CONFIG's lengths
+    ],
+)
+def test_vllm_server_script_sizes_the_server_for_what_the_run_sends(tmp_path, extra, config, context):
     env = {"DRY_RUN": "1", "VLLM_GPUS": "0", "TRAIN_GPUS": "1,2,3,4"}
-    finished = _bash("scripts/run_vllm_server.sh", env, "--max_steps", "3")
+    if config is not None:
+        (tmp_path / "run.yaml").write_text(config)
+        env["CONFIG"] = str(tmp_path / "run.yaml")
+    finished = _bash("scripts/run_vllm_server.sh", env, "--max_steps", "3", *extra)
     assert finished.returncode == 0, finished.stderr[-2000:]
     server = _launched(finished.stdout, "[run_vllm_server] server on GPU(s) 0: ")
     training = _launched(finished.stdout, "[run_vllm_server] training on GPU(s) 1,2,3,4: ")
-    assert server[:3] == ["vllm", "serve", "Qwen/Qwen3-8B"]
+    assert server[:2] == ["vllm", "serve"]
     assert json.loads(server[server.index("--weight-transfer-config") + 1]) == {"backend": "nccl"}
     args = _main_args(training)
     assert args.use_vllm and args.vllm_mode == "server" and args.max_steps == 3
-    assert int(server[server.index("--max-model-len") + 1]) >= args.max_prompt_length + args.max_completion_length
-    assert gradient_accumulation_steps(args, int(training[training.index("--num_processes") + 1])) == 8
+    assert int(server[server.index("--max-model-len") + 1]) == context
+    assert gradient_accumulation_steps(args, int(training[training.index("--num_processes") + 1])) >= 1
 
 
 @pytest.mark.slow
@@ -149,7 +160,7 @@ def test_gpu_check_script_runs_its_cpu_checks(tmp_path):
     finished = _bash("scripts/gpu_check.sh", {"GPU_CHECK_CPU": "1", "WORK_DIR": str(tmp_path)})
     assert finished.returncode == 0, finished.stdout[-3000:]
     summary = finished.stdout[finished.stdout.index("[gpu_check] summary") :]
-    assert summary.count("PASS") == 2 and summary.count("SKIP") == 2 and "FAIL" not in summary
+    assert summary.count("PASS") == 2 and summary.count("SKIP") == 3 and "FAIL" not in summary
     assert (tmp_path / "transformers" / "checkpoint-3" / "teacher").is_dir()
 
 

@@ -1,7 +1,6 @@
-"""The trainer's vLLM path (colocate and server), run on CPU through a transformers stand-in for TRL's object.
-
-``tests/vllm_standin.py`` replaces ``trl.generation.vllm_generation.VLLMGeneration``, the class TRL's trainer
-builds when ``use_vllm`` is set; vLLM itself is never imported.
+"""The trainer's vLLM path (colocate and server), run on CPU: TRL's own ``VLLMGeneration`` and ``VLLMClient`` over the
+strict stand-ins of ``tests/vllm_standin.py`` (vLLM's sampling checks, its context limit, an engine built from the
+saved model, weights loaded by name, the server's HTTP handshake). vLLM itself is never imported.
 """
 
 from __future__ import annotations
@@ -13,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import trl.experimental.sdft.sdft_trainer as sdft_trainer
-import trl.generation.vllm_generation as vllm_generation
 from helpers import (
     assert_rewritten_with_group_rates,
     capture_batches,
@@ -22,8 +21,12 @@ from helpers import (
     record_references,
     toy_trainer,
 )
-from vllm_standin import TransformersVLLMGeneration
+from tiny_model import save_tiny_model
+from transformers import AutoModelForCausalLM
+from vllm_doubles import Engine, StrictSamplingParams, VLLMValidationError
+from vllm_standin import FakeVLLMServer, install
 
+import main
 from caopd.targets import reserved_completion_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,36 +35,100 @@ MODES = ("colocate", "server")
 
 @pytest.fixture(autouse=True)
 def standin(monkeypatch):
-    monkeypatch.setattr(vllm_generation, "VLLMGeneration", TransformersVLLMGeneration)
+    install(monkeypatch)
+
+
+@pytest.fixture
+def model_dir(tmp_path) -> Path:
+    return save_tiny_model(tmp_path / "tiny")
+
+
+@pytest.fixture
+def disk_model(model_dir):
+    """The student as TRL's vLLM path needs it: loaded from a folder, so vLLM can build its engine from the path."""
+    return AutoModelForCausalLM.from_pretrained(model_dir)
+
+
+def vllm_trainer(model, tokenizer, tmp_path, mode: str, model_dir: Path, server_len: int | None = None, **overrides):
+    """A toy trainer on vLLM; in server mode a stand-in server (on the saved model) runs for the test's duration."""
+    settings = {"use_vllm": True, "vllm_mode": mode, **overrides}
+    if mode == "server":
+        server = FakeVLLMServer(str(model_dir), max_model_len=server_len or 4096)
+        settings |= {"vllm_server_host": "127.0.0.1", "vllm_server_port": server.port, "vllm_server_timeout": 5}
+    trainer = toy_trainer(model, tokenizer, tmp_path / "run", **settings)
+    trainer.standin_server = server if mode == "server" else None
+    return trainer
+
+
+def engine_of(trainer) -> Engine:
+    if trainer.standin_server is not None:
+        return trainer.standin_server.engine
+    return trainer.vllm_generation.llm.engine
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_generation_limit_is_lowered_by_exactly_the_reserved_confidence_tokens(model, tokenizer, tmp_path, mode):
-    trainer = toy_trainer(model, tokenizer, tmp_path, use_vllm=True, vllm_mode=mode)
+def test_generation_limit_is_lowered_by_exactly_the_reserved_confidence_tokens(
+    disk_model, tokenizer, tmp_path, model_dir, mode
+):
+    trainer = vllm_trainer(disk_model, tokenizer, tmp_path, mode, model_dir)
     reserve = reserved_completion_tokens(trainer._encode)
     generation = trainer.vllm_generation
-    assert isinstance(generation, TransformersVLLMGeneration) and generation.mode == mode
-    assert generation.max_completion_length == trainer.max_completion_length - reserve
+    assert generation.mode == mode and generation.max_completion_length == trainer.max_completion_length - reserve
     trainer.train()
     assert generation.calls and all(call.max_tokens == 24 - reserve for call in generation.calls)
     assert generation.syncs >= 1  # rollouts came from synced weights
+    if mode == "server":
+        (request,) = trainer.standin_server.requests
+        assert request["max_tokens"] == 24 - reserve and request["n"] == 4 and request["logprobs"] is None
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_vllm_completions_are_rewritten_as_in_the_transformers_path(model, tokenizer, tmp_path, mode):
-    trainer = toy_trainer(model, tokenizer, tmp_path, use_vllm=True, vllm_mode=mode)
+def test_vllm_completions_are_rewritten_as_in_the_transformers_path(disk_model, tokenizer, tmp_path, model_dir, mode):
+    trainer = vllm_trainer(disk_model, tokenizer, tmp_path, mode, model_dir)
     captured = capture_batches(trainer)
     trainer.train()
     assert_rewritten_with_group_rates(trainer, captured, k=4)
     (call,) = trainer.vllm_generation.calls
     assert call.num_generations == 4 and call.temperature == 1.0
-    rows = read_rollouts(tmp_path)
+    rows = read_rollouts(tmp_path / "run")
     assert len(rows) == 8 and all(row["target"].endswith(f"Confidence: {row['p_acc']:.2f}") for row in rows)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_synced_weights_reach_the_engine_by_name(disk_model, tokenizer, tmp_path, model_dir, mode):
+    """After a step the engine holds the student's weights, matched by vLLM's parameter names (TRL's naming)."""
+    trainer = vllm_trainer(disk_model, tokenizer, tmp_path, mode, model_dir, max_steps=2, learning_rate=0.05)
+    trainer.train()
+    engine = engine_of(trainer)
+    student = dict(trainer.accelerator.unwrap_model(trainer.model).named_parameters())
+    assert sorted(set(engine.loaded_names)) == sorted(student)
+    # The second step's rollouts were sampled from the weights after the first step; the final step's update has
+    # not been synced yet, so the engine trails the student by exactly one optimizer step.
+    moved = [name for name, value in engine.model.named_parameters() if not torch.equal(value, student[name])]
+    assert moved, "the engine should still hold the weights before the last step"
+
+
+def test_lora_weights_are_merged_and_named_as_vllm_names_them(disk_model, tokenizer, tmp_path, model_dir):
+    from peft import LoraConfig
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = vllm_trainer(disk_model, tokenizer, tmp_path, "colocate", model_dir, peft_config=lora)
+    trainer.train()
+    engine = engine_of(trainer)
+    assert engine.loaded_names and not any("lora" in name or "base_model" in name for name in engine.loaded_names)
+    with pytest.raises(KeyError, match="no parameter named"):  # a name with PEFT's prefix left in is refused
+        engine.load_weights([("base_model.model.model.norm.weight", torch.ones(32))])
+
+
+def test_the_colocate_engine_is_built_from_the_saved_model(model, tokenizer, tmp_path):
+    """TRL builds ``LLM(model=model.name_or_path)``: a student that exists only in memory cannot get an engine."""
+    with pytest.raises(ValueError, match="from a model path"):
+        toy_trainer(model, tokenizer, tmp_path, use_vllm=True)
 
 
 @pytest.mark.parametrize(("calibrate", "expects_logps"), [(True, False), (False, True)])
 def test_no_rollout_log_probs_or_importance_sampling_under_caopd(
-    model, tokenizer, tmp_path, monkeypatch, calibrate, expects_logps
+    disk_model, tokenizer, tmp_path, model_dir, monkeypatch, calibrate, expects_logps
 ):
     # Two micro-steps per generation but one accumulation step: TRL then computes rollout log-probs for the
     # importance-sampling correction (the SDFT arm shows it does); CaOPD must neither compute nor use them.
@@ -70,11 +137,12 @@ def test_no_rollout_log_probs_or_importance_sampling_under_caopd(
     monkeypatch.setattr(
         sdft_trainer, "apply_importance_sampling_clipping", lambda *a, **k: corrections.append(1) or clip(*a, **k)
     )
-    trainer = toy_trainer(
-        model,
+    trainer = vllm_trainer(
+        disk_model,
         tokenizer,
         tmp_path,
-        use_vllm=True,
+        "colocate",
+        model_dir,
         per_device_train_batch_size=4,
         steps_per_generation=2,
         max_steps=2,
@@ -89,8 +157,10 @@ def test_no_rollout_log_probs_or_importance_sampling_under_caopd(
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_self_consistency_references_are_greedy_and_belong_to_their_prompts(model, tokenizer, tmp_path, mode):
-    trainer = toy_trainer(model, tokenizer, tmp_path, use_vllm=True, vllm_mode=mode, self_consistency=True)
+def test_self_consistency_references_are_greedy_and_belong_to_their_prompts(
+    disk_model, tokenizer, tmp_path, model_dir, mode
+):
+    trainer = vllm_trainer(disk_model, tokenizer, tmp_path, mode, model_dir, self_consistency=True)
     references = record_references(trainer)
     trainer.train()
     generation = trainer.vllm_generation
@@ -100,16 +170,47 @@ def test_self_consistency_references_are_greedy_and_belong_to_their_prompts(mode
     (by_uid,) = references
     assert len(call.prompts) == len(by_uid) == 2
 
-    # Recompute the batch greedily on the weights it ran on, and look each prompt's reference up by its own ids.
-    generation.temperature = 0.0
-    greedy = [trainer._decode(trainer._strip_eos(ids)) for ids in generation._sample(call.prompts, 1)]
+    # Recompute the batch greedily on the engine's weights, and look each prompt's reference up by its own ids.
+    greedy = StrictSamplingParams(temperature=0.0, max_tokens=call.max_tokens)
+    recomputed = [completions[0][0] for completions in engine_of(trainer).sample(call.prompts, greedy)]
+    texts = [trainer._decode(trainer._strip_eos(ids)) for ids in recomputed]
     rows = trainer.train_dataset
     for uid, reference in by_uid.items():
         prompt = trainer.teacher_context_builder.select_generation_prompts(
             [rows[uid]["prompt"]], [rows[uid]["privileged_context"]]
         )
         (ids,) = trainer._tokenize_prompts(prompt)
-        assert reference == greedy[call.prompts.index(ids)]
+        assert reference == texts[call.prompts.index(ids)]
+
+
+def test_server_context_is_sized_for_the_teacher_prompts_the_run_sends(disk_model, tokenizer, tmp_path, model_dir):
+    """Self-consistency sends teacher prompts, longer than any student prompt: a server sized as the run needs
+    (``main.py --print_vllm_max_model_len``) serves them; one sized for student prompts answers 400."""
+    flags = ["--output_dir", str(tmp_path), "--max_prompt_length", "48", "--max_completion_length", "24"]
+    needed = main.vllm_max_model_len(main.parse_args([*flags, "--self_consistency"]))
+    assert needed == (48 + 24 + 128) + 24
+    settings = {"self_consistency": True, "max_prompt_length": 48}
+    trainer = vllm_trainer(disk_model, tokenizer, tmp_path / "a", "server", model_dir, server_len=needed, **settings)
+    trainer.train()
+    assert len(trainer.vllm_generation.calls) == 2
+
+    student_only = main.vllm_max_model_len(main.parse_args(flags))
+    assert student_only == 48 + 24
+    fresh = AutoModelForCausalLM.from_pretrained(model_dir)
+    trainer = vllm_trainer(fresh, tokenizer, tmp_path / "b", "server", model_dir, server_len=student_only, **settings)
+    with pytest.raises(Exception, match=r"400.*maximum context length"):
+        trainer.train()
+
+
+def test_the_standin_refuses_what_vllm_refuses():
+    with pytest.raises(VLLMValidationError, match="n must be 1 when using greedy sampling"):
+        StrictSamplingParams(n=8, temperature=0.0)
+    for bad in ({"temperature": 2.5}, {"top_p": 0.0}, {"top_k": -2}, {"min_p": 1.5}, {"repetition_penalty": 0.0}):
+        with pytest.raises(VLLMValidationError):
+            StrictSamplingParams(**bad)
+    assert not issubclass(VLLMValidationError, ValueError)
+    with pytest.raises(TypeError):
+        StrictSamplingParams(beam_width=4)  # a setting the stand-in does not model is refused, not dropped
 
 
 @pytest.mark.slow
