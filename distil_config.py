@@ -1,14 +1,18 @@
-"""DistilConfig: TRL's SDFT configuration plus the CaOPD fields.
+"""The backbones' configurations: TRL's own (SDFT, SDPO) plus the CaOPD fields, declared once in ``CaOPDFields``;
+and ``RLConfig``, TRL's GRPO config for the paper's RL baselines (no CaOPD step).
 
-Defaults follow the CaOPD paper (Table 6) where TRL's differ: reverse KL, EMA teacher, top-k 100.
+Defaults follow the CaOPD paper (Table 6) where TRL's differ: reverse KL, EMA teacher, top-k 100 (SDFT).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from trl import GRPOConfig
 from trl.experimental.sdft import SDFTConfig
+from trl.experimental.sdpo import SDPOConfig
 
+from caopd.rewards import RL_REWARDS
 from caopd.targets import TEACHER_MODES
 
 TEACHER_KINDS = ("base", "live", "ema")
@@ -33,29 +37,14 @@ def vllm_context_length(
 
 
 @dataclass
-class DistilConfig(SDFTConfig):
-    """Self-distillation settings (see `SDFTConfig`) and the CaOPD target replacement switches."""
+class CaOPDFields:
+    """The CaOPD settings every distillation backbone has (mixed into TRL's config of the backbone)."""
 
     empirical_calibration: bool = field(
         default=True,
         metadata={
             "help": "CaOPD: write the empirical success rate P_acc of the K rollouts into the student completion, the "
-            "teacher demonstration and a teacher note. False gives plain on-policy self-distillation (SDFT)."
-        },
-    )
-    teacher_context_mode: str = field(
-        default="demo",
-        metadata={
-            "help": "Privileged context of the teacher: 'demo' (the golden demonstration, SDFT) or "
-            "'correct_solution' (another verified correct rollout of the same prompt, SDPO-style; falls back to the "
-            "golden demonstration when none of the K rollouts is correct)."
-        },
-    )
-    teacher_instruction: str | None = field(
-        default=None,
-        metadata={
-            "help": "Closing instruction of the teacher context, replacing the paper's wording for the mode "
-            "(demo: 'Now answer with a response of your own, including the thinking process.'). None: the paper's."
+            "teacher's demonstration and a teacher note. False gives the plain backbone (SDFT or SDPO)."
         },
     )
     max_teacher_prompt_length: int | None = field(
@@ -110,32 +99,25 @@ class DistilConfig(SDFTConfig):
             "(caopd.shared_prefix); exact. Off by itself under reentrant gradient checkpointing, DeepSpeed and FSDP."
         },
     )
-    distillation_alpha: float = field(
-        default=1.0,
-        metadata={"help": "0 = forward KL, 1 = reverse KL (paper default), in between = generalized JSD."},
-    )
 
     def shared_prefix_mode(self) -> str:
         """Whether these settings let the shared-prefix forward run, and why not when they do not (the trainer adds
-        what only it knows: ``DistilTrainer.shared_prefix_mode``)."""
+        what only it knows: ``CaOPDStep.shared_prefix_mode``)."""
         if not self.shared_prefix:
             return "off (--no_shared_prefix)"
         if self.gradient_checkpointing and (self.gradient_checkpointing_kwargs or {}).get("use_reentrant"):
             return "off (reentrant gradient checkpointing passes no gradient through the shared prompt)"
         return "on"
 
-    def __post_init__(self):
+    def _check_caopd_fields(self) -> None:
+        """The checks every backbone's config runs before TRL's own."""
         if self.teacher_model_kind not in TEACHER_KINDS:
             raise ValueError(
                 f"teacher_model_kind must be one of {', '.join(TEACHER_KINDS)}, got {self.teacher_model_kind!r}"
             )
-        if self.teacher_context_mode not in TEACHER_MODES:
-            raise ValueError(
-                f"teacher_context_mode must be one of {', '.join(TEACHER_MODES)}, got {self.teacher_context_mode!r}"
-            )
-        if self.teacher_instruction is not None and not self.teacher_instruction.strip():
-            raise ValueError("teacher_instruction is empty; give a sentence, or leave it unset for the paper's wording")
-        super().__post_init__()
+
+    def _derive_caopd_lengths(self) -> None:
+        """After TRL's checks: the thinking switch, the teacher prompt limit and vLLM's context."""
         # TRL renders student and teacher prompts (and self-consistency references) with these template arguments.
         self.chat_template_kwargs = {**(self.chat_template_kwargs or {}), "enable_thinking": self.enable_thinking}
         completion = self.max_completion_length or 0
@@ -146,3 +128,97 @@ class DistilConfig(SDFTConfig):
             self.vllm_max_model_length = vllm_context_length(
                 self.max_prompt_length, completion, self.max_teacher_prompt_length, self.self_consistency
             )
+
+
+@dataclass
+class DistilConfig(CaOPDFields, SDFTConfig):
+    """CaOPD on the SDFT backbone: TRL's ``SDFTConfig``, the CaOPD fields, and the teacher's demonstration."""
+
+    teacher_context_mode: str = field(
+        default="demo",
+        metadata={
+            "help": "Privileged context of the teacher: 'demo' (the golden demonstration, SDFT) or "
+            "'correct_solution' (another verified correct rollout of the same prompt, SDPO-style; falls back to the "
+            "golden demonstration when none of the K rollouts is correct)."
+        },
+    )
+    teacher_instruction: str | None = field(
+        default=None,
+        metadata={
+            "help": "Closing instruction of the teacher context, replacing the paper's wording for the mode "
+            "(demo: 'Now answer with a response of your own, including the thinking process.'). None: the paper's."
+        },
+    )
+    distillation_alpha: float = field(
+        default=1.0,
+        metadata={"help": "0 = forward KL, 1 = reverse KL (paper default), in between = generalized JSD."},
+    )
+
+    def __post_init__(self):
+        self._check_caopd_fields()
+        if self.teacher_context_mode not in TEACHER_MODES:
+            raise ValueError(
+                f"teacher_context_mode must be one of {', '.join(TEACHER_MODES)}, got {self.teacher_context_mode!r}"
+            )
+        if self.teacher_instruction is not None and not self.teacher_instruction.strip():
+            raise ValueError("teacher_instruction is empty; give a sentence, or leave it unset for the paper's wording")
+        super().__post_init__()
+        self._derive_caopd_lengths()
+
+
+@dataclass
+class SDPODistilConfig(CaOPDFields, SDPOConfig):
+    """CaOPD on the SDPO backbone: TRL's ``SDPOConfig`` (its defaults: sampled-token reverse KL, EMA teacher,
+    importance-sampling clip 2) and the CaOPD fields. The teacher sees a successful rollout of the same question
+    (TRL's reprompt templates); the CaOPD note goes before the reprompt's closing instruction."""
+
+    num_loss_tokens_to_skip: int = field(
+        default=0,
+        metadata={"help": "First completion tokens left out of the loss (SDPO skips none)."},
+    )
+
+    def __post_init__(self):
+        self._check_caopd_fields()
+        super().__post_init__()
+        self._derive_caopd_lengths()
+        self.max_reprompt_len = self.max_teacher_prompt_length  # TRL's name for the teacher prompt's limit
+
+
+@dataclass
+class RLConfig(GRPOConfig):
+    """The paper's RL baselines: TRL's ``GRPOConfig`` and the reward (``rl_reward``); no teacher, no CaOPD step."""
+
+    rl_reward: str = field(
+        default="correctness",
+        metadata={
+            "help": "correctness (1 if the verifier accepts the answer, else 0: GRPO), rlcr (correctness minus the "
+            "Brier penalty of the stated confidence) or car (a margin-separated calibration reward); see "
+            "caopd.rewards."
+        },
+    )
+    car_margin: float = field(
+        default=0.5,
+        metadata={"help": "car: every correct answer scores at least 2 x margin above every wrong one."},
+    )
+    max_prompt_length: int | None = field(
+        default=1024,
+        metadata={"help": "Prompt limit in tokens; longer prompts are cut from the left (TRL's GRPO has no limit)."},
+    )
+    save_rollouts: bool = field(
+        default=False,
+        metadata={"help": "Write every rollout (text, verdict, confidence, reward) to output_dir/rollouts/."},
+    )
+    enable_thinking: bool = field(
+        default=False,
+        metadata={"help": "Thinking mode of chat templates that have the switch (Qwen3); the paper: off."},
+    )
+
+    def __post_init__(self):
+        if self.rl_reward not in RL_REWARDS:
+            raise ValueError(f"rl_reward must be one of {', '.join(RL_REWARDS)}, got {self.rl_reward!r}")
+        if not 0.0 <= self.car_margin < 1.0:
+            raise ValueError(f"car_margin must lie in [0, 1), got {self.car_margin}")
+        super().__post_init__()
+        self.chat_template_kwargs = {**(self.chat_template_kwargs or {}), "enable_thinking": self.enable_thinking}
+        if self.use_vllm and self.vllm_max_model_length is None and self.max_prompt_length is not None:
+            self.vllm_max_model_length = self.max_prompt_length + (self.max_completion_length or 0)

@@ -1,7 +1,8 @@
 """CaOPD training CLI: ``accelerate launch main.py --output_dir DIR [flags]`` (``--help`` lists them).
 
-flags (+ YAML) -> task (dataset, prompt format, verifier) -> model + tokenizer -> DistilConfig ->
-DistilTrainer.train() -> final model, tokenizer and resolved config in --output_dir.
+flags (+ YAML) -> task (dataset, prompt format, verifier) -> model + tokenizer -> the backbone's config ->
+its trainer (``--backbone``: DistilTrainer on SDFT, SDPODistilTrainer on SDPO) .train() -> final model, tokenizer
+and resolved config in --output_dir.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from caopd.backends import BackendError, resolve_bf16, resolve_use_vllm
 from caopd.checkpoints import CheckpointError, checkpoint_problem, checkpoint_step, latest_complete
-from caopd.cli import CLIError, gradient_accumulation_steps, parse_args
+from caopd.cli import CLIError, backbone_settings, gradient_accumulation_steps, parse_args
 from caopd.models import ModelResolutionError, resolve_model_name
 from caopd.prompt_lengths import PromptLengthError, check_prompt_lengths
 from caopd.prompts import encode_chat_prompts, thinking_mode
@@ -29,67 +30,88 @@ from caopd.run_config import RUN_CONFIG_NAME, resolved_config, write_yaml_atomic
 from caopd.tasks import TaskDataError, get_task
 from caopd.tasks.custom import resolve_equivalence
 from caopd.teacher import TEACHER_DIR
-from distil_config import DistilConfig, teacher_prompt_limit, vllm_context_length
+from distil_config import DistilConfig, RLConfig, SDPODistilConfig, teacher_prompt_limit, vllm_context_length
 from distil_trainer import DistilTrainer
+from grpo_trainer import RLTrainer
+from sdpo_trainer import SDPODistilTrainer
+
+BACKBONES = {
+    "sdft": (DistilConfig, DistilTrainer),
+    "sdpo": (SDPODistilConfig, SDPODistilTrainer),
+    "grpo": (RLConfig, RLTrainer),
+}
 
 USER_ERRORS = (CLIError, TaskDataError, ModelResolutionError, BackendError, PromptLengthError, CheckpointError)
 
 
-def build_config(args: argparse.Namespace, world_size: int) -> DistilConfig:
-    """Map the flags onto DistilConfig; the question batch fixes gradient accumulation."""
+def build_config(args: argparse.Namespace, world_size: int):
+    """Map the flags onto the backbone's config; the question batch fixes gradient accumulation."""
     use_vllm = resolve_use_vllm(args.use_vllm)
     report_to = "none" if args.no_wandb else args.report_to
     if "wandb" in report_to.split(",") and importlib.util.find_spec("wandb") is None:
         raise CLIError("reporting to wandb needs `pip install wandb`; or pass --no_wandb (or --report_to none)")
     on_gpu = torch.cuda.is_available()
     bf16 = resolve_bf16(args.bf16, on_gpu)
+    common = {
+        "output_dir": args.output_dir,
+        "seed": args.seed,
+        "learning_rate": args.learning_rate,
+        "num_train_epochs": args.num_train_epochs,
+        "max_steps": args.max_steps,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps(args, world_size),
+        "warmup_steps": args.warmup_steps,
+        "weight_decay": args.weight_decay,
+        "max_grad_norm": args.max_grad_norm,
+        "lr_scheduler_type": args.lr_scheduler_type,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "bf16": bf16,
+        "use_cpu": not on_gpu,
+        "save_strategy": "steps",
+        "save_steps": args.save_steps,
+        "save_total_limit": args.save_total_limit,
+        "logging_steps": args.logging_steps,
+        "report_to": report_to,
+        "num_generations": args.num_generations,
+        "max_prompt_length": args.max_prompt_length,
+        "max_completion_length": args.max_completion_length,
+        "temperature": args.temperature,
+        "save_rollouts": args.save_rollouts,
+        "enable_thinking": args.enable_thinking,
+        "use_vllm": use_vllm,
+        "vllm_mode": args.vllm_mode,
+        "vllm_server_host": args.vllm_server_host,
+        "vllm_server_port": args.vllm_server_port,
+        "vllm_gpu_memory_utilization": args.vllm_gpu_memory_utilization,
+        **backbone_settings(args),
+    }
     try:
-        return DistilConfig(
-            output_dir=args.output_dir,
-            seed=args.seed,
-            learning_rate=args.learning_rate,
-            num_train_epochs=args.num_train_epochs,
-            max_steps=args.max_steps,
-            per_device_train_batch_size=args.per_device_train_batch_size,
-            gradient_accumulation_steps=gradient_accumulation_steps(args, world_size),
-            warmup_steps=args.warmup_steps,
-            weight_decay=args.weight_decay,
-            max_grad_norm=args.max_grad_norm,
-            lr_scheduler_type=args.lr_scheduler_type,
-            gradient_checkpointing=args.gradient_checkpointing,
-            bf16=bf16,
-            use_cpu=not on_gpu,
-            save_strategy="steps",
-            save_steps=args.save_steps,
-            save_total_limit=args.save_total_limit,
-            logging_steps=args.logging_steps,
-            report_to=report_to,
-            num_generations=args.num_generations,
-            max_prompt_length=args.max_prompt_length,
-            max_completion_length=args.max_completion_length,
-            max_teacher_prompt_length=args.max_teacher_prompt_length,
-            temperature=args.temperature,
-            distillation_alpha=args.distillation_alpha,
-            distillation_topk=args.distillation_topk,
-            num_loss_tokens_to_skip=args.num_loss_tokens_to_skip,
-            teacher_model_kind=args.teacher_model_kind,
-            teacher_update_rate=args.ref_model_mixup_alpha,
-            teacher_context_mode=args.teacher_context_mode,
-            teacher_instruction=args.teacher_instruction,
-            empirical_calibration=not args.no_empirical_calibration,
-            save_rollouts=args.save_rollouts,
-            enable_thinking=args.enable_thinking,
-            shared_prefix=not args.no_shared_prefix,
-            self_consistency=args.self_consistency,
-            equivalence=args.equivalence,
-            use_vllm=use_vllm,
-            vllm_mode=args.vllm_mode,
-            vllm_server_host=args.vllm_server_host,
-            vllm_server_port=args.vllm_server_port,
-            vllm_gpu_memory_utilization=args.vllm_gpu_memory_utilization,
-        )
+        return BACKBONES[args.backbone][0](**common, **_distillation_settings(args))
     except ValueError as err:
         raise CLIError(str(err)) from err
+
+
+def _distillation_settings(args: argparse.Namespace) -> dict:
+    """The teacher and CaOPD settings of the distillation backbones (none for GRPO)."""
+    if args.backbone == "grpo":
+        return {}
+    settings = {
+        "max_teacher_prompt_length": args.max_teacher_prompt_length,
+        "distillation_alpha": args.distillation_alpha,
+        "distillation_topk": args.distillation_topk,
+        "teacher_model_kind": args.teacher_model_kind,
+        "teacher_update_rate": args.ref_model_mixup_alpha,
+        "empirical_calibration": not args.no_empirical_calibration,
+        "shared_prefix": not args.no_shared_prefix,
+        "self_consistency": args.self_consistency,
+        "equivalence": args.equivalence,
+    }
+    if args.num_loss_tokens_to_skip is not None:
+        settings["num_loss_tokens_to_skip"] = args.num_loss_tokens_to_skip
+    if args.backbone == "sdft":
+        settings["teacher_context_mode"] = args.teacher_context_mode or "demo"
+        settings["teacher_instruction"] = args.teacher_instruction
+    return settings
 
 
 def load_model_and_tokenizer(name: str, bf16: bool):
@@ -144,7 +166,7 @@ def resume_argument(args: argparse.Namespace) -> str | None:
             f"--resume_from_checkpoint {value}: cannot resume from it: {problem}; resume from an earlier checkpoint "
             "(--resume_from_checkpoint latest picks the newest complete one) or start a new run"
         )
-    if args.teacher_model_kind == "ema" and not (Path(value) / TEACHER_DIR).is_dir():
+    if args.backbone != "grpo" and args.teacher_model_kind == "ema" and not (Path(value) / TEACHER_DIR).is_dir():
         raise CLIError(
             f"--resume_from_checkpoint {value}: it holds no EMA teacher ({TEACHER_DIR}/), so resuming would restart "
             "the teacher from the base weights; resume from a checkpoint written by this CLI or start a new run"
@@ -175,7 +197,7 @@ def delete_checkpoints(output_dir: str) -> None:
             shutil.rmtree(Path(output_dir) / name)
 
 
-def save_final_model(trainer: DistilTrainer, tokenizer, output_dir: str) -> None:
+def save_final_model(trainer, tokenizer, output_dir: str) -> None:
     """Write a model that plain ``AutoModelForCausalLM.from_pretrained(output_dir)`` loads (LoRA: merged)."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     if not hasattr(model, "merge_and_unload"):
@@ -207,7 +229,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"warning: {check.warning}", file=sys.stderr)
     dataset = dataset.select(check.keep)
     try:
-        trainer = DistilTrainer(
+        trainer = BACKBONES[args.backbone][1](
             model=model,
             args=config,
             train_dataset=dataset,

@@ -1,19 +1,20 @@
-"""The price of CaOPD: CaOPD and SDFT optimizer steps on the same batches, interleaved, timed on this machine.
+"""The price of CaOPD: CaOPD steps beside their backbone's steps on the same batches, interleaved, timed here.
 
-One trainer, built as ``main.py`` builds it (the CPU demo's shapes by default: the embedded SmolLM2-135M-Instruct,
-arithmetic, 2 questions x K = 8 rollouts, completions of at most 40 tokens), alternates the two arms step by step:
-even steps run CaOPD, odd steps the SDFT baseline (``--no_empirical_calibration``: no P_acc in the targets, the
-full generation limit). The learning rate is 1e-30 by default, so the fp32 weights never change and both steps of a pair
-sample with the same seed from the same weights: the same questions and the same random stream. What differs is
-what CaOPD itself does: its generation limit is lower by the tokens it reserves for the confidence line, and it
-trains on the rewritten completions.
+For each backbone (SDFT, then SDPO) one trainer, built as ``main.py`` builds it (the CPU demo's shapes by default: the
+embedded SmolLM2-135M-Instruct, arithmetic, 2 questions x K = 8 rollouts, completions of at most 40 tokens),
+alternates the two arms step by step: even steps run CaOPD, odd steps the plain backbone
+(``--no_empirical_calibration``: no P_acc in the targets, the full generation limit). The learning rate is 1e-30 by
+default, so the fp32 weights never change and both steps of a pair sample with the same seed from the same weights:
+the same questions and the same random stream. What differs is what CaOPD itself does: its generation limit is lower
+by the tokens it reserves for the confidence line, it trains on the rewritten completions, and (SDPO) the teacher's
+reprompt carries the note. CaOPD on SDPO reuses SDPO's rollouts and rewards (paper App. D): no extra sampling.
 
-Printed: each pair's step times and sampling times, the mean step-time ratio CaOPD / SDFT (target <= 1.03), and
-the share of the CaOPD step spent in CaOPD's own work: verifying the rollouts, gathering the verdicts, P_acc, the
-completion rewrite and the teacher contexts (the time of ``_prepare_training_batch`` minus sampling and TRL's
-teacher-input build).
+Printed per backbone: each pair's step times and sampling times, the mean step-time ratio CaOPD / backbone
+(targets: SDFT <= 1.03, SDPO <= 1.02), and the share of the CaOPD step spent in CaOPD's own work (sharing the
+verdicts, P_acc, the completion rewrite, marking the confidence tokens, its metrics); both arms also log the loss
+split of paper Eq. 7, whose cost is printed on its own.
 
-    python bench/overhead.py                 # about 16 minutes on 2 CPU cores (6 steps of about 150 s)
+    python bench/overhead.py                 # about 35 minutes on 2 CPU cores (12 steps of about 150 s)
     python bench/overhead.py --pairs 1 --model_name tests/tiny   # any model folder works
 """
 
@@ -34,12 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from transformers import TrainerCallback
 
+import caopd.loss_parts
+import caopd.step
 from caopd.cli import parse_args
 from caopd.tasks import get_task
-from distil_trainer import DistilTrainer
-from main import build_config, load_model_and_tokenizer
+from main import BACKBONES, build_config, load_model_and_tokenizer
 
-ARMS = ("CaOPD", "SDFT")
+CAOPD_WORK = ("share_records", "calibrate", "mark_confidence_tokens", "record_caopd_metrics")
 
 
 class Stopwatch:
@@ -62,10 +64,11 @@ class Stopwatch:
 
 
 class AlternateArms(TrainerCallback):
-    """Even steps CaOPD, odd steps SDFT; both steps of a pair reseeded alike; each step timed."""
+    """Even steps CaOPD, odd steps the plain backbone; both steps of a pair reseeded alike; each step timed."""
 
-    def __init__(self, trainer: DistilTrainer, stopwatch: Stopwatch, seed: int):
+    def __init__(self, trainer, stopwatch: Stopwatch, seed: int, backbone: str):
         self.trainer, self.stopwatch, self.seed = trainer, stopwatch, seed
+        self.arms = ("CaOPD", backbone.upper())
         self.caopd_limit = trainer.generation_config.max_new_tokens
         self.records: list[dict[str, float | str]] = []
         self._start = 0.0
@@ -79,27 +82,85 @@ class AlternateArms(TrainerCallback):
         self._start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
-        total = time.perf_counter() - self._start
         sections = self.stopwatch.sections
-        own = sections["prepare"] - sections["sample"] - sections["teacher_inputs"]
-        arm = ARMS[(state.global_step - 1) % 2]
-        self.records.append({"arm": arm, "step": total, "sample": sections["sample"], "caopd": own})
+        self.records.append(
+            {
+                "arm": self.arms[(state.global_step - 1) % 2],
+                "step": time.perf_counter() - self._start,
+                "sample": sections["sample"],
+                "caopd": sections["caopd"],
+                "split": sections["split"],
+            }
+        )
 
 
-def build_trainer(argv: list[str]) -> DistilTrainer:
-    """A DistilTrainer exactly as main.py builds it from these flags (one process)."""
+def build_trainer(argv: list[str]):
+    """The backbone's trainer exactly as main.py builds it from these flags (one process)."""
     args = parse_args(argv)
     config = build_config(args, world_size=1)
     task = get_task(args.dataset_name, args.verifier, args.tooluse_match)
     model, tokenizer = load_model_and_tokenizer(args.model_name, config.bf16)
-    return DistilTrainer(
+    return BACKBONES[args.backbone][1](
         model=model, args=config, train_dataset=task.load(args.train_data), task=task, processing_class=tokenizer
     )
 
 
+def time_backbone(backbone: str, flags: list[str], seed: int) -> list[dict[str, float | str]]:
+    """Alternate CaOPD and plain steps of one backbone; one record per step."""
+    trainer = build_trainer([*flags, "--backbone", backbone])
+    stopwatch = Stopwatch()
+    stopwatch.wrap(trainer, "sample_rollouts", "sample")
+    for method in CAOPD_WORK:
+        stopwatch.wrap(trainer, method, "caopd")
+    stopwatch.wrap(caopd.step, "loss_parts", "split")
+    alternate = AlternateArms(trainer, stopwatch, seed, backbone)
+    trainer.add_callback(alternate)
+    try:
+        trainer.train()
+    finally:
+        caopd.step.loss_parts = caopd.loss_parts.loss_parts
+    return alternate.records
+
+
+def report(backbone: str, records: list[dict[str, float | str]], target: float) -> None:
+    plain = backbone.upper()
+    print(f"\n{backbone}: CaOPD on {plain} against {plain}, step pairs on the same batches")
+    print(
+        f"{'pair':>4} {'CaOPD step s':>13} {plain + ' step s':>12} {'ratio':>6} {'sampling s':>11} {'CaOPD own s':>12}"
+    )
+    ratios = []
+    for pair in range(len(records) // 2):
+        caopd_step, plain_step = records[2 * pair], records[2 * pair + 1]
+        ratios.append(caopd_step["step"] / plain_step["step"])
+        sampling = f"{caopd_step['sample']:.1f}/{plain_step['sample']:.1f}"
+        print(
+            f"{pair:>4} {caopd_step['step']:>13.2f} {plain_step['step']:>12.2f} {ratios[-1]:>6.3f} {sampling:>11}"
+            f" {caopd_step['caopd']:>12.4f}"
+        )
+    mean = {arm: statistics.mean(r["step"] for r in records if r["arm"] == arm) for arm in ("CaOPD", plain)}
+    caopd_records = [r for r in records if r["arm"] == "CaOPD"]
+    own = statistics.mean(r["caopd"] for r in caopd_records)
+    split = statistics.mean(r["split"] for r in caopd_records)
+    print(f"mean step: CaOPD {mean['CaOPD']:.2f} s, {plain} {mean[plain]:.2f} s")
+    ratio = mean["CaOPD"] / mean[plain]
+    print(
+        f"step-time ratio CaOPD / {plain}: {ratio:.3f} (mean of pairs {statistics.mean(ratios):.3f}; "
+        f"target <= {target})"
+    )
+    print(
+        f"CaOPD's own work (share verdicts, P_acc, rewrite, confidence tokens, metrics): {own:.4f} s per step, "
+        f"{100 * own / mean['CaOPD']:.3f} % of the CaOPD step"
+    )
+    print(f"loss split (paper Eq. 7, both arms): {split:.4f} s per step, {100 * split / mean['CaOPD']:.3f} %")
+
+
+TARGETS = {"sdft": 1.03, "sdpo": 1.02}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, default=3, help="CaOPD/SDFT step pairs to time")
+    parser.add_argument("--pairs", type=int, default=3, help="CaOPD/backbone step pairs to time, per backbone")
+    parser.add_argument("--backbones", nargs="+", choices=tuple(TARGETS), default=list(TARGETS))
     parser.add_argument("--model_name", default="smollm2")
     parser.add_argument("--output_dir", default="outputs/bench_overhead")
     parser.add_argument(
@@ -118,42 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     flags += ["--per_device_train_batch_size", "8", "--max_completion_length", "40", "--max_prompt_length", "512"]
     flags += ["--learning_rate", str(options.learning_rate), "--warmup_steps", "0", "--no_wandb"]
     flags += ["--save_steps", str(10**9), "--seed", str(options.seed), "--lr_scheduler_type", "constant"]
-    trainer = build_trainer(flags)
-    stopwatch = Stopwatch()
-    stopwatch.wrap(trainer, "_prepare_training_batch", "prepare")
-    stopwatch.wrap(trainer, "sample_rollouts", "sample")
-    stopwatch.wrap(trainer.teacher_context_builder, "build", "teacher_inputs")
-    alternate = AlternateArms(trainer, stopwatch, options.seed)
-    trainer.add_callback(alternate)
-    trainer.train()
-
-    print(
-        f"\n{'pair':>4} {'CaOPD step s':>13} {'SDFT step s':>12} {'ratio':>6} {'sampling s':>11}"
-        f" {'CaOPD own work s':>17}"
-    )
-    records = alternate.records
-    ratios = []
-    for pair in range(len(records) // 2):
-        caopd, sdft = records[2 * pair], records[2 * pair + 1]
-        ratios.append(caopd["step"] / sdft["step"])
-        sampling = f"{caopd['sample']:.1f}/{sdft['sample']:.1f}"
-        print(
-            f"{pair:>4} {caopd['step']:>13.2f} {sdft['step']:>12.2f} {ratios[-1]:>6.3f} {sampling:>11}"
-            f" {caopd['caopd']:>17.4f}"
-        )
-    caopd_steps = [r for r in records if r["arm"] == "CaOPD"]
-    sdft_steps = [r for r in records if r["arm"] == "SDFT"]
-    mean = {
-        arm: statistics.mean(r["step"] for r in rows) for arm, rows in (("CaOPD", caopd_steps), ("SDFT", sdft_steps))
-    }
-    own = statistics.mean(r["caopd"] for r in caopd_steps)
-    print(f"\nmean step: CaOPD {mean['CaOPD']:.2f} s, SDFT {mean['SDFT']:.2f} s")
-    ratio = mean["CaOPD"] / mean["SDFT"]
-    print(f"step-time ratio CaOPD / SDFT: {ratio:.3f} (mean of pairs {statistics.mean(ratios):.3f}; target <= 1.03)")
-    print(
-        f"CaOPD's own work (verify, gather, P_acc, rewrite, teacher contexts): {own:.4f} s per step, "
-        f"{100 * own / mean['CaOPD']:.3f} % of the CaOPD step"
-    )
+    flags += ["--overwrite_output_dir"]
+    for backbone in options.backbones:
+        report(backbone, time_backbone(backbone, flags, options.seed), TARGETS[backbone])
     return 0
 
 

@@ -9,13 +9,80 @@ from typing import Any
 import yaml
 
 from caopd.prompt_lengths import OVERLONG_CHOICES
-from caopd.targets import TEACHER_MODES
+from caopd.targets import TEACHER_MODES, closing_instruction
 from caopd.tasks import TASK_NAMES
 from caopd.verifiers import TOOLUSE_MATCHES
 
 
 class CLIError(ValueError):
     """A bad flag value or config file: reported as one line, never as a traceback."""
+
+
+BACKBONES = {
+    "sdft": "TRL's SDFTTrainer",
+    "sdpo": "TRL's SDPOTrainer",
+    "grpo": "TRL's GRPOTrainer (the RL baselines)",
+}
+SDPO = ("sdpo",)
+BOTH = ("sdft", "sdpo")
+POLICY_GRADIENT = ("sdpo", "grpo")
+# Settings of TRL's backbone configs, under TRL's names: (type, backbones that have them, help).
+BACKBONE_SETTINGS: dict[str, tuple[type, tuple[str, ...], str]] = {
+    "distillation_mode": (
+        str,
+        BOTH,
+        "topk_logits, full_logits or sampled_token (defaults: sdft topk_logits, sdpo sampled_token)",
+    ),
+    "distillation_is_clip": (float, BOTH, "rollout importance-sampling clip (TRL: 2.0, the paper's Table 6)"),
+    "distillation_add_tail": (bool, BOTH, "top-k distillation: a bucket for the mass outside the top k"),
+    "distillation_weight": (float, SDPO, "loss = (1 - w) x policy-gradient loss + w x distillation loss (TRL: 1.0)"),
+    "success_reward_threshold": (float, SDPO, "reward a rollout needs to count as successful (TRL: 1.0)"),
+    "dont_reprompt_on_self_success": (bool, SDPO, "a successful rollout is not its own teacher (TRL: on)"),
+    "include_environment_feedback": (bool, SDPO, "show the rows' 'feedback' column to the teacher (TRL: off)"),
+    "environment_feedback_only_without_solution": (bool, SDPO, "feedback only where no rollout succeeded"),
+    "remove_thinking_from_demonstration": (bool, SDPO, "strip <think>...</think> from the solution shown"),
+    "reprompt_template": (str, SDPO, "teacher prompt: {prompt}{solution}{feedback} + closing instruction"),
+    "solution_template": (str, SDPO, "how the successful rollout is shown: {successful_previous_attempt}"),
+    "feedback_template": (str, SDPO, "how environment feedback is shown: {feedback_raw}"),
+    "loss_type": (str, POLICY_GRADIENT, "policy-gradient normalization: grpo, bnpo, dr_grpo or dapo (TRL: dapo)"),
+    "epsilon": (float, POLICY_GRADIENT, "policy-gradient ratio clip (TRL: 0.2)"),
+    "epsilon_high": (float, POLICY_GRADIENT, "upper ratio clip (TRL: epsilon)"),
+    "importance_sampling_level": (str, POLICY_GRADIENT, "policy-gradient ratio per token or sequence (TRL: token)"),
+    "scale_rewards": (str, POLICY_GRADIENT, "advantage scaling: group, batch or none (TRL: group)"),
+    "mask_truncated_completions": (bool, POLICY_GRADIENT, "leave completions cut by the length limit out of the loss"),
+    "rl_reward": (
+        str,
+        ("grpo",),
+        "correctness (GRPO), rlcr (Brier-penalized, Damani et al.) or car (margin-"
+        "separated, CAR's stated properties; its exact formula is not public here); default correctness",
+    ),
+    "car_margin": (float, ("grpo",), "rl_reward car: correct answers score at least 2 x margin above wrong (0.5)"),
+}
+# Distillation settings (flag: default) that the GRPO backbone, which has no teacher, refuses when changed.
+DISTILLATION_ONLY = {
+    "ref_model_mixup_alpha": 0.01,
+    "teacher_model_kind": "ema",
+    "distillation_alpha": 1.0,
+    "distillation_topk": 100,
+    "max_teacher_prompt_length": None,
+    "num_loss_tokens_to_skip": None,
+    "no_empirical_calibration": False,
+    "self_consistency": False,
+    "equivalence": "task",
+}
+SDFT_ONLY = {"teacher_context_mode": "the teacher's context mode", "teacher_instruction": "the teacher's closing"}
+CHOICES = {
+    "distillation_mode": ("topk_logits", "full_logits", "sampled_token"),
+    "loss_type": ("grpo", "bnpo", "dr_grpo", "dapo"),
+    "importance_sampling_level": ("token", "sequence"),
+    "scale_rewards": ("group", "batch", "none"),
+    "rl_reward": ("correctness", "rlcr", "car"),
+}
+TEMPLATE_FIELDS = {
+    "reprompt_template": ("prompt", "solution", "feedback"),
+    "solution_template": ("successful_previous_attempt",),
+    "feedback_template": ("feedback_raw",),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run = parser.add_argument_group("run")
     run.add_argument("--config", help="YAML file with any of these flags (keys = flag names); the command line wins")
+    run.add_argument(
+        "--backbone",
+        choices=tuple(BACKBONES),
+        default="sdft",
+        help="the on-policy distillation CaOPD runs on: sdft (TRL's SDFTTrainer, teacher sees a golden "
+        "demonstration) or sdpo (TRL's SDPOTrainer, teacher sees a successful rollout; verifier as reward)",
+    )
     run.add_argument("--output_dir", help="where checkpoints, the final model and the run config go (required)")
     run.add_argument("--model_name", default="Qwen/Qwen3-8B", help="hub id, local directory, or 'smollm2' (embedded)")
     run.add_argument("--dataset_name", default="tooluse", choices=TASK_NAMES, help="task: data format and verifier")
@@ -76,11 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --self_consistency: task (the task's answer extraction agrees), normalized_exact, a built-in "
         "verifier name, regex:PATTERN, or module:function",
     )
-    caopd.add_argument("--teacher_context_mode", default="demo", choices=TEACHER_MODES)
+    caopd.add_argument(
+        "--teacher_context_mode",
+        default=None,
+        choices=TEACHER_MODES,
+        help="sdft: the teacher's privileged context (default demo); sdpo's teacher always sees a successful rollout",
+    )
     caopd.add_argument(
         "--teacher_instruction",
         default=None,
-        help="closing instruction of the teacher context instead of the paper's wording for the mode "
+        help="sdft: closing instruction of the teacher context instead of the paper's wording for the mode "
         "(e.g. 'Now answer with a response of your own in the same format.')",
     )
     caopd.add_argument("--num_generations", type=int, default=8, help="K: rollouts per question (P_acc = correct / K)")
@@ -116,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     distil.add_argument(
         "--num_loss_tokens_to_skip",
         type=int,
-        default=3,
-        help="first completion tokens left out of the loss (the original release's setting: 3)",
+        default=None,
+        help="first completion tokens left out of the loss (default: sdft 3, the original release's; sdpo 0)",
     )
     distil.add_argument(
         "--no_shared_prefix",
@@ -137,6 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     distil.add_argument(
         "--max_teacher_prompt_length", type=int, default=None, help="default: prompt + completion + 128"
     )
+
+    backbone = parser.add_argument_group(
+        "backbone settings (TRL's names; unset = TRL's default for the backbone; refused by a backbone without them)"
+    )
+    for name, (kind, _, help_text) in BACKBONE_SETTINGS.items():
+        if kind is bool:
+            backbone.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            backbone.add_argument(f"--{name}", type=kind, default=None, help=help_text)
 
     peft = parser.add_argument_group("LoRA")
     peft.add_argument("--use_peft", action="store_true", help="train LoRA adapters; the EMA teacher is an adapter too")
@@ -203,7 +291,70 @@ def _read_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
     return values
 
 
+def backbone_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The backbone settings the user gave (TRL's defaults stand for the others)."""
+    return {name: getattr(args, name) for name in BACKBONE_SETTINGS if getattr(args, name) is not None}
+
+
+def _validate_backbone(args: argparse.Namespace) -> None:
+    """Settings the chosen backbone does not have are refused by name; given values are checked one by one."""
+    for name, (_, backbones, help_text) in BACKBONE_SETTINGS.items():
+        if getattr(args, name) is not None and args.backbone not in backbones:
+            raise CLIError(
+                f"--{name} is a setting of --backbone {' / '.join(backbones)} ({help_text}); "
+                f"--backbone {args.backbone} has no such setting: drop it"
+            )
+    for name, meaning in SDFT_ONLY.items():
+        if getattr(args, name) is not None and args.backbone != "sdft":
+            teacher = {
+                "sdpo": "the sdpo teacher sees a successful rollout of the question (--reprompt_template, "
+                "--solution_template)",
+                "grpo": "--backbone grpo has no teacher",
+            }[args.backbone]
+            raise CLIError(f"--{name} sets {meaning} of the sdft backbone; {teacher}: drop it")
+    if args.backbone == "grpo":
+        changed = [name for name, default in DISTILLATION_ONLY.items() if getattr(args, name) != default]
+        if changed:
+            raise CLIError(
+                f"--{changed[0]} is a setting of the distillation backbones (sdft, sdpo); --backbone grpo trains "
+                "without a teacher or CaOPD targets: drop it"
+            )
+    margin = args.car_margin
+    if margin is not None and not 0.0 <= margin < 1.0:
+        raise CLIError(f"--car_margin must lie in [0, 1), got {margin}")
+    for name, choices in CHOICES.items():
+        value = getattr(args, name)
+        if value is not None and value not in choices:
+            raise CLIError(f"--{name} must be one of {', '.join(choices)}, got {value!r}")
+    for name, fields in TEMPLATE_FIELDS.items():
+        template = getattr(args, name)
+        if template is not None:
+            try:
+                template.format(**{field: "" for field in fields})
+            except (KeyError, IndexError, ValueError) as err:
+                raise CLIError(
+                    f"--{name} {template!r} does not format with {{{'}, {'.join(fields)}}} only ({err}); "
+                    "write other braces doubled ({{ }})"
+                ) from err
+    if args.backbone == "sdpo" and not args.no_empirical_calibration and args.reprompt_template is not None:
+        try:
+            closing_instruction(args.reprompt_template)
+        except ValueError as err:
+            raise CLIError(f"--reprompt_template: {err}") from err
+    weight = args.distillation_weight
+    if weight is not None and not 0.0 <= weight <= 1.0:
+        raise CLIError(f"--distillation_weight must lie in [0, 1] (1 = distillation only), got {weight}")
+    for name in ("distillation_is_clip", "epsilon", "epsilon_high"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise CLIError(f"--{name} must be positive, got {value}")
+    threshold = args.success_reward_threshold
+    if threshold is not None and threshold != threshold:
+        raise CLIError("--success_reward_threshold must be a number, got nan")
+
+
 def _validate(args: argparse.Namespace) -> None:
+    _validate_backbone(args)
     if not args.output_dir:
         raise CLIError("--output_dir is required (on the command line or in --config)")
     for name in _POSITIVE:
@@ -215,7 +366,7 @@ def _validate(args: argparse.Namespace) -> None:
         raise CLIError(
             f"--distillation_alpha must lie in [0, 1] (0 forward KL, 1 reverse KL), got {args.distillation_alpha}"
         )
-    if args.num_loss_tokens_to_skip < 0:
+    if args.num_loss_tokens_to_skip is not None and args.num_loss_tokens_to_skip < 0:
         raise CLIError(f"--num_loss_tokens_to_skip must be 0 or more, got {args.num_loss_tokens_to_skip}")
     if args.temperature <= 0:
         raise CLIError(f"--temperature must be positive, got {args.temperature}")

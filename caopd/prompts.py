@@ -74,3 +74,12 @@ def end_of_turn_token(tokenizer, stop_ids: Sequence[int]) -> int:
     after = rendered.rsplit(marker, 1)[1] if marker in rendered else ""
     following = tokenizer.encode(after, add_special_tokens=False) if after else []
     return next((token for token in following if token in stop_ids), tokenizer.eos_token_id)
+
+
+def with_privileged_context(messages: list[dict[str, Any]], context: str) -> list[dict[str, Any]]:
+    """The teacher's chat prompt as TRL composes it (``"{prompt}\n\n{privileged_context}"`` in the last user turn,
+    earlier messages kept)."""
+    if not messages or messages[-1].get("role") != "user":
+        raise ValueError("a chat prompt must end with a user message to carry the teacher's context")
+    last = {**messages[-1], "content": f"{messages[-1]['content']}\n\n{context}"}
+    return [*messages[:-1], last]

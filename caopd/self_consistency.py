@@ -16,9 +16,7 @@ from accelerate.utils import gather_object
 def teacher_anchored_references(trainer, inputs: list[dict[str, Any]]) -> dict[int, str]:
     """One greedy reference text per prompt id of ``inputs``, generated under the teacher context."""
     firsts = {example["prompt_uid"]: example for example in inputs}
-    prompts = trainer.teacher_context_builder.select_generation_prompts(
-        [e["prompt"] for e in firsts.values()], [e["privileged_context"] for e in firsts.values()]
-    )
+    prompts = trainer.reference_prompts(list(firsts.values()))
     with trainer._prompt_limit(trainer.args.max_teacher_prompt_length):
         prompt_ids = trainer._tokenize_prompts(prompts)
     reference_ids = greedy_completion_ids(trainer, prompt_ids)

@@ -137,6 +137,26 @@ def rewrite_completion_ids(
     return ids + encode(_separator(without_confidence(text)) + confidence_line(p_acc)) + [stop_token_id]
 
 
+def closing_instruction(reprompt_template: str) -> str:
+    """An SDPO reprompt template's text after its last placeholder: the teacher's closing instruction, before which
+    the CaOPD note goes (TRL's default: ``"\n\nCorrectly solve the original question.\n"``)."""
+    tail = reprompt_template.rsplit("}", 1)[-1]
+    if not tail.strip():
+        raise ValueError(
+            "the reprompt template must end with a closing instruction after its last placeholder (the CaOPD note "
+            "goes before it), e.g. '{prompt}{solution}{feedback}\\n\\nCorrectly solve the original question.\\n'"
+        )
+    return tail
+
+
+def with_note_before(text: str, note: str, closing: str) -> str | None:
+    """``text`` with ``note`` as its own paragraph before the closing instruction it ends with; None when it does
+    not end with it."""
+    if not text.endswith(closing):
+        return None
+    return f"{text[: -len(closing)]}\n\n{note}{closing}"
+
+
 def reserved_completion_tokens(encode: Callable[[str], list[int]]) -> int:
     """Tokens to keep free at generation time so that the appended confidence line and EOS always fit."""
     return max(len(encode("\n" + confidence_line(k / 100))) for k in range(101)) + 1
@@ -162,3 +182,30 @@ def teacher_context(mode: str, reference: str, p_acc: float | None, instruction:
     demonstrated = f"{opening}{strip_confidence(reference)}\n{confidence_line(1.0 if p_acc is None else p_acc)}"
     blocks = [demonstrated] if p_acc is None else [demonstrated, teacher_note(p_acc)]
     return "\n\n".join([*blocks, closing])
+
+
+def statement_token_mask(token_ids: Sequence[int], decode: Callable[[Sequence[int]], str]) -> list[bool]:
+    """Which tokens of a completion carry a confidence statement (their text overlaps a statement line).
+
+    The distillation loss at these positions is the calibration part of paper Eq. 7 (logged as
+    ``caopd/loss_confidence``); everything else is the reasoning part. A stop token decodes to nothing and is not
+    part of a statement.
+    """
+    text = decode(token_ids)
+    mask = [False] * len(token_ids)
+    for start, end in confidence_statement_spans(text):
+        first = kept_token_count(token_ids, start, decode)
+        last = _first_token_starting_at_or_after(token_ids, len(text[:end].rstrip("\n")), decode)
+        for position in range(first, max(first, last)):
+            mask[position] = True
+    return mask
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two sequences share: a rewritten target keeps the sampled tokens up to there."""
+    length = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        length += 1
+    return length

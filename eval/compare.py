@@ -1,10 +1,12 @@
 """Compare runs: several metrics.json files in, a Markdown table and overlaid diagrams out.
 
     python eval/compare.py base/metrics.json sdft/metrics.json caopd/metrics.json \
-        --labels base SDFT CaOPD --output_md compare.md --output_png compare.png [--output_selective_png sel.png]
+        --labels base SDFT CaOPD --output_md compare.md --output_png compare.png [--output_json compare.json] \
+        [--output_selective_png sel.png]
 
 The table holds accuracy, both ECEs, Brier, SPR, AUROC, OCG, mean confidence, AURC, accuracy at 50 % and 80 %
-coverage and format adherence, with bootstrap intervals where the metrics file has them.
+coverage and format adherence, with bootstrap intervals where the metrics file has them; ``--output_json`` writes
+the same cells as numbers ({run: {metric: {"value", "ci95"}}}).
 """
 
 from __future__ import annotations
@@ -55,6 +57,16 @@ def markdown_table(runs: dict[str, dict]) -> str:
     return "\n".join([header, rule, *rows]) + "\n"
 
 
+def json_table(runs: dict[str, dict]) -> dict[str, dict]:
+    """The table's cells as numbers: per run and metric, the value and its 95% interval (or None)."""
+    return {
+        label: {
+            key: {"value": metrics.get(key), "ci95": metrics.get("bootstrap_95ci", {}).get(key)} for key, _ in COLUMNS
+        }
+        for label, metrics in runs.items()
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Side-by-side metrics and an overlaid reliability diagram.")
     parser.add_argument("metrics", nargs="+", help="metrics.json files (from eval_*.py or eval/run_eval_*.py)")
@@ -62,12 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_md", required=True)
     parser.add_argument("--output_png", required=True, help="overlaid reliability diagrams")
     parser.add_argument("--output_selective_png", help="overlaid accuracy-coverage curves (optional)")
+    parser.add_argument("--output_json", help="the table as JSON (optional)")
     args = parser.parse_args(argv)
     labels = args.labels or [Path(path).parent.name or path for path in args.metrics]
     if len(labels) != len(args.metrics) or len(set(labels)) != len(labels):
         print("error: give one distinct --labels entry per metrics file", file=sys.stderr)
         return 2
-    for flag in ("output_md", "output_png", "output_selective_png"):
+    for flag in ("output_md", "output_png", "output_selective_png", "output_json"):
         if getattr(args, flag) and (problem := output_file_problem(getattr(args, flag), f"--{flag}")):
             print(f"error: {problem}", file=sys.stderr)
             return 2
@@ -88,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     table = markdown_table(runs)
     write_text_atomically(args.output_md, table)
+    if args.output_json:
+        write_text_atomically(args.output_json, json.dumps(json_table(runs), indent=1) + "\n")
     reliability_diagram(runs, args.output_png, title="Reliability: " + " vs ".join(labels))
     if args.output_selective_png:
         selective_diagram(runs, args.output_selective_png, title="Selective prediction: " + " vs ".join(labels))

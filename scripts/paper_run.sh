@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# CaOPD with the paper's settings for Qwen3-8B (Table 6), for TASK=tooluse or TASK=science:
+# CaOPD with the paper's settings for Qwen3-8B (Table 6), for TASK=tooluse or TASK=science, on BACKBONE=sdft
+# (default; the teacher sees the golden demonstration) or BACKBONE=sdpo (TRL's SDPO: the teacher sees a
+# successful rollout, the verifier is the reward, rollout importance-sampling clip 2):
 # K = 8 rollouts per question at temperature 1.0, 32 questions per optimizer step, reverse KL
 # (distillation_alpha 1.0) on the student's top-100 tokens, EMA teacher (rate 0.01 through
 # --ref_model_mixup_alpha, as in the original scripts), AdamW lr 2e-5 (tool use) / 1e-5 (science),
@@ -19,6 +21,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TASK="${TASK:-tooluse}"
+BACKBONE="${BACKBONE:-sdft}"
+case "$BACKBONE" in
+  sdft | sdpo) ;;
+  *) echo "error: BACKBONE must be sdft or sdpo, got '$BACKBONE'" >&2; exit 1 ;;
+esac
 case "$TASK" in
   tooluse) DEFAULT_LR=2e-5 ;;
   science) DEFAULT_LR=1e-5 ;;
@@ -26,7 +33,7 @@ case "$TASK" in
 esac
 MODEL="${MODEL:-Qwen/Qwen3-8B}"
 TRAIN_DATA="${TRAIN_DATA:-data/$TASK/train}"
-OUTPUT_DIR="${OUTPUT_DIR:-outputs/${TASK}_caopd_qwen3_8b}"
+OUTPUT_DIR="${OUTPUT_DIR:-outputs/${TASK}_caopd_${BACKBONE}_qwen3_8b}"
 LAUNCH_ARGS="${LAUNCH_ARGS:-}"
 CONFIG="${CONFIG:-}"
 ACCELERATE_CONFIG="${ACCELERATE_CONFIG:-scripts/accelerate/zero3.yaml}"
@@ -41,7 +48,8 @@ TEMPERATURE="${TEMPERATURE:-1.0}"
 DISTILLATION_ALPHA="${DISTILLATION_ALPHA:-1.0}"       # 1.0 = reverse KL
 DISTILLATION_TOPK="${DISTILLATION_TOPK:-100}"
 REF_MODEL_MIXUP_ALPHA="${REF_MODEL_MIXUP_ALPHA:-0.01}" # EMA teacher update rate
-TEACHER_CONTEXT_MODE="${TEACHER_CONTEXT_MODE:-demo}"  # demo | correct_solution
+TEACHER_CONTEXT_MODE="${TEACHER_CONTEXT_MODE:-demo}"  # sdft: demo | correct_solution
+DISTILLATION_WEIGHT="${DISTILLATION_WEIGHT:-1.0}"     # sdpo: 1.0 = distillation only, < 1 adds the policy gradient
 MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-2048}"
 MAX_COMPLETION_LENGTH="${MAX_COMPLETION_LENGTH:-8192}"
 WARMUP_STEPS="${WARMUP_STEPS:-10}"
@@ -71,6 +79,7 @@ if [[ -n "$CONFIG" ]]; then
   ARGS=(--config "$CONFIG")
 else
   ARGS=(
+    --backbone "$BACKBONE"
     --model_name "$MODEL"
     --dataset_name "$TASK"
     --train_data "$TRAIN_DATA"
@@ -83,7 +92,6 @@ else
     --distillation_alpha "$DISTILLATION_ALPHA"
     --distillation_topk "$DISTILLATION_TOPK"
     --ref_model_mixup_alpha "$REF_MODEL_MIXUP_ALPHA"
-    --teacher_context_mode "$TEACHER_CONTEXT_MODE"
     --max_prompt_length "$MAX_PROMPT_LENGTH"
     --max_completion_length "$MAX_COMPLETION_LENGTH"
     --warmup_steps "$WARMUP_STEPS"
@@ -94,6 +102,11 @@ else
     --gradient_checkpointing
     --report_to "$REPORT_TO"
   )
+  if [[ "$BACKBONE" == sdft ]]; then
+    ARGS+=(--teacher_context_mode "$TEACHER_CONTEXT_MODE")
+  else  # Table 6: top-k distillation on both backbones (TRL's SDPO default is sampled-token), IS clip 2 (TRL's)
+    ARGS+=(--distillation_mode topk_logits --distillation_weight "$DISTILLATION_WEIGHT")
+  fi
 fi
 
 # shellcheck disable=SC2206  # LAUNCH_ARGS is a list of words on purpose

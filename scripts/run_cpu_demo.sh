@@ -7,6 +7,7 @@
 # Usage:
 #   bash scripts/run_cpu_demo.sh [extra main.py flags...]
 #   SDFT=1 bash scripts/run_cpu_demo.sh            # the SDFT baseline instead
+#   BACKBONE=sdpo bash scripts/run_cpu_demo.sh     # CaOPD on the SDPO backbone (SDFT=1: plain SDPO)
 #   MAX_STEPS=2 OUTPUT_DIR=/tmp/demo bash scripts/run_cpu_demo.sh
 #   SKIP_SETUP=1 bash scripts/run_cpu_demo.sh      # .venv is already set up
 set -euo pipefail
@@ -24,6 +25,7 @@ LEARNING_RATE="${LEARNING_RATE:-2e-5}"
 WARMUP_STEPS="${WARMUP_STEPS:-1}"
 SAVE_STEPS="${SAVE_STEPS:-3}"
 SDFT="${SDFT:-0}"
+BACKBONE="${BACKBONE:-sdft}"
 SKIP_SETUP="${SKIP_SETUP:-0}"
 
 if [[ "$SKIP_SETUP" != 1 ]]; then
@@ -45,6 +47,7 @@ else
   LAUNCH=(--num_processes 1 --cpu)
 fi
 CMD=(accelerate launch "${LAUNCH[@]}" --mixed_precision no --dynamo_backend no main.py
+  --backbone "$BACKBONE"
   --model_name smollm2
   --dataset_name arithmetic
   --output_dir "$OUTPUT_DIR"

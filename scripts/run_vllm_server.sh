@@ -12,6 +12,7 @@
 #
 # Environment (all optional):
 #   TASK                 tooluse | science (tooluse): dataset and the paper's lr
+#   BACKBONE             sdft | sdpo (sdft): the distillation CaOPD runs on
 #   MODEL                model served and trained (Qwen/Qwen3-8B)
 #   VLLM_GPUS            GPUs of the server, comma-separated (0); the tensor parallel
 #                        size is their number
@@ -96,6 +97,7 @@ if [[ -n "$CONFIG" ]]; then
   ARGS=(--config "$CONFIG")
 else
   ARGS=(
+    --backbone "${BACKBONE:-sdft}"
     --model_name "$MODEL"
     --dataset_name "$TASK"
     --train_data "$TRAIN_DATA"

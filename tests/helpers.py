@@ -9,8 +9,17 @@ from datasets import Dataset
 
 from caopd.targets import rewrite_completion_text
 from caopd.tasks.base import Task, user_chat
-from distil_config import DistilConfig
+from distil_config import DistilConfig, RLConfig, SDPODistilConfig
 from distil_trainer import DistilTrainer
+from grpo_trainer import RLTrainer
+from sdpo_trainer import SDPODistilTrainer
+
+BACKBONES = {
+    "sdft": (DistilConfig, DistilTrainer),
+    "sdpo": (SDPODistilConfig, SDPODistilTrainer),
+    "grpo": (RLConfig, RLTrainer),
+}
+TEACHER_SETTINGS = ("teacher_update_rate", "shared_prefix", "empirical_calibration", "self_consistency")
 
 
 def verify_even_length(response: str, _ground_truth) -> bool:
@@ -31,7 +40,7 @@ def toy_dataset(rows: int = 12) -> Dataset:
 TOY_TASK = Task(name="toy", verify_fn=verify_even_length, load=lambda path: toy_dataset())
 
 
-def toy_config(output_dir, **overrides) -> DistilConfig:
+def toy_config(output_dir, backbone: str = "sdft", **overrides):
     settings = {
         "output_dir": str(output_dir),
         "use_cpu": True,
@@ -52,13 +61,16 @@ def toy_config(output_dir, **overrides) -> DistilConfig:
         "disable_tqdm": True,
     }
     settings.update(overrides)
-    return DistilConfig(**settings)
+    if backbone == "grpo":  # no teacher
+        settings = {key: value for key, value in settings.items() if key not in TEACHER_SETTINGS}
+    return BACKBONES[backbone][0](**settings)
 
 
-def toy_trainer(model, tokenizer, output_dir, peft_config=None, **overrides) -> DistilTrainer:
-    return DistilTrainer(
+def toy_trainer(model, tokenizer, output_dir, peft_config=None, backbone: str = "sdft", **overrides):
+    """A tiny trainer of either backbone on the toy task (verdict: the response has an even length)."""
+    return BACKBONES[backbone][1](
         model=model,
-        args=toy_config(output_dir, **overrides),
+        args=toy_config(output_dir, backbone, **overrides),
         train_dataset=toy_dataset(),
         task=TOY_TASK,
         processing_class=tokenizer,

@@ -17,7 +17,9 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 
-import distil_trainer
+import transformers
+
+import caopd.step
 import main
 from caopd import checkpoints
 
@@ -25,13 +27,13 @@ from caopd import checkpoints
 def install(stage: str, step: int) -> None:
     """Patch the save path so that the process kills itself (SIGKILL) at ``stage`` of writing checkpoint-``step``."""
     trainers = []
-    original_init = distil_trainer.DistilTrainer.__init__
+    original_setup = caopd.step.CaOPDStep.setup_caopd  # every backbone's trainer calls it once, at the end of init
 
-    def init_and_remember(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
+    def setup_and_remember(self, *args, **kwargs):
+        original_setup(self, *args, **kwargs)
         trainers.append(self)
 
-    distil_trainer.DistilTrainer.__init__ = init_and_remember
+    caopd.step.CaOPDStep.setup_caopd = setup_and_remember
 
     def wrap(owner, name: str, after: bool = False, damage=None) -> None:
         original = getattr(owner, name)
@@ -54,9 +56,9 @@ def install(stage: str, step: int) -> None:
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
 
     stages = {
-        "optimizer_written": (distil_trainer.DistilTrainer, "_save_rng_state", False, None),
-        "trainer_saved": (distil_trainer, "save_teacher", False, None),
-        "teacher_half": (distil_trainer, "save_teacher", True, cut_teacher_in_half),
+        "optimizer_written": (transformers.Trainer, "_save_rng_state", False, None),
+        "trainer_saved": (caopd.step, "save_teacher", False, None),
+        "teacher_half": (caopd.step, "save_teacher", True, cut_teacher_in_half),
         "before_marker": (checkpoints, "write_marker", False, None),
         "after_marker": (checkpoints, "write_marker", True, None),
     }

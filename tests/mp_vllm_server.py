@@ -7,6 +7,7 @@ reference shows which prompt it was made for. Each process writes the references
 <output_dir>/references_rank<N>.json.
 """
 
+import gc
 import json
 import os
 import sys
@@ -25,7 +26,7 @@ class EchoingGreedyEngine(Engine):
 
     def sample(self, prompts, params):
         if params.temperature == 0:
-            return [[(list(ids), "stop")] * params.n for ids in prompts]
+            return [[(list(ids), "stop", None)] * params.n for ids in prompts]
         return super().sample(prompts, params)
 
 
@@ -34,7 +35,7 @@ if __name__ == "__main__":
     output_dir = Path(sys.argv[1])
     tokenizer = real_tokenizer()
     model = tiny_model(tokenizer)
-    port = 0
+    port, server = 0, None
     if int(os.environ.get("RANK", "0")) == 0:
         model.save_pretrained(output_dir / "tiny")
         tokenizer.save_pretrained(output_dir / "tiny")
@@ -57,4 +58,8 @@ if __name__ == "__main__":
     trainer.train()
     rank = trainer.accelerator.process_index
     (output_dir / f"references_rank{rank}.json").write_text(json.dumps(references[0]))
-    trainer.accelerator.end_training()
+    trainer.accelerator.end_training()  # as main.py does: no process group left for exit-time destructors
+    del trainer
+    gc.collect()
+    if server is not None:
+        server.stop()

@@ -25,9 +25,15 @@ def test_original_flags_and_defaults():
     assert (args.learning_rate, args.num_train_epochs, args.num_prompts_per_batch) == (2e-5, 1, 32)
     assert (args.ref_model_mixup_alpha, args.dataset_name, args.seed, args.num_generations) == (0.01, "tooluse", 42, 8)
     assert (args.max_prompt_length, args.max_completion_length, args.vllm_gpu_memory_utilization) == (1024, 1024, 0.3)
-    assert (args.teacher_context_mode, args.no_empirical_calibration, args.no_wandb) == ("demo", False, False)
-    assert args.distillation_alpha == 1.0
-    assert args.num_loss_tokens_to_skip == 3  # the original release skips the first 3 completion tokens
+    assert (args.no_empirical_calibration, args.no_wandb, args.distillation_alpha) == (False, False, 1.0)
+    sdft = main.build_config(parse_args(["--output_dir", "out", "--no_wandb"]), 1)
+    assert (sdft.teacher_context_mode, sdft.num_loss_tokens_to_skip) == ("demo", 3)  # the original skips 3 tokens
+    sdpo = main.build_config(parse_args(["--output_dir", "out", "--no_wandb", "--backbone", "sdpo"]), 1)
+    assert (sdpo.num_loss_tokens_to_skip, sdpo.distillation_mode, sdpo.distillation_is_clip) == (
+        0,
+        "sampled_token",
+        2.0,
+    )
     assert "distinct questions per optimizer step" in build_parser().format_help()
 
 

@@ -94,6 +94,20 @@ def test_two_processes_killed_before_the_marker_resume_to_the_same_final_state(t
 
 
 @pytest.mark.slow
+def test_sdpo_killed_while_writing_its_teacher_resumes_to_the_same_final_state(tmp_path, tiny):
+    sdpo = ["--backbone", "sdpo", "--distillation_weight", "0.5"]
+    uninterrupted = tmp_path / "uninterrupted"
+    finished = _launch(SINGLE, ROOT / "main.py", *_flags(tiny, uninterrupted, 2), *sdpo)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    output = tmp_path / "killed"
+    killed = _launch(SINGLE, ROOT / "tests" / "kill_train.py", "teacher_half", 2, *_flags(tiny, output, 2), *sdpo)
+    assert killed.returncode != 0 and not (output / "model.safetensors").exists()
+    resumed = _launch(SINGLE, ROOT / "main.py", *_flags(tiny, output, 2), *sdpo, "--resume_from_checkpoint", "latest")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _final_state(output) == _final_state(uninterrupted)
+
+
+@pytest.mark.slow
 def test_killed_while_writing_the_first_checkpoint_is_refused_in_one_line(tmp_path, tiny):
     resumed = _kill_then_resume(tiny, tmp_path, "teacher_half", 1, SINGLE, 2)
     assert resumed.returncode == 2

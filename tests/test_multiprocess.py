@@ -11,6 +11,8 @@ import pytest
 import torch
 from helpers import read_rollouts
 
+from caopd.rewards import rlcr_reward
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -27,11 +29,14 @@ def _launch_two(script: str, *argv: str) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """One SGD step of ``tests/mp_train.py`` on two gloo processes, with the shared-prefix forward and without."""
+    """One SGD step of ``tests/mp_train.py`` on two gloo processes, with the shared-prefix forward and without, and
+    one on the SDPO backbone."""
     out = tmp_path_factory.mktemp("two_processes")
     for forward in ("shared", "unshared"):
         _launch_two("mp_train.py", str(out / forward), forward)
-    return {forward: out / forward for forward in ("shared", "unshared")}
+    _launch_two("mp_train.py", str(out / "sdpo"), "shared", "sdpo")
+    _launch_two("mp_train.py", str(out / "grpo"), "shared", "grpo")
+    return {name: out / name for name in ("shared", "unshared", "sdpo", "grpo")}
 
 
 @pytest.mark.slow
@@ -50,7 +55,7 @@ def test_main_leaves_no_process_group_for_interpreter_shutdown(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("forward", ["shared", "unshared"])
+@pytest.mark.parametrize("forward", ["shared", "unshared", "sdpo", "grpo"])
 def test_p_acc_pools_rollouts_split_across_two_processes(runs, forward):
     rows = read_rollouts(runs[forward])
     assert {row["rank"] for row in rows} == {0, 1}
@@ -64,7 +69,11 @@ def test_p_acc_pools_rollouts_split_across_two_processes(runs, forward):
     for group in groups.values():
         expected = sum(row["correct"] for row in group) / len(group)
         assert all(row["p_acc"] == expected for row in group)
-        assert all(row["target"].endswith(f"Confidence: {expected:.2f}") for row in group)
+        if forward == "grpo":  # the RL baseline: no rewrite; its RLCR reward from each rollout's own verdict
+            assert all(row["target"] == row["completion"] for row in group)
+            assert all(row["reward"] == pytest.approx(rlcr_reward(row["correct"], row["confidence"])) for row in group)
+        else:
+            assert all(row["target"].endswith(f"Confidence: {expected:.2f}") for row in group)
 
 
 @pytest.mark.slow
@@ -78,7 +87,7 @@ def test_the_shared_prefix_forward_updates_weights_as_the_unshared_one_across_tw
 
     assert all(rank_calls and all(rank_calls) for rank_calls in calls("shared"))  # every forward on both shared
     assert calls("unshared") == [[], []]
-    weights = {forward: load_file(runs[forward] / "model" / "model.safetensors") for forward in runs}
+    weights = {forward: load_file(runs[forward] / "model" / "model.safetensors") for forward in ("shared", "unshared")}
     assert weights["shared"].keys() == weights["unshared"].keys()
     for name, tensor in weights["unshared"].items():
         torch.testing.assert_close(weights["shared"][name], tensor, rtol=1e-5, atol=1e-7, msg=name)

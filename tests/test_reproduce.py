@@ -14,14 +14,27 @@ reproduce = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(reproduce)
 
 
-def test_the_two_arms_differ_only_in_the_calibration_flag(tmp_path):
+def test_the_arms_differ_only_in_the_flags_that_make_them(tmp_path):
     args = reproduce.build_parser().parse_args(["--output_dir", str(tmp_path)])
-    sdft, caopd = reproduce.train_command(args, "sdft"), reproduce.train_command(args, "caopd")
-    assert {a for a in sdft if a not in caopd} == {"--no_empirical_calibration", str(tmp_path / "sdft")}
-    assert [a for a in caopd if a not in sdft] == [str(tmp_path / "caopd")]
+    command = {arm: reproduce.train_command(args, arm) for arm in reproduce.ARMS[1:]}
+    for plain, calibrated in (("sdft", "caopd"), ("sdpo", "caopd_sdpo")):
+        assert {a for a in command[plain] if a not in command[calibrated]} == {
+            "--no_empirical_calibration",
+            str(tmp_path / plain),
+        }
+        assert [a for a in command[calibrated] if a not in command[plain]] == [str(tmp_path / calibrated)]
+    for rl in ("rlcr", "car"):
+        assert {a for a in command[rl] if a not in command["grpo"]} == {rl, str(tmp_path / rl)}
+    shared = {
+        arm: c[: c.index("--output_dir")] + c[c.index("--max_steps") : c.index("--no_wandb")]
+        for arm, c in command.items()
+    }
+    assert len({tuple(c) for c in shared.values()}) == 1  # model, task, budget, rollouts per step and seed alike
     evals = [reproduce.eval_command(args, arm) for arm in reproduce.ARMS]
-    assert len({tuple(c[c.index("--split") :]) for c in evals}) == 1  # same questions and sampling for all three
+    assert len({tuple(c[c.index("--split") :]) for c in evals}) == 1  # same questions and sampling for all
+    caopd = command["caopd"]
     assert caopd[caopd.index("--teacher_instruction") + 1] == reproduce.TEACHER_INSTRUCTION
+    assert all("--teacher_instruction" not in command[arm] for arm in ("sdpo", "caopd_sdpo", "grpo", "rlcr", "car"))
 
 
 def test_paper_teacher_instruction_leaves_the_flag_out(tmp_path):
@@ -60,10 +73,15 @@ def test_end_to_end_on_a_tiny_model_then_resume(tmp_path):
     first = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert first.returncode == 0, first.stderr[-3000:]
     summary = (out / "summary.md").read_text()
-    assert "| base |" in summary and "| SDFT |" in summary and "| CaOPD |" in summary
-    assert summary.count("- [") == 6  # one line per check
+    assert all(f"| {label} |" in summary for label in reproduce.LABELS.values())
+    assert summary.count("- [") == 14  # one line per check: 6 per backbone, the capability tax twice
     assert "| level | questions | base acc / conf |" in summary
     assert (out / "compare.png").stat().st_size > 0
+    table = json.loads((out / "compare.json").read_text())
+    assert list(table) == list(reproduce.LABELS.values())
+    for arm, label in reproduce.LABELS.items():
+        metrics = json.loads((out / "eval" / arm / "metrics.json").read_text())
+        assert table[label]["ece"]["value"] == metrics["ece"]
     for arm, calibrated in (("sdft", False), ("caopd", True)):
         config = yaml.safe_load((out / arm / "caopd_config.yaml").read_text())
         assert config["trainer"]["empirical_calibration"] is calibrated
@@ -71,7 +89,7 @@ def test_end_to_end_on_a_tiny_model_then_resume(tmp_path):
         assert rollout["teacher_context"].endswith(f"\n\n{reproduce.TEACHER_INSTRUCTION}\n")
         assert ("Note: The empirical confidence" in rollout["teacher_context"]) is calibrated
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 6
+    assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 16
     changed = subprocess.run([*command, "--learning_rate", "1e-4"], capture_output=True, text=True, cwd=ROOT)
     assert changed.returncode != 0 and "stage train_sdft in" in changed.stderr and "another command" in changed.stderr
 
@@ -83,8 +101,8 @@ def test_interval_lines_say_whether_caopd_and_sdft_intervals_are_disjoint():
     }
     lines = reproduce.interval_lines(runs)
     assert lines == [
-        "- accuracy: CaOPD [0.300, 0.400] vs SDFT [0.350, 0.450]: overlapping",
-        "- ece: CaOPD [0.050, 0.100] vs SDFT [0.300, 0.400]: disjoint",
+        "- accuracy: CaOPD (SDFT) [0.300, 0.400] vs SDFT [0.350, 0.450]: overlapping",
+        "- ece: CaOPD (SDFT) [0.050, 0.100] vs SDFT [0.300, 0.400]: disjoint",
     ]
 
 
@@ -99,11 +117,11 @@ def test_stated_metrics_keep_only_the_responses_that_state_a_confidence(tmp_path
         folder.mkdir(parents=True)
         items = [{"correct": correct, "confidence": confidence} for correct, confidence in pairs]
         (folder / "inference.json").write_text(json.dumps(items))
-    stated = reproduce.stated_metrics(tmp_path, n_bootstrap=0, seed=0)
+    stated = reproduce.stated_metrics(tmp_path, list(answers), n_bootstrap=0, seed=0)
     assert stated["sdft"]["mean_confidence"] == 1.0 and stated["sdft"]["overconfidence_gap"] == 0.5
     assert stated["caopd"]["accuracy"] == pytest.approx(1 / 3) and stated["caopd"]["share"] == 0.75
     assert reproduce.stated_confidence_table(stated).splitlines()[2:] == [
         "| base | 0.000 | - | - | - | - | 0 |",
         "| SDFT | 0.500 | 0.500 | 1.000 | 0.500 | +0.500 | 2 |",
-        "| CaOPD | 0.750 | 0.333 | 0.417 | 0.083 | +0.083 | 3 |",  # ECE: only the 0.25 bin is off
+        "| CaOPD (SDFT) | 0.750 | 0.333 | 0.417 | 0.083 | +0.083 | 3 |",  # ECE: only the 0.25 bin is off
     ]

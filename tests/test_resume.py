@@ -2,6 +2,7 @@
 
 import hashlib
 
+import pytest
 import torch
 from helpers import read_rollouts, toy_trainer
 from peft import LoraConfig, get_peft_model_state_dict
@@ -64,10 +65,12 @@ def _lora():
     return LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
 
 
-def test_resume_restores_the_lora_ema_teacher_adapter(model, tokenizer, tmp_path):
+@pytest.mark.parametrize("backbone", ["sdft", "sdpo"])
+def test_resume_restores_the_lora_ema_teacher_adapter(model, tokenizer, tmp_path, backbone):
     from tiny_model import tiny_model
 
-    first = toy_trainer(model, tokenizer, tmp_path, peft_config=_lora(), save_strategy="steps", save_steps=1)
+    settings = {"save_strategy": "steps", "save_steps": 1, "backbone": backbone}
+    first = toy_trainer(model, tokenizer, tmp_path, peft_config=_lora(), **settings)
     first.train()
     checkpoint = tmp_path / "checkpoint-1"
     saved_file = load_file(str(checkpoint / TEACHER_DIR / "adapter_model.safetensors"))
@@ -79,8 +82,7 @@ def test_resume_restores_the_lora_ema_teacher_adapter(model, tokenizer, tmp_path
         tmp_path,
         peft_config=_lora(),
         max_steps=2,
-        save_strategy="steps",
-        save_steps=1,
+        **settings,
     )
 
     def teacher_adapter():
@@ -92,7 +94,7 @@ def test_resume_restores_the_lora_ema_teacher_adapter(model, tokenizer, tmp_path
     second.train(resume_from_checkpoint=str(checkpoint))  # TRL alone fails: "Adapter 'teacher' already exists"
     assert probe.digest == _digest(saved_file)
     assert second.state.global_step == 2
-    shadow = second._ema_adapter_callback().shadow_weights
+    shadow = second.ema.shadow_weights
     assert set(shadow) == set(saved_file)
     assert not all(torch.equal(shadow[k], saved_file[k]) for k in shadow)  # and the EMA went on from there
 

@@ -58,15 +58,17 @@ def assert_logged_p_acc_is_the_rollouts(output_dir: Path) -> float:
 
 @pytest.mark.slow
 @covers("scripts/run_cpu_demo.sh")
-def test_cpu_demo_script_trains_one_step(tmp_path):
+@pytest.mark.parametrize("backbone", ["sdft", "sdpo"])
+def test_cpu_demo_script_trains_one_step(tmp_path, backbone):
     model = save_tiny_model(tmp_path / "tiny")
     out = tmp_path / "demo"
-    env = {"SKIP_SETUP": "1", "MAX_STEPS": "1", "SAVE_STEPS": "1", "OUTPUT_DIR": str(out)}
+    env = {"SKIP_SETUP": "1", "MAX_STEPS": "1", "SAVE_STEPS": "1", "OUTPUT_DIR": str(out), "BACKBONE": backbone}
     finished = _bash("scripts/run_cpu_demo.sh", env, "--model_name", str(model), "--save_rollouts")
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "[run_cpu_demo] accelerate launch" in finished.stdout
     assert_logged_p_acc_is_the_rollouts(out)
     assert (out / "model.safetensors").is_file() and (out / "checkpoint-1" / "teacher").is_dir()
+    assert f"backbone: {backbone}" in (out / "caopd_config.yaml").read_text()
 
 
 @pytest.mark.slow
@@ -99,6 +101,10 @@ def test_paper_run_script_trains_on_the_cpu_with_its_settings(tmp_path):
     "scripts/run_tooluse_sdft.sh",
     "scripts/run_science_sdft.sh",
     "scripts/run_multinode.sh",
+    "scripts/run_tooluse_sdpo.sh",
+    "scripts/run_science_sdpo.sh",
+    "scripts/run_tooluse_sdpo_baseline.sh",
+    "scripts/run_science_sdpo_baseline.sh",
 )
 @pytest.mark.parametrize(
     ("script", "env", "expected"),
@@ -108,6 +114,10 @@ def test_paper_run_script_trains_on_the_cpu_with_its_settings(tmp_path):
         ("scripts/run_tooluse_sdft.sh", {}, {"dataset_name": "tooluse", "no_empirical_calibration": True}),
         ("scripts/run_science_sdft.sh", {}, {"dataset_name": "science", "no_empirical_calibration": True}),
         ("scripts/run_multinode.sh", {"NODE_RANK": "1", "MASTER_ADDR": "node0"}, {"dataset_name": "tooluse"}),
+        ("scripts/run_tooluse_sdpo.sh", {}, {"backbone": "sdpo", "no_empirical_calibration": False}),
+        ("scripts/run_science_sdpo.sh", {}, {"backbone": "sdpo", "dataset_name": "science", "learning_rate": 1e-5}),
+        ("scripts/run_tooluse_sdpo_baseline.sh", {}, {"backbone": "sdpo", "no_empirical_calibration": True}),
+        ("scripts/run_science_sdpo_baseline.sh", {}, {"backbone": "sdpo", "distillation_mode": "topk_logits"}),
     ],
 )
 def test_gpu_run_scripts_build_a_command_main_accepts(script, env, expected):

@@ -145,7 +145,7 @@ def test_the_trainer_turns_it_off_under_deepspeed_and_fsdp_from_the_accelerate_c
     from helpers import toy_trainer
     from tiny_model import tiny_model
 
-    import distil_trainer
+    import caopd.step
 
     trainer = toy_trainer(tiny_model(tokenizer).float(), tokenizer, tmp_path)
     assert trainer.shared_prefix_mode() == "on"
@@ -157,7 +157,7 @@ def test_the_trainer_turns_it_off_under_deepspeed_and_fsdp_from_the_accelerate_c
     def refuse(*args, **kwargs):
         raise AssertionError("shared-prefix forward called while off")
 
-    monkeypatch.setattr(distil_trainer, "shared_prefix_logits", refuse)
+    monkeypatch.setattr(caopd.step, "shared_prefix_logits", refuse)
     ids, mask, keep = _batch(trainer.model.config.vocab_size)
     logits = trainer._forward_logits(trainer.model, ids, mask, keep)
     torch.testing.assert_close(logits, _unshared(trainer.model, ids, mask, keep) / trainer.temperature)
@@ -182,7 +182,7 @@ def test_a_training_step_updates_every_weight_as_the_unshared_forward_does(
     from peft import LoraConfig
     from tiny_model import tiny_model
 
-    import distil_trainer
+    import caopd.step
 
     shared_forwards = []
 
@@ -191,7 +191,7 @@ def test_a_training_step_updates_every_weight_as_the_unshared_forward_does(
         shared_forwards.append(result is not None)
         return result
 
-    monkeypatch.setattr(distil_trainer, "shared_prefix_logits", counted)
+    monkeypatch.setattr(caopd.step, "shared_prefix_logits", counted)
     pristine, changes = copy.deepcopy(tokenizer), {}
     for shared in (True, False):
         tokenizer = copy.deepcopy(pristine)  # a trainer sets the pad token, which the next tiny model would take up

@@ -128,3 +128,17 @@ def test_zero3_teacher_is_saved_and_restored_with_deepspeed_gathering(tmp_path):
     for name in ["model.safetensors", *shards]:  # resumed from checkpoint-1: the same teacher and fp32 average
         a, b = load_file(str(teacher / name)), load_file(str(resumed / "checkpoint-2" / TEACHER_DIR / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+@pytest.mark.slow
+def test_zero3_sdpo_run_writes_a_complete_checkpoint_with_its_teacher(tmp_path):
+    from tiny_model import save_tiny_model
+
+    from caopd.checkpoints import checkpoint_problem
+
+    model = save_tiny_model(tmp_path / "model")
+    _zero3(str(model), str(tmp_path / "sdpo"), "1", "-", "sdpo")
+    checkpoint = tmp_path / "sdpo" / "checkpoint-1"
+    assert checkpoint_problem(checkpoint) is None
+    shards = sorted(path.name for path in (checkpoint / TEACHER_DIR).glob("ema_fp32*"))
+    assert shards == ["ema_fp32.rank0-of-2.safetensors", "ema_fp32.rank1-of-2.safetensors"]

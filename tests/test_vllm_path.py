@@ -82,9 +82,12 @@ def test_generation_limit_is_lowered_by_exactly_the_reserved_confidence_tokens(
         assert request["max_tokens"] == 24 - reserve and request["n"] == 4 and request["logprobs"] is None
 
 
+@pytest.mark.parametrize("backbone", ["sdft", "sdpo"])
 @pytest.mark.parametrize("mode", MODES)
-def test_vllm_completions_are_rewritten_as_in_the_transformers_path(disk_model, tokenizer, tmp_path, model_dir, mode):
-    trainer = vllm_trainer(disk_model, tokenizer, tmp_path, mode, model_dir)
+def test_vllm_completions_are_rewritten_as_in_the_transformers_path(
+    disk_model, tokenizer, tmp_path, model_dir, mode, backbone
+):
+    trainer = vllm_trainer(disk_model, tokenizer, tmp_path, mode, model_dir, backbone=backbone)
     captured = capture_batches(trainer)
     trainer.train()
     assert_rewritten_with_group_rates(trainer, captured, k=4)
@@ -126,12 +129,13 @@ def test_the_colocate_engine_is_built_from_the_saved_model(model, tokenizer, tmp
         toy_trainer(model, tokenizer, tmp_path, use_vllm=True)
 
 
-@pytest.mark.parametrize(("calibrate", "expects_logps"), [(True, False), (False, True)])
-def test_no_rollout_log_probs_or_importance_sampling_under_caopd(
-    disk_model, tokenizer, tmp_path, model_dir, monkeypatch, calibrate, expects_logps
+@pytest.mark.parametrize("calibrate", [True, False])
+def test_rollout_log_probs_are_kept_for_the_sampled_tokens(
+    disk_model, tokenizer, tmp_path, model_dir, monkeypatch, calibrate
 ):
     # Two micro-steps per generation but one accumulation step: TRL then computes rollout log-probs for the
-    # importance-sampling correction (the SDFT arm shows it does); CaOPD must neither compute nor use them.
+    # importance-sampling correction. Under CaOPD they are kept for the tokens the target still shares with the
+    # rollout (tests/test_caopd_step.py checks the ratio); vLLM is asked for none of its own.
     corrections = []
     clip = sdft_trainer.apply_importance_sampling_clipping
     monkeypatch.setattr(
@@ -151,9 +155,15 @@ def test_no_rollout_log_probs_or_importance_sampling_under_caopd(
     captured = capture_batches(trainer)
     trainer.train()
     assert trainer.vllm_generation.logprobs is None  # TRL asks vLLM for no sampling log-probs
+    (raw,) = captured["raw"][:1]
     _, batch = captured["final"][0]
-    assert ("old_per_token_logps" in batch) is expects_logps
-    assert bool(corrections) is expects_logps
+    assert "old_per_token_logps" in batch and corrections
+    if calibrate:
+        sampled = batch["sampled_mask"]
+        for row, ids in enumerate(raw):
+            kept = int(sampled[row].sum())
+            assert batch["completion_ids"][row, :kept].tolist() == ids[:kept]  # the sampled prefix, unchanged
+            assert batch["old_per_token_logps"][row, kept:].abs().sum() == 0  # no sampling log-prob past it
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -172,7 +182,7 @@ def test_self_consistency_references_are_greedy_and_belong_to_their_prompts(
 
     # Recompute the batch greedily on the engine's weights, and look each prompt's reference up by its own ids.
     greedy = StrictSamplingParams(temperature=0.0, max_tokens=call.max_tokens)
-    recomputed = [completions[0][0] for completions in engine_of(trainer).sample(call.prompts, greedy)]
+    recomputed = [completions[0][0] for completions in engine_of(trainer).sample(call.prompts, greedy)]  # tokens
     texts = [trainer._decode(trainer._strip_eos(ids)) for ids in recomputed]
     rows = trainer.train_dataset
     for uid, reference in by_uid.items():
@@ -229,3 +239,16 @@ def test_server_mode_references_with_uneven_prompts_per_process(tmp_path):
     for references in per_rank:
         for uid, text in references.items():
             assert f"Question {uid}: name a colour." in text, f"prompt {uid} got another prompt's reference"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_grpo_samples_through_vllm_with_its_log_probs(disk_model, tokenizer, tmp_path, model_dir, mode):
+    """The RL baselines on the same vLLM path: TRL's GRPO asks vLLM for the sampled tokens' log-probs (its
+    importance-sampling correction), which the stand-in computes as vLLM's processed log-probs."""
+    trainer = vllm_trainer(disk_model, tokenizer, tmp_path, mode, model_dir, backbone="grpo", rl_reward="rlcr")
+    trainer.train()
+    assert trainer.vllm_generation.logprobs == 0 and trainer.vllm_generation.calls
+    logged = trainer.state.log_history[0]
+    assert "rewards/rlcr/mean" in logged
+    assert logged["sampling/sampling_logp_difference/mean"] < 1e-4  # the engine's log-probs are the trainer's
+    assert len(read_rollouts(tmp_path / "run")) == 8

@@ -60,8 +60,8 @@ class StrictSamplingParams:
             (0.0 <= self.min_p <= 1.0, f"min_p must be in [0, 1], got {self.min_p}."),
             (self.max_tokens is None or self.max_tokens >= 1, f"max_tokens must be at least 1, got {self.max_tokens}."),
             (
-                self.logprobs is None,
-                "the stand-in returns no log-probs (TRL's self-distillation trainers ask for none)",
+                self.logprobs is None or self.logprobs in (0, -1),
+                "the stand-in returns only the sampled token's log-prob",
             ),
         ]
         for holds, message in rules:
@@ -111,8 +111,9 @@ class Engine:
                 )
 
     @torch.no_grad()
-    def sample(self, prompts: list[list[int]], params: StrictSamplingParams) -> list[list[tuple[list[int], str]]]:
-        """``params.n`` completions per prompt: (token ids ending with the stop token if any, finish reason)."""
+    def sample(self, prompts: list[list[int]], params: StrictSamplingParams) -> list[list[tuple]]:
+        """``params.n`` completions per prompt: (token ids ending with the stop token if any, finish reason, the
+        sampled tokens' log-probs after temperature and truncation, as vLLM's ``processed_logprobs``, or None)."""
         self.check_request(prompts, params)
         eos = self.model.generation_config.eos_token_id
         stops = {eos} if isinstance(eos, int) else set(eos or [])
@@ -132,11 +133,23 @@ class Engine:
         width = max(map(len, prompts))
         input_ids = torch.tensor([[pad_id] * (width - len(ids)) + list(ids) for ids in prompts])
         attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts])
-        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, pad_token_id=pad_id, **options)
+        output = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pad_token_id=pad_id,
+            output_scores=params.logprobs is not None,
+            return_dict_in_generate=True,
+            **options,
+        )
         results = []
-        for row in output[:, max(map(len, prompts)) :].tolist():
+        for number, row in enumerate(output.sequences[:, width:].tolist()):
             stop = next((i for i, token in enumerate(row) if token in stops), None)
-            results.append((row, "length") if stop is None else (row[: stop + 1], "stop"))
+            tokens, reason = (row, "length") if stop is None else (row[: stop + 1], "stop")
+            logprobs = None
+            if params.logprobs is not None:
+                steps = [torch.log_softmax(output.scores[t][number].float(), -1) for t in range(len(tokens))]
+                logprobs = [step[token].item() for step, token in zip(steps, tokens, strict=True)]
+            results.append((tokens, reason, logprobs))
         return [results[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
 
 
@@ -161,9 +174,9 @@ class FakeLLM:
                     token_ids=tokens,
                     text=self.engine.tokenizer.decode(tokens, skip_special_tokens=True),
                     finish_reason=reason,
-                    logprobs=None,
+                    logprobs=None if logprobs is None else _vllm_logprobs(tokens, logprobs),
                 )
-                for tokens, reason in completions
+                for tokens, reason, logprobs in completions
             ]
             outputs.append(SimpleNamespace(prompt_token_ids=prompt_ids, outputs=choices))
         return outputs
@@ -176,3 +189,8 @@ class FakeLLM:
 
     def wake_up(self, tags=None) -> None:
         pass
+
+
+def _vllm_logprobs(tokens: list[int], logprobs: list[float]) -> list[dict]:
+    """vLLM's per-token log-prob entries (token id -> an object with ``logprob`` and ``rank``)."""
+    return [{token: SimpleNamespace(logprob=value, rank=1)} for token, value in zip(tokens, logprobs, strict=True)]

@@ -23,6 +23,7 @@ from typing import ClassVar
 import torch
 import trl.generation.vllm_client as vllm_client
 import trl.generation.vllm_generation as vllm_generation
+import trl.trainer.grpo_trainer as grpo_trainer
 from vllm_doubles import SAMPLING_KEYS, Engine, FakeLLM, StrictSamplingParams, VLLMValidationError
 
 
@@ -73,10 +74,8 @@ class FakeVLLMServer:
         if path == "/server_info":
             if not self.dev_mode:
                 return 404, {"detail": "Not Found"}
-            config = {
-                "weight_transfer_config": {"backend": "nccl"},
-                "model_config": {"max_model_len": self.engine.max_model_len},
-            }
+            config = {"weight_transfer_config": {"backend": "nccl"}}
+            config["model_config"] = {"max_model_len": self.engine.max_model_len, "logprobs_mode": "processed_logprobs"}
             return 200, {"vllm_config": config}
         route = routes.get((method, path))
         if route is None:
@@ -120,11 +119,25 @@ class FakeVLLMServer:
         prompts = body["prompt"]
         choices = []
         for prompt_ids, completions in zip(prompts, self.engine.sample(prompts, params), strict=True):
-            for tokens, reason in completions:
+            for tokens, reason, logprobs in completions:
                 choices.append(
-                    {"prompt_token_ids": prompt_ids, "token_ids": tokens, "logprobs": None, "finish_reason": reason}
+                    {
+                        "prompt_token_ids": prompt_ids,
+                        "token_ids": tokens,
+                        "logprobs": None if logprobs is None else _completion_logprobs(tokens, logprobs),
+                        "finish_reason": reason,
+                    }
                 )
         return {"choices": choices}
+
+
+def _completion_logprobs(tokens: list[int], logprobs: list[float]) -> dict:
+    """The OpenAI completions ``logprobs`` block vLLM answers with (tokens as ``token_id:<id>``)."""
+    return {
+        "tokens": [f"token_id:{token}" for token in tokens],
+        "token_logprobs": logprobs,
+        "top_logprobs": [None] * len(tokens),
+    }
 
 
 def _handler(server: FakeVLLMServer):
@@ -222,6 +235,7 @@ def install(monkeypatch=None) -> None:
     (undone after the test), or for the rest of the process (the multi-process test scripts)."""
     replacements = [
         (vllm_generation, "VLLMGeneration", StandInVLLMGeneration),
+        (grpo_trainer, "VLLMGeneration", StandInVLLMGeneration),  # GRPO imports the class at module level
         (vllm_generation, "SamplingParams", StrictSamplingParams),
         (vllm_client, "is_vllm_available", lambda *args, **kwargs: True),
     ]

@@ -1,0 +1,281 @@
+"""The CaOPD step, written once for every distillation backbone (TRL's SDFT and SDPO trainers).
+
+A backbone trainer mixes ``CaOPDStep`` in before TRL's trainer class and, after its rollouts are sampled and judged,
+calls the pieces here: share the verdicts across processes (``share_records``), P_acc per prompt over all its K
+rollouts (``caopd.groups``), rewrite the student completions (``calibrate``: ``caopd.targets``), log the step
+(``record_caopd_metrics``, ``--save_rollouts``). Where the backbone's teacher context is built differs (SDFT: the
+golden demonstration or a peer solution; SDPO: TRL's successful-rollout reprompt), and stays in its own file.
+
+Everything else a CaOPD run needs beside TRL's trainer is here too, so that both backbones have it:
+
+- the confidence line always fits: rollouts are sampled ``reserved_completion_tokens`` short of the limit;
+- a rewritten target ends with the stop token its rollout ended with (``end_of_turn_token`` for a cut one);
+- rollout importance sampling keeps the sampler's log-probs of the sampled tokens; at tokens that were never sampled
+  (the rewritten confidence line, and anything after the first rewritten token) the ratio is 1
+  (docs/differences.md says why);
+- the distillation loss split into the confidence positions and the rest (``caopd.loss_parts``), and the student's
+  entropy, as metrics;
+- the shared-prefix forward (``caopd.shared_prefix``);
+- the EMA teacher averaged in fp32, saved in every checkpoint and restored on resume (``caopd.teacher``).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from accelerate.utils import gather_object, is_peft_model
+from trl.trainer.utils import entropy_from_logits, pad, selective_log_softmax
+
+from caopd.confidence import parse_confidence
+from caopd.groups import RolloutRecord, local_records, step_statistics
+from caopd.loss_parts import loss_parts
+from caopd.prompts import end_of_turn_token
+from caopd.rollout_log import RolloutLog, RolloutLogTrimCallback
+from caopd.self_consistency import teacher_anchored_references
+from caopd.shared_prefix import shared_prefix_logits
+from caopd.targets import (
+    common_prefix_length,
+    reserved_completion_tokens,
+    rewrite_completion_ids,
+    statement_token_mask,
+)
+from caopd.tasks.custom import resolve_equivalence
+from caopd.teacher import (
+    TEACHER_DIR,
+    FP32AdapterEMA,
+    FP32TeacherEMA,
+    TeacherRestoreCallback,
+    copy_of_student,
+    drop_recreated_teacher_adapter,
+    save_teacher,
+)
+
+
+class CaOPDStep:
+    """Mixed in before a TRL self-distillation trainer (``SDFTTrainer``, ``SDPOTrainer``); see the module doc.
+
+    The backbone sets ``teacher_sync_callbacks`` to TRL's (LoRA adapter EMA, separate-model EMA) callback classes of
+    its own module, and calls ``setup_caopd`` at the end of its ``__init__``.
+    """
+
+    teacher_sync_callbacks: tuple[type, type]
+
+    def setup_caopd(self) -> None:
+        args = self.args
+        self._equivalent = resolve_equivalence(args.equivalence, self.task) if args.self_consistency else None
+        self.rollout_log = RolloutLog(args.output_dir, self.accelerator.process_index)
+        self.add_callback(TeacherRestoreCallback(self))
+        if args.save_rollouts:
+            self.add_callback(RolloutLogTrimCallback(self.rollout_log))
+        self.end_of_turn_id = end_of_turn_token(self._tokenizer, self.eos_token_ids)
+        if args.empirical_calibration:
+            self._reserve_room_for_confidence()
+
+    # ------------------------------------------------------------------------------------------------- tokens
+    def _encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False)
+
+    def _decode(self, ids) -> str:
+        return self._tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def _strip_eos(self, ids: list[int]) -> list[int]:
+        return ids[:-1] if ids and ids[-1] in self.eos_token_ids else ids
+
+    def _stop_token(self, ids: list[int]) -> int:
+        """The stop token a rollout ended with; the template's end-of-turn token for one the length limit cut."""
+        return ids[-1] if ids and ids[-1] in self.eos_token_ids else self.end_of_turn_id
+
+    def _reserve_room_for_confidence(self) -> None:
+        """Sample at most max_completion_length - r tokens, so the appended confidence line + EOS always fit."""
+        reserve = reserved_completion_tokens(self._encode)
+        limit = self.max_completion_length - reserve
+        if limit < 1:
+            raise ValueError(
+                f"max_completion_length={self.max_completion_length} leaves no room for rollouts: CaOPD appends "
+                f"'Confidence: x.xx' + EOS ({reserve} tokens). Raise --max_completion_length."
+            )
+        self.generation_config.max_new_tokens = limit
+        if self.use_vllm:
+            self.vllm_generation.max_completion_length = limit
+
+    @contextmanager
+    def _prompt_limit(self, limit: int | None):
+        """TRL truncates every prompt to max_prompt_length; teacher prompts get their own, longer limit."""
+        saved, self.max_prompt_length = self.max_prompt_length, limit
+        try:
+            yield
+        finally:
+            self.max_prompt_length = saved
+
+    # ------------------------------------------------------------------------------------------ verdicts, P_acc
+    def share_records(self, uids: list[int], texts: list[str], verdicts: list[bool]) -> list[RolloutRecord]:
+        """This process's verdicts, shared: every process gets the same list of every rollout of the batch."""
+        keep_solutions = getattr(self.args, "teacher_context_mode", None) == "correct_solution"
+        local = local_records(uids, texts, verdicts, self.accelerator.process_index, keep_solutions)
+        return gather_object(local) if self.accelerator.num_processes > 1 else local
+
+    def _self_consistency_judge(self, inputs: list[dict[str, Any]]):
+        """Teacher-anchored self-consistency: ``(prompt id, text) -> bool``, true when the text is equivalent to its
+        prompt's greedy reference."""
+        references = self._self_consistency_references(inputs)
+        return lambda uid, text: bool(self._equivalent(text, references[uid]))
+
+    def _self_consistency_references(self, inputs: list[dict[str, Any]]) -> dict[int, str]:
+        references = teacher_anchored_references(self, inputs)
+        mode = "train" if self.model.training else "eval"
+        formats = [parse_confidence(reference) is not None for reference in references.values()]
+        self._metrics[mode]["caopd/reference_confidence_format"].append(sum(formats) / len(formats))
+        return references
+
+    # ------------------------------------------------------------------------------------------------ rewrite
+    def calibrate(self, batch: dict[str, Any], sampled: list[list[int]], p_acc: list[float]) -> None:
+        """Rewrite every completion of ``batch`` to its target (``Confidence: {P_acc}``, then its stop token) and
+        rebuild what derives from the completion ids; rollout log-probs are kept for the tokens still sampled."""
+        targets = [
+            rewrite_completion_ids(self._strip_eos(ids), p, self._decode, self._encode, self._stop_token(ids))
+            for ids, p in zip(sampled, p_acc, strict=True)
+        ]
+        sampled_lengths = [common_prefix_length(ids, target) for ids, target in zip(sampled, targets, strict=True)]
+        kept_rows = batch["completion_mask"].any(dim=1).tolist()  # rows a backbone masked out stay masked out
+        device, tensors = batch["completion_ids"].device, [torch.tensor(ids, dtype=torch.long) for ids in targets]
+        batch["completion_ids"] = pad(tensors, self._tokenizer.pad_token_id, padding_side="right").to(device)
+        masks = [torch.full((len(ids),), int(kept)) for ids, kept in zip(targets, kept_rows, strict=True)]
+        batch["completion_mask"] = pad(masks, 0, padding_side="right").to(device)
+        batch["raw_completion_lengths"] = torch.tensor([len(ids) for ids in targets], device=device)
+        width = batch["completion_ids"].size(1)
+        positions = torch.arange(width, device=device).unsqueeze(0)
+        batch["sampled_mask"] = (positions < torch.tensor(sampled_lengths, device=device).unsqueeze(1)).long()
+        old = batch.get("old_per_token_logps")
+        if old is not None:  # the sampler's log-probs, where the target still holds the sampled token
+            realigned = old.new_zeros((old.size(0), width))
+            keep = min(width, old.size(1))
+            realigned[:, :keep] = old[:, :keep]
+            batch["old_per_token_logps"] = realigned * batch["sampled_mask"]
+
+    def mark_confidence_tokens(self, batch: dict[str, Any]) -> None:
+        """``batch["confidence_mask"]``: the tokens of each completion's confidence statement (for the loss split)."""
+        completions = batch["completion_ids"]
+        mask = torch.zeros_like(completions, dtype=torch.long)
+        for row, ids in enumerate(self._get_completion_ids_list(batch)):
+            mask[row, : len(ids)] = torch.tensor(statement_token_mask(ids, self._decode), dtype=torch.long)
+        batch["confidence_mask"] = mask
+
+    # ------------------------------------------------------------------------------------------------ logging
+    def record_caopd_metrics(self, mode: str, records, rates, fallbacks: int, batch: dict[str, Any]) -> None:
+        metrics = self._metrics[mode]
+        for key, value in step_statistics(records, rates).items():
+            metrics[key].append(value)
+        total_fallbacks = self.accelerator.reduce(torch.tensor(float(fallbacks), device=self.accelerator.device))
+        metrics["caopd/solution_fallbacks"].append(total_fallbacks.item())
+        completion_length = batch["completion_ids"].size(1)
+        teacher_prompt_lengths = batch["teacher_attention_mask"][:, :-completion_length].sum(dim=1)
+        limit = self.args.max_teacher_prompt_length
+        truncated = (teacher_prompt_lengths >= limit).float().mean() if limit else teacher_prompt_lengths.new_zeros(())
+        metrics["caopd/teacher_prompt_truncated"].append(self.accelerator.gather(truncated.reshape(1)).mean().item())
+
+    # ---------------------------------------------------------------------------------------------- the loss
+    def shared_prefix_mode(self) -> str:
+        """Whether the shared-prefix forward runs, and why not when it does not (recorded in the run config).
+        DeepSpeed and FSDP may come from the accelerate config, which only the trainer sees."""
+        mode = self.args.shared_prefix_mode()
+        if mode == "on" and self.is_deepspeed_enabled:
+            return "off (DeepSpeed: not yet tested)"
+        if mode == "on" and self.is_fsdp_enabled:
+            return "off (FSDP: not yet tested)"
+        return mode
+
+    def _forward_logits(self, model, input_ids, attention_mask, logits_to_keep):
+        """TRL's forward for the student and the teacher, with each distinct prompt computed once where that is on
+        (``caopd.shared_prefix``: same logits, loss and gradients)."""
+        if self.shared_prefix_mode() == "on":
+            logits = shared_prefix_logits(
+                model, input_ids, attention_mask, logits_to_keep, "logits_to_keep" in self.model_kwarg_keys
+            )
+            if logits is not None:
+                return logits / self.temperature
+        return super()._forward_logits(model, input_ids, attention_mask, logits_to_keep)
+
+    def _compute_self_distillation_loss(self, model, inputs, distillation_logits):
+        """TRL's loss, with the importance-sampling ratio 1 at tokens that were never sampled, plus metrics: the
+        student's mean token entropy on the distilled tokens (a collapse early warning) and the loss split into
+        the confidence statement and the rest (``caopd/loss_confidence``, ``caopd/loss_reasoning``).
+
+        TRL's ``entropy_from_logits`` works through the positions in chunks (fused on GPU), so the metric adds no
+        full-vocabulary temporaries: at vocab 151,936 and 8,192 tokens one fp32 copy of the logits is 4.6 GiB.
+        """
+        mode = "train" if model.training else "eval"
+        student, mask = distillation_logits.student_logits, distillation_logits.loss_mask
+        with torch.no_grad():
+            entropy = entropy_from_logits(student.detach())
+            mean_entropy = (entropy.float() * mask).sum() / mask.sum().clamp(min=1)
+        self._metrics[mode]["entropy"].append(self.accelerator.gather(mean_entropy.reshape(1)).mean().item())
+        if "confidence_mask" in inputs:
+            parts = loss_parts(
+                self.args,
+                student,
+                distillation_logits.teacher_logits,
+                distillation_logits.completion_ids,
+                mask,
+                inputs["confidence_mask"],
+            )
+            conf_sum, conf_count, reason_sum, reason_count = self.accelerator.reduce(parts).tolist()
+            if conf_count:
+                self._metrics[mode]["caopd/loss_confidence"].append(conf_sum / conf_count)
+            if reason_count:
+                self._metrics[mode]["caopd/loss_reasoning"].append(reason_sum / reason_count)
+        inputs = self._neutral_ratio_where_unsampled(inputs, student)
+        return super()._compute_self_distillation_loss(model, inputs, distillation_logits)
+
+    def _neutral_ratio_where_unsampled(self, inputs: dict[str, Any], student_logits) -> dict[str, Any]:
+        """The inputs with the rollout log-probs set to the current ones at tokens never sampled: TRL's clipped ratio
+        exp(current - old) is then exactly 1 there, and unchanged at the sampled tokens."""
+        old = inputs.get("old_per_token_logps")
+        if old is None or "sampled_mask" not in inputs or self.args.distillation_is_clip is None:
+            return inputs
+        with torch.no_grad():
+            current = selective_log_softmax(student_logits.detach(), inputs["completion_ids"])
+        return {**inputs, "old_per_token_logps": torch.where(inputs["sampled_mask"].bool(), old, current)}
+
+    # ------------------------------------------------------------------------------------------------ teacher
+    def _setup_teacher_model(self) -> None:
+        """TRL's teacher, built from the in-memory student where possible, and an EMA averaged in fp32.
+
+        TRL re-loads a separate teacher from ``config._name_or_path``, which fails for a model built in memory; a
+        copy of the student needs no path. Under ZeRO-3 the student is already sharded and cannot be copied, so
+        TRL's construction stays. TRL's EMA callbacks update the teacher in its own dtype (in bf16 most updates
+        round away); they are swapped for ones that average in fp32 (``caopd.teacher``).
+        """
+        kind = self.args.teacher_model_kind
+        plugin = self.accelerator.state.deepspeed_plugin
+        zero3 = self.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3
+        if kind in ("base", "ema") and not is_peft_model(self.model) and not zero3:
+            self.teacher_model = copy_of_student(self.accelerator, self.model)
+        else:
+            super()._setup_teacher_model()
+        self.ema = None
+        if kind != "ema":
+            return
+        adapter_callback, model_callback = self.teacher_sync_callbacks
+        rate = self.args.teacher_update_rate
+        if self._use_peft_ema_teacher_adapter():
+            self.remove_callback(adapter_callback)
+            sync_steps = self.args.teacher_sync_steps
+            self.ema = FP32AdapterEMA(self.model, TEACHER_DIR, rate, sync_steps, accelerator=self.accelerator)
+        else:
+            self.remove_callback(model_callback)
+            self.ema = FP32TeacherEMA(self.model, self.teacher_model, self.accelerator, rate)
+        self.add_callback(self.ema)
+
+    # --------------------------------------------------------------------------------------------- checkpoints
+    def _save_extra(self, checkpoint: str) -> None:
+        """The EMA teacher and its fp32 shadow, inside the checkpoint before its completion marker."""
+        if self.ema is not None:
+            separate = self.teacher_model if self.teacher_model is not self.model else None
+            save_teacher(self.accelerator, separate, self.ema, checkpoint)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if isinstance(self.ema, FP32AdapterEMA):
+            drop_recreated_teacher_adapter(self.accelerator.unwrap_model(self.model))

@@ -1,0 +1,157 @@
+"""SDPODistilTrainer: CaOPD on the SDPO backbone, TRL's ``SDPOTrainer`` with the CaOPD step between its rewards and
+its teacher contexts.
+
+TRL's flow stays as it is: K rollouts per question, the task's verifier as the one reward (``VerifierReward``),
+group advantages, a successful rollout of the same question shown to the teacher as the "correct solution", the
+distillation loss blended with the policy-gradient loss by ``distillation_weight``. CaOPD adds, where SDPO builds its
+teacher contexts (``CalibratedReprompts.build``): P_acc = the share of the group's rollouts whose reward reaches
+``success_reward_threshold`` (exactly SDPO's successful rollouts) over every process, the student completions
+rewritten to ``Confidence: {P_acc}`` (so the successful rollout the teacher sees carries P_acc too), and the CaOPD
+note before the reprompt's closing instruction. Without calibration it is TRL's ``SDPOTrainer``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from datasets import Dataset
+from trl.experimental.sdpo import SDPOTrainer
+from trl.experimental.sdpo.sdpo_trainer import SuccessfulRolloutTeacherContextBuilder
+from trl.experimental.sdpo.teacher_sync import PEFTAdapterEMACallback, SyncTeacherModelCallback
+
+from caopd.checkpoints import CompleteCheckpoints
+from caopd.groups import success_rates
+from caopd.prompts import with_privileged_context
+from caopd.rewards import VerifierReward
+from caopd.rollout_log import rollout_rows
+from caopd.step import CaOPDStep
+from caopd.targets import closing_instruction, teacher_context, teacher_note, with_note_before
+from caopd.tasks.base import Task
+from distil_config import SDPODistilConfig
+
+
+def sdpo_columns(dataset: Dataset, environment_feedback: bool) -> Dataset:
+    """Add the prompt id; SDPO reads ``privileged_context`` as environment feedback, taken from a ``feedback``
+    column when ``include_environment_feedback`` is on."""
+    if environment_feedback:
+        if "feedback" not in dataset.column_names:
+            raise ValueError(
+                "--include_environment_feedback needs a 'feedback' column in the training rows (the environment's "
+                "message on an earlier attempt); this dataset has none"
+            )
+        dataset = dataset.rename_column("feedback", "privileged_context")
+    elif "privileged_context" in dataset.column_names:
+        dataset = dataset.remove_columns("privileged_context")
+    return dataset.map(lambda _, index: {"prompt_uid": index}, with_indices=True, desc="Prompt ids")
+
+
+def _with_note(message: Any, note: str, closing: str) -> Any:
+    """A reprompted teacher message with the note before its closing instruction; other messages as they are (a
+    rollout without a successful sibling or feedback keeps its own prompt, and SDPO does not distil it)."""
+    text = message[-1]["content"] if isinstance(message, list) else message
+    noted = with_note_before(text, note, closing)
+    if noted is None:
+        return message
+    return [*message[:-1], {**message[-1], "content": noted}] if isinstance(message, list) else noted
+
+
+class CalibratedReprompts(SuccessfulRolloutTeacherContextBuilder):
+    """TRL's successful-rollout teacher contexts, built on the rewritten completions, with the CaOPD note."""
+
+    def build(self, output, prompts, rewards, feedbacks=None):
+        self.notes = self.trainer.caopd_step(output, rewards)
+        teacher = super().build(output, prompts, rewards, feedbacks)
+        self.trainer.log_caopd_step({**output, **teacher}, self.messages)
+        return teacher
+
+    def _tokenize_teacher_messages(self, teacher_messages_list):
+        if self.notes is not None:
+            closing = closing_instruction(self.trainer.args.reprompt_template)
+            teacher_messages_list = [
+                _with_note(message, note, closing)
+                for message, note in zip(teacher_messages_list, self.notes, strict=True)
+            ]
+        self.messages = teacher_messages_list
+        return super()._tokenize_teacher_messages(teacher_messages_list)
+
+
+class SDPODistilTrainer(CaOPDStep, CompleteCheckpoints, SDPOTrainer):
+    """Self-Distillation Policy Optimization (SDPO) with CaOPD's empirical-confidence targets."""
+
+    _tag_names: ClassVar[list[str]] = ["trl", "sdpo", "caopd"]
+    _name = "CaOPD-SDPO"
+    config_cls = SDPODistilConfig
+    teacher_sync_callbacks = (PEFTAdapterEMACallback, SyncTeacherModelCallback)
+
+    def __init__(self, model, args: SDPODistilConfig, train_dataset: Dataset, task: Task, processing_class, **kwargs):
+        self.task = task
+        self.verifier_reward = VerifierReward(task)
+        if args.empirical_calibration:
+            closing_instruction(args.reprompt_template)
+        super().__init__(
+            model=model,
+            reward_funcs=[self.verifier_reward],
+            args=args,
+            train_dataset=sdpo_columns(train_dataset, args.include_environment_feedback),
+            processing_class=processing_class,
+            **kwargs,
+        )
+        self.teacher_context_builder = CalibratedReprompts(self)
+        self.setup_caopd()
+
+    def reference_prompts(self, examples: list[dict[str, Any]]) -> list[Any]:
+        """Teacher prompts (question + golden demonstration) for the self-consistency references."""
+        return [
+            with_privileged_context(example["prompt"], teacher_context("demo", example["demonstration"], None))
+            for example in examples
+        ]
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """The verifier's rewards (against this step's references under self-consistency), as TRL computes them."""
+        self._step_inputs = inputs
+        self.verifier_reward.judge = self._self_consistency_judge(inputs) if self.args.self_consistency else None
+        return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+
+    def caopd_step(self, batch: dict[str, Any], rewards: torch.Tensor) -> list[str] | None:
+        """Verdicts = SDPO's successes, P_acc over every process, the completions rewritten; the notes to add."""
+        sampled = self._get_completion_ids_list(batch)
+        texts = [self._decode(self._strip_eos(ids)) for ids in sampled]
+        uids = [example["prompt_uid"] for example in self._step_inputs]
+        verdicts = (rewards >= self.args.success_reward_threshold).tolist()
+        records = self.share_records(uids, texts, verdicts)
+        rates = success_rates(records)
+        p_acc = [rates[uid] for uid in uids]
+        self._step_records = (records, rates, uids, texts, p_acc)
+        calibrate = self.args.empirical_calibration
+        if calibrate:
+            self.calibrate(batch, sampled, p_acc)
+        self.mark_confidence_tokens(batch)
+        return [teacher_note(p) for p in p_acc] if calibrate else None
+
+    def log_caopd_step(self, batch: dict[str, Any], messages: list[Any]) -> None:
+        records, rates, uids, texts, p_acc = self._step_records
+        mode = "train" if self.model.training else "eval"
+        self.record_caopd_metrics(mode, records, rates, 0, batch)
+        if self.args.save_rollouts and mode == "train":
+            rank = self.accelerator.process_index
+            own = [record for record in records if record.rank == rank]
+            contexts = [message[-1]["content"] if isinstance(message, list) else message for message in messages]
+            calibrate = self.args.empirical_calibration
+            self.rollout_log.append(rollout_rows(self.state.global_step, uids, texts, own, p_acc, contexts, calibrate))
+
+    def _compute_teacher_student_logits(self, model, teacher_model, inputs):
+        """TRL's logits, with the first ``num_loss_tokens_to_skip`` completion tokens out of the loss."""
+        logits = super()._compute_teacher_student_logits(model, teacher_model, inputs)
+        skip = self.args.num_loss_tokens_to_skip
+        if skip > 0:
+            positions = torch.arange(logits.loss_mask.size(1), device=logits.loss_mask.device).unsqueeze(0)
+            logits.loss_mask = logits.loss_mask * (positions >= skip).to(logits.loss_mask.dtype)
+        return logits
+
+    def _compute_policy_loss(self, inputs, student_logits):
+        """SDPO's policy-gradient term on the sampled tokens only: a rewritten confidence line was never sampled,
+        and the rollout's advantage says nothing about it (a wrong answer would push P_acc down)."""
+        if "sampled_mask" in inputs:
+            inputs = {**inputs, "completion_mask": inputs["completion_mask"] * inputs["sampled_mask"]}
+        return super()._compute_policy_loss(inputs, student_logits)

@@ -1,0 +1,81 @@
+"""The paper's other experiments, one script each, run end to end at CPU scale on a tiny model: their stages, and
+that what they print is computed from the evaluations they ran."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, SHARED_DATA, covers
+from tiny_model import save_tiny_model
+
+
+def _run(script: str, *argv: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / "bench" / script), *argv]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+
+
+def _needs_shared_sets():
+    if not (SHARED_DATA / "caopd_eval").is_dir():
+        pytest.skip(f"the shared tool-use and science sets are not at {SHARED_DATA / 'caopd_eval'}")
+
+
+@pytest.mark.slow
+@covers("bench/k_ablation.py")
+def test_k_ablation_tabulates_each_k_from_its_evaluation(tmp_path):
+    model = save_tiny_model(tmp_path / "tiny")
+    out = tmp_path / "k"
+    flags = ["--output_dir", str(out), "--cpu_scale", "--quick", "--model_name", str(model), "--max_steps", "1"]
+    flags += ["--ks", "1", "2"]
+    finished = _run("k_ablation.py", *flags)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    rows = json.loads((out / "k_ablation.json").read_text())
+    assert list(rows) == ["1", "2"]
+    for k, row in rows.items():
+        metrics = json.loads((out / "eval" / f"k{k}" / "metrics.json").read_text())
+        items = json.loads((out / "eval" / f"k{k}" / "inference.json").read_text())
+        assert row["ece"] == metrics["ece"] and row["accuracy"] == metrics["accuracy"]
+        stated = sum(item["confidence"] is not None for item in items) / len(items)
+        assert sum(row["histogram"]) == pytest.approx(stated)
+        assert f"| {k} | {metrics['accuracy']:.3f} | {metrics['ece']:.3f} |" in finished.stdout
+        config = (out / f"k{k}" / "caopd_config.yaml").read_text()
+        assert f"num_generations: {k}" in config
+    assert (out / "k_ablation.png").stat().st_size > 0
+    assert _run("k_ablation.py", *flags, "--ks", "0").returncode == 2  # argparse: --ks must be positive
+
+
+@pytest.mark.slow
+@covers("bench/ood.py")
+def test_ood_trains_on_tool_use_and_evaluates_on_science(tmp_path):
+    _needs_shared_sets()
+    model = save_tiny_model(tmp_path / "tiny")
+    out = tmp_path / "ood"
+    flags = ["--output_dir", str(out), "--cpu_scale", "--quick", "--model_name", str(model), "--max_steps", "1"]
+    finished = _run("ood.py", *flags)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    table = json.loads((out / "compare.json").read_text())
+    assert list(table) == ["base", "sdft", "caopd"]
+    for arm in ("sdft", "caopd"):
+        assert "dataset_name: tooluse" in (out / arm / "caopd_config.yaml").read_text()
+        metrics = json.loads((out / "eval" / arm / "metrics.json").read_text())
+        assert metrics["settings"]["task"] == "science" and table[arm]["ece"]["value"] == metrics["ece"]
+
+
+@pytest.mark.slow
+@covers("bench/continual.py")
+def test_continual_trains_science_from_the_tool_use_model_and_evaluates_both(tmp_path):
+    _needs_shared_sets()
+    model = save_tiny_model(tmp_path / "tiny")
+    out = tmp_path / "continual"
+    flags = ["--output_dir", str(out), "--cpu_scale", "--quick", "--model_name", str(model), "--max_steps", "1"]
+    finished = _run("continual.py", *flags, "--arms", "caopd")
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    table = json.loads((out / "compare.json").read_text())
+    expected = ["base/tooluse", "base/science"]
+    expected += [f"caopd/stage{n}/{d}" for n in (1, 2) for d in ("tooluse", "science")]
+    assert list(table) == expected
+    stage2 = (out / "caopd" / "stage2" / "caopd_config.yaml").read_text()
+    assert f"model_name: {out / 'caopd' / 'stage1'}" in stage2 and "dataset_name: science" in stage2
+    trained = {json.loads(line)["prompt"][-1]["content"] for line in open(out / "data" / "science_train.jsonl")}
+    tested = {json.loads(line)["prompt"][-1]["content"] for line in open(out / "data" / "science_test.jsonl")}
+    assert trained and tested and not trained & tested  # no question both trained on and evaluated
