@@ -15,8 +15,9 @@ from typing import Any
 
 from caopd.confidence import last_match
 
+# "Action Input:", also written "Action_Input:" (the golden answers' key; the original's first-call rule reads it).
 _STEP_LABEL = re.compile(
-    r"^[ \t*_]{0,4}(action input|action|thought|observation|confidence|final answer)[ \t*_]{0,4}:[ \t*_]{0,4}",
+    r"^[ \t*_]{0,4}(action[ _]input|action|thought|observation|confidence|final answer)[ \t*_]{0,4}:[ \t*_]{0,4}",
     re.IGNORECASE | re.MULTILINE,
 )
 _ANSWER_TAG = re.compile(r"<answer>\s{0,64}\(?([A-Za-z])\)?\s{0,64}</answer>", re.IGNORECASE)
@@ -53,7 +54,7 @@ def parse_tool_calls(response: str) -> list[ToolCall]:
     pending_action: str | None = None
     labels = list(_STEP_LABEL.finditer(response))
     for index, label in enumerate(labels):
-        kind = label.group(1).lower()
+        kind = label.group(1).lower().replace("_", " ")
         end = labels[index + 1].start() if index + 1 < len(labels) else len(response)
         body = response[label.end() : end]
         if kind == "action":

@@ -16,19 +16,31 @@ from caopd.verifiers import extract_choice, parse_tool_calls, verify_mcq, verify
         ("Confidence: 0.85.", 0.85),
         ("confidence:0.3", 0.3),
         ("**Confidence:** 85%", 0.85),
-        ("Confidence: 85", 0.85),
         ("Confidence: 1", 1.0),
         ("Confidence: .5", 0.5),
-        ("Confidence: 1e9", None),
-        ("Confidence: 1.25", 1.0),  # above the top of the scale: certainty, not a missing value
-        ("Confidence: 14.0", 1.0),
+        # One scale rule: above 1 and up to 100 is a percentage, with or without the sign; above the scale is 1.0.
+        ("Confidence: 85", 0.85),
+        ("Confidence: 8", 0.08),
+        ("Confidence: 7.5", 0.075),
+        ("Confidence: 50", 0.5),
+        ("Confidence: 50.5", 0.505),
+        ("Confidence: 1.25", 0.0125),
         ("Confidence: 85.5%", 0.855),
         ("Confidence: 150%", 1.0),
         ("Confidence: 250", 1.0),
+        ("Confidence: 1e9", 1.0),
+        ("Confidence: 1e-3", 0.001),
+        ("Confidence: 0,9", 0.9),  # a decimal comma
+        ("Confidence: \u0660\u066b\u0669", 0.9),  # Arabic-Indic digits and decimal separator
+        ("Confidence: \uff18\uff15%", 0.85),  # full-width digits
+        ("<confidence>0.7</confidence>", 0.7),  # RLCR's tag
+        ("Answer: Paris (Confidence: 0.6)", 0.6),  # inline, after the answer
+        ("Answer: Paris [confidence: 60%]", 0.6),
         ("Confidence: high", None),
         ("Confidence: 0.5x", None),
-        ("I have confidence: 0.9", None),  # not line-anchored: inside a sentence
+        ("I have confidence: 0.9", None),  # inside a sentence, no brackets: not a statement
         ("Confidence: 0.2\nmore\nConfidence: 0.7", 0.7),  # the last statement counts
+        ("Answer: x (Confidence: 0.6)\nConfidence: 0.3", 0.3),
         ("Confidence: 8/10", 0.8),  # a fraction of the whole scale, not 0.08
         ("Confidence: 3 / 4.", 0.75),
         ("Confidence: 12/10", 1.0),
@@ -137,3 +149,9 @@ def test_the_tool_use_rule_reaches_the_task_and_bad_combinations_are_refused():
     assert get_task("custom", "tooluse", "merged").verify(reordered, truth)
     with pytest.raises(TaskDataError, match="--tooluse_match applies to tool use"):
         get_task("science", tooluse_match="first_call")
+
+
+def test_an_action_input_label_with_an_underscore_is_the_tool_input():
+    response = 'Thought: go\nAction: search\nAction_Input: {"page": 1, "q": "cats"}'
+    (call,) = parse_tool_calls(response)
+    assert call.action == "search" and verify_tooluse(response, GOLDEN)

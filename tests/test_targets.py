@@ -214,3 +214,15 @@ def test_sampled_ids_on_both_sides_of_a_removed_statement_survive():
 
 def test_reserved_tokens_cover_every_value_and_eos():
     assert reserved_completion_tokens(_encode) == len("\nConfidence: 0.00") + 1
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Answer: Paris (Confidence: 0.6)", "Answer: Paris\nConfidence: 0.25"),
+        ("Answer: Paris [confidence: 60%]\nConfidence: 0.9", "Answer: Paris\nConfidence: 0.25"),
+        ("<answer>B</answer> <confidence>0.8</confidence>", "<answer>B</answer> \nConfidence: 0.25"),
+    ],
+)
+def test_inline_and_tagged_confidences_do_not_survive_the_rewrite(text, expected):
+    assert rewrite_completion_text(text, 0.25) == expected
