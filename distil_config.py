@@ -212,6 +212,10 @@ class RLConfig(GRPOConfig):
         default=False,
         metadata={"help": "Thinking mode of chat templates that have the switch (Qwen3); the paper: off."},
     )
+    shared_prefix: bool = field(
+        default=True,
+        metadata={"help": "Not used yet: the GRPO backbone forwards every rollout's prompt, as TRL does."},
+    )
 
     def __post_init__(self):
         if self.rl_reward not in RL_REWARDS:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -27,6 +27,15 @@ from caopd.models import ModelResolutionError, resolve_model_name
 from caopd.prompt_lengths import PromptLengthError, check_prompt_lengths
 from caopd.prompts import encode_chat_prompts, thinking_mode
 from caopd.run_config import RUN_CONFIG_NAME, resolved_config, write_yaml_atomically
+from caopd.run_guard import (
+    RunLock,
+    RunLockError,
+    disk_full,
+    identity_problem,
+    run_identity,
+    stopped_line,
+    where_to_resume,
+)
 from caopd.tasks import TaskDataError, get_task
 from caopd.tasks.custom import resolve_equivalence
 from caopd.teacher import TEACHER_DIR
@@ -41,15 +50,37 @@ BACKBONES = {
     "grpo": (RLConfig, RLTrainer),
 }
 
-USER_ERRORS = (CLIError, TaskDataError, ModelResolutionError, BackendError, PromptLengthError, CheckpointError)
+USER_ERRORS = (
+    CLIError,
+    TaskDataError,
+    ModelResolutionError,
+    BackendError,
+    PromptLengthError,
+    CheckpointError,
+    RunLockError,
+)
+
+
+def check_reporting(report_to: str) -> None:
+    """Every ``--report_to`` integration is one transformers knows and whose package is installed."""
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    for name in (part.strip() for part in report_to.split(",") if part.strip() not in ("none", "all", "")):
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise CLIError(f"--report_to {name}: not an integration; choose from {', '.join(INTEGRATION_TO_CALLBACK)}")
+        if name not in get_available_reporting_integrations():
+            raise CLIError(
+                f"reporting to {name} needs its package (pip install {name}); or pass --report_to none"
+                + (" (or --no_wandb)" if name == "wandb" else "")
+            )
 
 
 def build_config(args: argparse.Namespace, world_size: int):
     """Map the flags onto the backbone's config; the question batch fixes gradient accumulation."""
     use_vllm = resolve_use_vllm(args.use_vllm)
     report_to = "none" if args.no_wandb else args.report_to
-    if "wandb" in report_to.split(",") and importlib.util.find_spec("wandb") is None:
-        raise CLIError("reporting to wandb needs `pip install wandb`; or pass --no_wandb (or --report_to none)")
+    check_reporting(report_to)
     on_gpu = torch.cuda.is_available()
     bf16 = resolve_bf16(args.bf16, on_gpu)
     common = {
@@ -64,6 +95,7 @@ def build_config(args: argparse.Namespace, world_size: int):
         "weight_decay": args.weight_decay,
         "max_grad_norm": args.max_grad_norm,
         "lr_scheduler_type": args.lr_scheduler_type,
+        "lr_scheduler_kwargs": args.lr_scheduler_kwargs,
         "gradient_checkpointing": args.gradient_checkpointing,
         "bf16": bf16,
         "use_cpu": not on_gpu,
@@ -77,6 +109,7 @@ def build_config(args: argparse.Namespace, world_size: int):
         "max_completion_length": args.max_completion_length,
         "temperature": args.temperature,
         "save_rollouts": args.save_rollouts,
+        "shared_prefix": not args.no_shared_prefix,
         "enable_thinking": args.enable_thinking,
         "use_vllm": use_vllm,
         "vllm_mode": args.vllm_mode,
@@ -102,7 +135,6 @@ def _distillation_settings(args: argparse.Namespace) -> dict:
         "teacher_model_kind": args.teacher_model_kind,
         "teacher_update_rate": args.ref_model_mixup_alpha,
         "empirical_calibration": not args.no_empirical_calibration,
-        "shared_prefix": not args.no_shared_prefix,
         "self_consistency": args.self_consistency,
         "equivalence": args.equivalence,
     }
@@ -114,15 +146,20 @@ def _distillation_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
-def load_model_and_tokenizer(name: str, bf16: bool):
+def load_model_and_tokenizer(name: str, bf16: bool, attention: str = "sdpa"):
     """Resolve --model_name (hub id, folder or the embedded model) and load it with its tokenizer."""
     location = resolve_model_name(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, padding_side="left", truncation_side="left")
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.bfloat16 if bf16 else torch.float32)
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, attn_implementation=attention)
     except OSError as err:
         raise ModelResolutionError(
             f"cannot load model {name!r}: {err}. Without network access use a local folder or 'smollm2'."
+        ) from err
+    except (ImportError, ValueError) as err:  # an attention kernel that is not installed or not supported
+        raise ModelResolutionError(
+            f"--attn_implementation {attention}: {str(err).splitlines()[0].rstrip('.')}; choose sdpa (the default)"
         ) from err
     if tokenizer.chat_template is None:
         raise ModelResolutionError(f"{name}: the tokenizer has no chat template; CaOPD prompts are chat prompts")
@@ -143,7 +180,7 @@ def peft_config(args: argparse.Namespace):
     )
 
 
-def resume_argument(args: argparse.Namespace) -> str | None:
+def resume_argument(args: argparse.Namespace, identity: dict | None = None) -> str | None:
     """The checkpoint to resume from, checked complete before anything is loaded (``caopd.checkpoints``)."""
     value = args.resume_from_checkpoint
     if value is None:
@@ -171,6 +208,12 @@ def resume_argument(args: argparse.Namespace) -> str | None:
             f"--resume_from_checkpoint {value}: it holds no EMA teacher ({TEACHER_DIR}/), so resuming would restart "
             "the teacher from the base weights; resume from a checkpoint written by this CLI or start a new run"
         )
+    if identity is not None:
+        problem, warning = identity_problem(value, identity)
+        if problem:
+            raise CLIError(f"--resume_from_checkpoint: {problem}")
+        if warning and int(os.environ.get("RANK", "0")) == 0:
+            print(f"warning: {warning}", file=sys.stderr)
     return value
 
 
@@ -197,32 +240,80 @@ def delete_checkpoints(output_dir: str) -> None:
             shutil.rmtree(Path(output_dir) / name)
 
 
+FINAL_STAGING = ".final.partial"
+
+
 def save_final_model(trainer, tokenizer, output_dir: str) -> None:
-    """Write a model that plain ``AutoModelForCausalLM.from_pretrained(output_dir)`` loads (LoRA: merged)."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if not hasattr(model, "merge_and_unload"):
-        trainer.save_model(output_dir)
-    elif trainer.accelerator.is_main_process:
-        model.save_pretrained(os.path.join(output_dir, "adapter"), selected_adapters=["default"])
-        if "teacher" in model.peft_config:
-            model.delete_adapter("teacher")
-        model.merge_and_unload().save_pretrained(output_dir)
+    """Write a model that plain ``AutoModelForCausalLM.from_pretrained(output_dir)`` loads (LoRA: merged).
+
+    Everything is written into a staging folder first and moved into ``output_dir`` once complete, its config last:
+    a save cut short (a full disk, a kill) never leaves a folder that looks like a model without its weights or
+    tokenizer.
+    """
+    staging = Path(output_dir) / FINAL_STAGING
     if trainer.accelerator.is_main_process:
-        tokenizer.save_pretrained(output_dir)
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    try:
+        _write_final_model(trainer, tokenizer, staging)
+    except BaseException:
+        if trainer.accelerator.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)  # a full disk: free what the cut-short save took
+        raise
+    if trainer.accelerator.is_main_process:
+        names = sorted(path.name for path in staging.iterdir())
+        for name in sorted(names, key=lambda name: name == "config.json"):  # the config last
+            target = Path(output_dir) / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(staging / name, target)
+        staging.rmdir()
     trainer.accelerator.wait_for_everyone()
 
 
-def run(args: argparse.Namespace) -> None:
+def _write_final_model(trainer, tokenizer, folder: Path) -> None:
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if not hasattr(model, "merge_and_unload"):
+        trainer.save_model(str(folder))
+    elif trainer.accelerator.is_main_process:
+        model.save_pretrained(folder / "adapter", selected_adapters=["default"])
+        if "teacher" in model.peft_config:
+            model.delete_adapter("teacher")
+        model.merge_and_unload().save_pretrained(folder)
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(folder)
+
+
+def run(args: argparse.Namespace, progress: dict) -> None:
+    """Train as the flags say, holding the output folder's lock; ``progress["trainer"]`` holds the trainer once it
+    exists (for the line a stopped run ends with)."""
+    lock = RunLock(args.output_dir)
+    if int(os.environ.get("RANK", "0")) == 0:
+        lock.acquire()  # before anything is read or written there
+    else:
+        lock.check()
+    try:
+        train(args, progress)
+    finally:
+        lock.release()
+
+
+def train(args: argparse.Namespace, progress: dict) -> None:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     config = build_config(args, world_size)
-    resume = resume_argument(args)
+    identity = run_identity(args, resolve_model_name(args.model_name))
+    resume = resume_argument(args, identity)
     task = get_task(args.dataset_name, args.verifier, args.tooluse_match)
     dataset = task.load(args.train_data)
     task.probe(dataset)
     if args.self_consistency:
         example = dataset[0]["demonstration"]
-        resolve_equivalence(args.equivalence, task)(example, example)  # a broken --equivalence fails here
-    model, tokenizer = load_model_and_tokenizer(args.model_name, config.bf16)
+        if not resolve_equivalence(args.equivalence, task)(example, example):  # a broken --equivalence fails here
+            raise CLIError(
+                f"--equivalence {args.equivalence} finds the first row's demonstration not equivalent to itself, so "
+                "no rollout could ever match its reference (P_acc 0 throughout); choose another --equivalence"
+            )
+    model, tokenizer = load_model_and_tokenizer(args.model_name, config.bf16, args.attn_implementation)
     lengths = [len(ids) for ids in encode_chat_prompts(tokenizer, list(dataset["prompt"]), args.enable_thinking)]
     check = check_prompt_lengths(lengths, args.max_prompt_length, args.overlong_prompts, "--max_prompt_length")
     if check.warning and int(os.environ.get("RANK", "0")) == 0:
@@ -253,6 +344,8 @@ def run(args: argparse.Namespace) -> None:
             "shared_prefix": trainer.shared_prefix_mode(),
         }
         write_yaml_atomically(resolved_config(args, derived, config.to_dict()), Path(args.output_dir) / RUN_CONFIG_NAME)
+    trainer.run_identity = identity
+    progress["trainer"] = trainer
     if resume is None and args.overwrite_output_dir:
         delete_checkpoints(args.output_dir)
     trainer.train(resume_from_checkpoint=resume)
@@ -268,24 +361,45 @@ def vllm_max_model_len(args: argparse.Namespace) -> int:
     return vllm_context_length(args.max_prompt_length, args.max_completion_length, teacher, args.self_consistency)
 
 
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _step(progress: dict) -> int | None:
+    trainer = progress.get("trainer")
+    return trainer.state.global_step if trainer is not None else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    message = None
+    message, code, progress, args = None, 2, {}, None
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a scheduler's stop: the same clean line as Ctrl-C
     try:
         args = parse_args(argv)
         if args.print_vllm_max_model_len:
             print(vllm_max_model_len(args))
             return 0
-        run(args)
+        run(args, progress)
     except USER_ERRORS as err:
         message = f"error: {err}"
+    except KeyboardInterrupt as interrupt:
+        cause = str(interrupt) or "SIGINT"
+        code = 143 if cause == "SIGTERM" else 130
+        message = stopped_line(cause, _step(progress), args.output_dir) if args else f"stopped by {cause}"
+    except Exception as err:
+        if not disk_full(err) or args is None:
+            raise
+        message = f"error: the disk is full ({err}); free some space, then {where_to_resume(args.output_dir)}"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     # The trainer sits in reference cycles, so its DDP wrapper (which holds the gloo process group) would otherwise
     # outlive run() until interpreter shutdown, where destroying gloo's pending work can abort the finished process
     # (SIGABRT, "terminate called without an active exception"). Collect it while the interpreter is whole, and
     # before the error line, which must stay the last one (an interrupted progress bar prints when collected).
     gc.collect()
     if message is not None:
-        print(message, file=sys.stderr)
-        return 2
+        if int(os.environ.get("RANK", "0")) == 0 or message.startswith("error:"):
+            print(message, file=sys.stderr)
+        return code
     return 0
 
 

@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from caopd.checks import non_negative_int, positive_int
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "caopd_eval"
 PAPER_LR = {"tooluse": "2e-5", "science": "1e-5", "arithmetic": "2e-5"}
@@ -36,9 +38,11 @@ def add_scale_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--cpu_scale", action="store_true", help="the embedded model at small settings (CPU)")
     parser.add_argument("--model_name", default=None, help="default: Qwen/Qwen3-8B, or smollm2 with --cpu_scale")
-    parser.add_argument("--max_steps", type=int, default=None, help="default: one epoch, or 4 with --cpu_scale")
-    parser.add_argument("--num_processes", type=int, default=8, help="GPUs (not with --cpu_scale)")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--max_steps", type=positive_int, default=None, help="default: one epoch, or 4 with --cpu_scale"
+    )
+    parser.add_argument("--num_processes", type=positive_int, default=8, help="GPUs (not with --cpu_scale)")
+    parser.add_argument("--seed", type=non_negative_int, default=42)
     parser.add_argument("--force", action="store_true", help="redo finished stages")
     parser.add_argument(
         "--quick",

@@ -23,6 +23,7 @@ from experiment_scale import ARMS, Scale, add_scale_flags
 from stages import run_plan
 
 from caopd.atomic import write_text_atomically
+from caopd.checks import positive_int
 
 BINS = 10
 
@@ -83,7 +84,7 @@ def picture(rows: dict[str, dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_scale_flags(parser)
-    parser.add_argument("--ks", nargs="+", type=int, default=[1, 2, 4, 8, 16], help="rollouts per question")
+    parser.add_argument("--ks", nargs="+", type=positive_int, default=[1, 2, 4, 8, 16], help="rollouts per question")
     parser.add_argument("--backbone", choices=("sdft", "sdpo"), default="sdft")
     parser.add_argument("--task", choices=("tooluse", "science", "arithmetic"), default=None,
                         help="default: tooluse, or arithmetic with --cpu_scale")  # fmt: skip

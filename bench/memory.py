@@ -28,6 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from caopd.checks import positive_int
+
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -153,7 +156,9 @@ def paper_scale_rows(vocab_rows: float) -> list[tuple[str, float, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--length", type=int, default=256, help="L: measure completions of L, 2L and 4L tokens")
+    parser.add_argument(
+        "--length", type=positive_int, default=256, help="L: measure completions of L, 2L and 4L tokens"
+    )
     parser.add_argument(
         "--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="weights and logits (the paper: bf16)"
     )

@@ -37,6 +37,7 @@ from transformers import TrainerCallback
 
 import caopd.loss_parts
 import caopd.step
+from caopd.checks import non_negative_int, positive_float, positive_int
 from caopd.cli import parse_args
 from caopd.tasks import get_task
 from main import BACKBONES, build_config, load_model_and_tokenizer
@@ -159,20 +160,18 @@ TARGETS = {"sdft": 1.03, "sdpo": 1.02}
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, default=3, help="CaOPD/backbone step pairs to time, per backbone")
+    parser.add_argument("--pairs", type=positive_int, default=3, help="CaOPD/backbone step pairs to time, per backbone")
     parser.add_argument("--backbones", nargs="+", choices=tuple(TARGETS), default=list(TARGETS))
     parser.add_argument("--model_name", default="smollm2")
     parser.add_argument("--output_dir", default="outputs/bench_overhead")
     parser.add_argument(
         "--learning_rate",
-        type=float,
+        type=positive_float,
         default=1e-30,
         help="1e-30 leaves fp32 weights bit for bit as they are, so both steps of a pair sample from the same weights",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     options = parser.parse_args(argv)
-    if options.pairs < 1:
-        parser.error(f"--pairs must be at least 1, got {options.pairs}")
 
     flags = ["--model_name", options.model_name, "--dataset_name", "arithmetic", "--output_dir", options.output_dir]
     flags += ["--max_steps", str(2 * options.pairs), "--num_prompts_per_batch", "2", "--num_generations", "8"]

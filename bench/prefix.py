@@ -30,6 +30,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from caopd.checks import positive_int
+
 SHAPES = {
     "arithmetic": {"questions": 2, "k": 8, "completion": 40, "micro_batch": 8},
     "tooluse": {"questions": 1, "k": 8, "completion": 100, "micro_batch": 8},
@@ -156,7 +159,7 @@ def run_measurement(shape: str, shared: bool, tooluse_data: str, repeats: int, q
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tooluse_data", default=str(DEFAULT_TOOLUSE), help="tool-use rows (the shared eval set)")
-    parser.add_argument("--repeats", type=int, default=2, help="timed steps per path (the fastest counts)")
+    parser.add_argument("--repeats", type=positive_int, default=2, help="timed steps per path (the fastest counts)")
     parser.add_argument("--shapes", nargs="+", choices=tuple(SHAPES), default=list(SHAPES))
     parser.add_argument("--quick", action="store_true", help="a tiny random model instead of SmolLM2 (tests)")
     parser.add_argument("--measure", nargs=2, metavar=("SHAPE", "SHARED"), help=argparse.SUPPRESS)
@@ -165,8 +168,6 @@ def main(argv: list[str] | None = None) -> int:
         shape, shared = options.measure
         print(json.dumps(measure(shape, shared == "1", options.tooluse_data, options.repeats, options.quick)))
         return 0
-    if options.repeats < 1:
-        parser.error(f"--repeats must be at least 1, got {options.repeats}")
     if "tooluse" in options.shapes and not Path(options.tooluse_data).exists():
         parser.error(f"--tooluse_data {options.tooluse_data} not found (the shared tool-use set, ../shared/data)")
     print("| shape | rows x prompt tokens | unshared s | shared s | time ratio | unshared MiB | shared MiB | loss |")

@@ -27,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from caopd.checks import non_negative_int, positive_int
 from caopd.confidence import parse_confidence
 from caopd.generation import generate_with_shared_prefill
 from caopd.models import resolve_model_name
@@ -66,15 +67,19 @@ def time_plain_generate(model, tokenizer, prompts: list, k: int, max_new_tokens:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=48, help="questions")
-    parser.add_argument("--k", type=int, default=8, help="samples per question")
-    parser.add_argument("--max_new_tokens", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n", type=positive_int, default=48, help="questions")
+    parser.add_argument("--k", type=positive_int, default=8, help="samples per question")
+    parser.add_argument("--max_new_tokens", type=positive_int, default=40)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--split", default="train")
     parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--prompts_per_call", type=int, default=8, help="questions per generate call")
-    parser.add_argument("--timing_prompts", type=int, default=0, help="also time a plain K-sample call on N prompts")
-    parser.add_argument("--show", type=int, default=0, help="print the first completion of this many questions")
+    parser.add_argument("--prompts_per_call", type=positive_int, default=8, help="questions per generate call")
+    parser.add_argument(
+        "--timing_prompts", type=non_negative_int, default=0, help="also time a plain K-sample call on N prompts"
+    )
+    parser.add_argument(
+        "--show", type=non_negative_int, default=0, help="print the first completion of this many questions"
+    )
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)

@@ -30,6 +30,7 @@ from trl.experimental.sdft.sdft_trainer import DemonstrationTeacherContextBuilde
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from caopd.checks import positive_int
 from caopd.models import resolve_model_name
 from caopd.targets import format_confidence, teacher_context
 from caopd.tasks.arithmetic import generate_questions
@@ -54,7 +55,7 @@ def tail_token_probability(model, tokenizer, prompt: list, continuation: str, n_
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=8, help="training questions")
+    parser.add_argument("--n", type=positive_int, default=8, help="training questions")
     parser.add_argument("--model", default="smollm2")
     parser.add_argument(
         "--teacher_instruction",
@@ -62,8 +63,6 @@ def main() -> None:
         help="also probe teachers whose closing instruction is this (main.py --teacher_instruction)",
     )
     args = parser.parse_args()
-    if args.n < 1:
-        parser.error(f"--n {args.n}: probe at least one training question")
 
     path = resolve_model_name(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -37,6 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from stages import run_plan
 
 from caopd.atomic import write_text_atomically
+from caopd.checks import non_negative_int, positive_float, positive_int
 from caopd.metrics import calibration_metrics
 from caopd.tasks.arithmetic import LEVELS, generate_questions
 
@@ -78,17 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model_name", default="smollm2")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="arms to run (base always)")
     train = parser.add_argument_group("training (identical for every arm)")
-    train.add_argument("--max_steps", type=int, default=24, help="optimizer steps per arm")
+    train.add_argument("--max_steps", type=positive_int, default=24, help="optimizer steps per arm")
     train.add_argument(
-        "--save_steps", type=int, default=4, help="checkpoint every N steps: a killed stage resumes from the last one"
+        "--save_steps",
+        type=positive_int,
+        default=4,
+        help="checkpoint every N steps: a killed stage resumes from the last one",
     )
-    train.add_argument("--num_prompts_per_batch", type=int, default=2, help="questions per optimizer step")
-    train.add_argument("--num_generations", type=int, default=8, help="K: rollouts per question")
-    train.add_argument("--learning_rate", type=float, default=3e-4)
+    train.add_argument("--num_prompts_per_batch", type=positive_int, default=2, help="questions per optimizer step")
+    train.add_argument("--num_generations", type=positive_int, default=8, help="K: rollouts per question")
+    train.add_argument("--learning_rate", type=positive_float, default=3e-4)
     train.add_argument("--lr_scheduler_type", default="constant_with_warmup", help="one warmup step, then this")
     train.add_argument("--full_finetune", action="store_true", help="train all weights instead of LoRA")
-    train.add_argument("--lora_r", type=int, default=16)
-    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--lora_r", type=positive_int, default=16)
+    train.add_argument("--seed", type=non_negative_int, default=42)
     wording = train.add_mutually_exclusive_group()
     wording.add_argument(
         "--teacher_instruction",
@@ -101,16 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the paper's closing instruction instead of --teacher_instruction",
     )
     evaluation = parser.add_argument_group("evaluation (identical for every arm)")
-    evaluation.add_argument("--num_questions", type=int, default=150, help="held-out questions (test split)")
-    evaluation.add_argument("--num_samples", type=int, default=4, help="sampled responses per question")
+    evaluation.add_argument("--num_questions", type=positive_int, default=150, help="held-out questions (test split)")
+    evaluation.add_argument("--num_samples", type=positive_int, default=4, help="sampled responses per question")
     parser.add_argument(
         "--temperature",
-        type=float,
+        type=positive_float,
         default=0.7,
         help="sampling temperature of the training rollouts and of the evaluation: P_acc is the success rate at "
         "this temperature, so the confidence is judged against answers sampled the same way",
     )
-    evaluation.add_argument("--n_bootstrap", type=int, default=1000)
+    evaluation.add_argument("--n_bootstrap", type=non_negative_int, default=1000)
     parser.add_argument("--force", action="store_true", help="redo finished stages")
     return parser
 

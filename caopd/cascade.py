@@ -33,7 +33,8 @@ def scored_items(items: Sequence[Any], source: str) -> list[tuple[Any, bool, flo
         if not isinstance(item, dict) or "item_id" not in item or not isinstance(item.get("correct"), bool):
             raise RoutingInputError(f"{source}: item {index} needs an 'item_id' and a true/false 'correct'")
         confidence = item.get("confidence")
-        if confidence is not None and not (isinstance(confidence, (int, float)) and 0 <= confidence <= 1):
+        numeric = isinstance(confidence, (int, float)) and not isinstance(confidence, bool)
+        if confidence is not None and not (numeric and 0 <= confidence <= 1):
             raise RoutingInputError(f"{source}: item {index} has confidence {confidence!r}, not a value in [0, 1]")
         scored.append((item["item_id"], item["correct"], float(confidence or 0.0)))
     if not scored:
@@ -93,3 +94,8 @@ def cheapest_matching(points: Sequence[dict[str, float]], large_accuracy: float)
     """The cheapest point whose accuracy is within one point of the large model's (the most accurate on ties)."""
     matching = [point for point in points if point["accuracy"] >= large_accuracy - MATCH_TOLERANCE - 1e-12]
     return min(matching, key=lambda point: (point["cost"], -point["accuracy"])) if matching else None
+
+
+def without_confidence(items: Sequence[Any]) -> int:
+    """How many items state no confidence: they read as 0.0, so every threshold above 0 defers them."""
+    return sum(1 for item in items if isinstance(item, dict) and item.get("confidence") is None)

@@ -61,9 +61,13 @@ def checkpoint_problem(checkpoint: str | Path) -> str | None:
         return f"it has no {MARKER}: its write was cut short (or an older version wrote it)"
     try:
         files = json.loads(marker.read_text(encoding="utf-8"))["files"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        return f"its {MARKER} does not read ({err})"
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
+        return f"its {MARKER} does not read ({type(err).__name__}: {err})"
+    if not isinstance(files, dict) or not all(isinstance(k, str) and type(v) is int for k, v in files.items()):
+        return f"its {MARKER} does not list its files (a mapping of file name to size)"
     for name, size in files.items():
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            return f"its {MARKER} names a file outside the checkpoint ({name})"
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
@@ -101,8 +105,9 @@ def clear_incomplete(checkpoint: str | Path) -> None:
 
 
 def rotate(output_dir: str | Path, keep: int | None) -> None:
-    """Delete the oldest complete checkpoints beyond ``keep`` (incomplete ones are never counted or touched)."""
-    if not keep:
+    """Delete the oldest complete checkpoints beyond ``keep`` (incomplete ones are never counted or touched); a limit
+    below 1 keeps every checkpoint (the newest one is never deleted)."""
+    if not keep or keep < 1:
         return
     complete = sorted(
         (path for path in Path(output_dir).glob("checkpoint-*") if checkpoint_step(path) is not None),
@@ -122,6 +127,7 @@ class CompleteCheckpoints:
     """
 
     resume_dir: str | None = None
+    run_identity: dict | None = None  # the settings a resume must keep (``caopd.run_guard``), written into checkpoints
 
     def _save_extra(self, checkpoint: str) -> None:
         """Write what the subclass keeps beside the Trainer's files (every process calls it)."""
@@ -138,6 +144,8 @@ class CompleteCheckpoints:
         finally:
             self.args.save_total_limit = keep
         self._save_extra(checkpoint)
+        if self.run_identity is not None and self.args.should_save:
+            write_text_atomically(Path(checkpoint) / "caopd_run.json", json.dumps(self.run_identity, indent=1) + "\n")
         self.accelerator.wait_for_everyone()  # every process's part is on disk
         if self.args.should_save:
             write_marker(checkpoint, self.state.global_step)

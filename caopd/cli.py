@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from caopd.atomic import output_folder_problem
+from caopd.checks import (
+    finite_float,
+    non_negative_float,
+    non_negative_int,
+    port,
+    positive_float,
+    positive_int,
+    probability,
+)
 from caopd.prompt_lengths import OVERLONG_CHOICES
 from caopd.targets import TEACHER_MODES, closing_instruction
 from caopd.tasks import TASK_NAMES
@@ -115,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="tool-use rule for P_acc (and evaluation): every call in order (sequence), the first call (first_call: "
         "the original's P_acc and calibration script), or tool names + merged inputs (merged: its accuracy script)",
     )
-    run.add_argument("--seed", type=int, default=42)
+    run.add_argument("--seed", type=non_negative_int, default=42)
     run.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest' for the newest in output_dir")
     run.add_argument(
         "--overwrite_output_dir",
@@ -162,39 +173,63 @@ def build_parser() -> argparse.ArgumentParser:
         help="sdft: closing instruction of the teacher context instead of the paper's wording for the mode "
         "(e.g. 'Now answer with a response of your own in the same format.')",
     )
-    caopd.add_argument("--num_generations", type=int, default=8, help="K: rollouts per question (P_acc = correct / K)")
+    caopd.add_argument(
+        "--num_generations", type=positive_int, default=8, help="K: rollouts per question (P_acc = correct / K)"
+    )
     caopd.add_argument(
         "--num_prompts_per_batch",
-        type=int,
+        type=positive_int,
         default=32,
         help="distinct questions per optimizer step (the paper's question batch); each brings K rollouts",
     )
-    caopd.add_argument("--ref_model_mixup_alpha", type=float, default=0.01, help="EMA update rate of the teacher")
+    caopd.add_argument("--ref_model_mixup_alpha", type=probability, default=0.01, help="EMA update rate of the teacher")
     caopd.add_argument("--teacher_model_kind", default="ema", choices=("ema", "base", "live"))
 
     optim = parser.add_argument_group("optimization")
-    optim.add_argument("--learning_rate", type=float, default=2e-5)
-    optim.add_argument("--num_train_epochs", type=float, default=1)
+    optim.add_argument("--learning_rate", type=positive_float, default=2e-5)
+    optim.add_argument("--num_train_epochs", type=positive_float, default=1)
     optim.add_argument("--max_steps", type=int, default=-1, help="optimizer steps; overrides --num_train_epochs")
-    optim.add_argument("--per_device_train_batch_size", type=int, default=8, help="rollouts per device per micro-step")
-    optim.add_argument("--warmup_steps", type=int, default=10)
-    optim.add_argument("--weight_decay", type=float, default=0.01)
-    optim.add_argument("--max_grad_norm", type=float, default=1.0)
-    optim.add_argument("--lr_scheduler_type", default="linear")
+    optim.add_argument(
+        "--per_device_train_batch_size", type=positive_int, default=8, help="rollouts per device per micro-step"
+    )
+    optim.add_argument("--warmup_steps", type=non_negative_int, default=10)
+    optim.add_argument("--weight_decay", type=non_negative_float, default=0.01)
+    optim.add_argument("--max_grad_norm", type=non_negative_float, default=1.0, help="0: no clipping")
+    optim.add_argument("--lr_scheduler_type", default="linear", help="any of transformers' schedulers")
+    optim.add_argument(
+        "--lr_scheduler_kwargs",
+        default=None,
+        help="its extra arguments as JSON, e.g. '{\"min_lr_rate\": 0.1}' for cosine_with_min_lr",
+    )
     optim.add_argument("--gradient_checkpointing", action="store_true")
+    optim.add_argument(
+        "--attn_implementation",
+        choices=("sdpa", "eager", "flash_attention_2"),
+        default="sdpa",
+        help="attention kernel; flash_attention_2 needs the flash-attn package and turns the shared prefix off",
+    )
     optim.add_argument(
         "--bf16", action=argparse.BooleanOptionalAction, default=None, help="default: on if the GPU has it"
     )
-    optim.add_argument("--save_steps", type=int, default=50)
-    optim.add_argument("--save_total_limit", type=int, default=None)
-    optim.add_argument("--logging_steps", type=int, default=1)
+    optim.add_argument("--save_steps", type=positive_int, default=50)
+    optim.add_argument(
+        "--save_total_limit",
+        type=positive_int,
+        default=None,
+        help="keep the newest N complete checkpoints (unset: all)",
+    )
+    optim.add_argument("--logging_steps", type=positive_int, default=1)
 
     distil = parser.add_argument_group("distillation")
-    distil.add_argument("--distillation_alpha", type=float, default=1.0, help="0 forward KL, 1 reverse KL, else JSD")
-    distil.add_argument("--distillation_topk", type=int, default=100, help="top-k logits of the student's support")
+    distil.add_argument(
+        "--distillation_alpha", type=probability, default=1.0, help="0 forward KL, 1 reverse KL, else JSD"
+    )
+    distil.add_argument(
+        "--distillation_topk", type=positive_int, default=100, help="top-k logits of the student's support"
+    )
     distil.add_argument(
         "--num_loss_tokens_to_skip",
-        type=int,
+        type=non_negative_int,
         default=None,
         help="first completion tokens left out of the loss (default: sdft 3, the original release's; sdpo 0)",
     )
@@ -203,8 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="forward every rollout's prompt (TRL's way) instead of each distinct prompt once (same loss, slower)",
     )
-    distil.add_argument("--temperature", type=float, default=1.0, help="rollout sampling temperature")
-    distil.add_argument("--max_prompt_length", type=int, default=1024)
+    distil.add_argument("--temperature", type=positive_float, default=1.0, help="rollout sampling temperature")
+    distil.add_argument("--max_prompt_length", type=positive_int, default=1024)
     distil.add_argument(
         "--overlong_prompts",
         choices=OVERLONG_CHOICES,
@@ -212,9 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="prompts longer than --max_prompt_length: stop with a message (error), leave them out (drop), or "
         "cut their beginning as TRL does (truncate)",
     )
-    distil.add_argument("--max_completion_length", type=int, default=1024, help="includes the appended confidence")
     distil.add_argument(
-        "--max_teacher_prompt_length", type=int, default=None, help="default: prompt + completion + 128"
+        "--max_completion_length", type=positive_int, default=1024, help="includes the appended confidence"
+    )
+    distil.add_argument(
+        "--max_teacher_prompt_length", type=positive_int, default=None, help="default: prompt + completion + 128"
     )
 
     backbone = parser.add_argument_group(
@@ -224,13 +261,15 @@ def build_parser() -> argparse.ArgumentParser:
         if kind is bool:
             backbone.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            backbone.add_argument(f"--{name}", type=kind, default=None, help=help_text)
+            backbone.add_argument(
+                f"--{name}", type=finite_float if kind is float else kind, default=None, help=help_text
+            )
 
     peft = parser.add_argument_group("LoRA")
     peft.add_argument("--use_peft", action="store_true", help="train LoRA adapters; the EMA teacher is an adapter too")
-    peft.add_argument("--lora_r", type=int, default=16)
-    peft.add_argument("--lora_alpha", type=int, default=32)
-    peft.add_argument("--lora_dropout", type=float, default=0.05)
+    peft.add_argument("--lora_r", type=positive_int, default=16)
+    peft.add_argument("--lora_alpha", type=positive_int, default=32)
+    peft.add_argument("--lora_dropout", type=probability, default=0.05)
 
     vllm = parser.add_argument_group("generation backend")
     vllm.add_argument(
@@ -238,8 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     vllm.add_argument("--vllm_mode", default="colocate", choices=("colocate", "server"))
     vllm.add_argument("--vllm_server_host", default="0.0.0.0")
-    vllm.add_argument("--vllm_server_port", type=int, default=8000)
-    vllm.add_argument("--vllm_gpu_memory_utilization", type=float, default=0.3)
+    vllm.add_argument("--vllm_server_port", type=port, default=8000)
+    vllm.add_argument("--vllm_gpu_memory_utilization", type=probability, default=0.3)
     vllm.add_argument(
         "--print_vllm_max_model_len",
         action="store_true",
@@ -247,10 +286,6 @@ def build_parser() -> argparse.ArgumentParser:
         "scripts/run_vllm_server.sh sizes its server with it",
     )
     return parser
-
-
-_POSITIVE = ("num_generations", "num_prompts_per_batch", "per_device_train_batch_size", "max_prompt_length")
-_POSITIVE += ("max_completion_length", "save_steps", "logging_steps", "distillation_topk", "lora_r", "lora_alpha")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -277,18 +312,36 @@ def _read_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
     unknown = sorted(set(values) - set(actions) - {"help"})
     if unknown:
         raise CLIError(f"--config {path}: unknown key(s) {', '.join(unknown)}; keys are flag names without '--'")
-    for key, value in values.items():
-        action = actions[key]
-        if action.choices is not None and value not in action.choices:
-            raise CLIError(
-                f"--config {path}: {key} must be one of {', '.join(map(str, action.choices))}, got {value!r}"
-            )
-        if action.type is not None and value is not None:
-            try:
-                values[key] = action.type(value)
-            except (TypeError, ValueError) as err:
-                raise CLIError(f"--config {path}: {key}={value!r} is not a valid {action.type.__name__}") from err
-    return values
+    return {key: _config_value(path, key, value, actions[key]) for key, value in values.items()}
+
+
+def _config_value(path: str, key: str, value: Any, action: argparse.Action) -> Any:
+    """One YAML value, typed as its flag expects: booleans strictly (true/false, or the strings "true"/"false"),
+    numbers through the flag's own check, text as text (``report_to`` also as a list); anything else refused."""
+    where = f"--config {path}: {key}"
+    if value is None:
+        return None
+    if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):  # a switch
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        if not isinstance(value, bool):
+            raise CLIError(f"{where} must be true or false, got {value!r}")
+        return value
+    if key == "report_to" and isinstance(value, list) and all(isinstance(item, str) for item in value):
+        value = ",".join(value)
+    if action.type is None:
+        if not isinstance(value, str):
+            raise CLIError(f"{where} must be text, got {value!r} ({type(value).__name__}); quote it in the YAML")
+    elif isinstance(value, (list, dict)):
+        raise CLIError(f"{where} must be a single value, got {value!r}")
+    else:
+        try:
+            value = action.type(value)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
+            raise CLIError(f"{where}={value!r} is not valid: {err}") from err
+    if action.choices is not None and value not in action.choices:
+        raise CLIError(f"{where} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
+    return value
 
 
 def backbone_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -357,27 +410,39 @@ def _validate(args: argparse.Namespace) -> None:
     _validate_backbone(args)
     if not args.output_dir:
         raise CLIError("--output_dir is required (on the command line or in --config)")
-    for name in _POSITIVE:
-        if getattr(args, name) < 1:
-            raise CLIError(f"--{name} must be a positive integer, got {getattr(args, name)}")
-    if not 0.0 <= args.ref_model_mixup_alpha <= 1.0:
-        raise CLIError(f"--ref_model_mixup_alpha is an EMA rate in [0, 1], got {args.ref_model_mixup_alpha}")
-    if not 0.0 <= args.distillation_alpha <= 1.0:
-        raise CLIError(
-            f"--distillation_alpha must lie in [0, 1] (0 forward KL, 1 reverse KL), got {args.distillation_alpha}"
-        )
-    if args.num_loss_tokens_to_skip is not None and args.num_loss_tokens_to_skip < 0:
-        raise CLIError(f"--num_loss_tokens_to_skip must be 0 or more, got {args.num_loss_tokens_to_skip}")
-    if args.temperature <= 0:
-        raise CLIError(f"--temperature must be positive, got {args.temperature}")
-    if args.learning_rate <= 0:
-        raise CLIError(f"--learning_rate must be positive, got {args.learning_rate}")
+    problem = output_folder_problem(args.output_dir, "--output_dir")
+    if problem:
+        raise CLIError(problem)
     if not 0.0 < args.vllm_gpu_memory_utilization <= 1.0:
         raise CLIError(f"--vllm_gpu_memory_utilization must lie in (0, 1], got {args.vllm_gpu_memory_utilization}")
     if args.max_steps == 0 or args.max_steps < -1:
         raise CLIError(f"--max_steps must be positive (or -1 to train --num_train_epochs), got {args.max_steps}")
-    if args.num_train_epochs <= 0 and args.max_steps == -1:
-        raise CLIError(f"--num_train_epochs must be positive, got {args.num_train_epochs}")
+    if args.lora_dropout >= 1.0:
+        raise CLIError(f"--lora_dropout must be below 1 (1 drops every activation), got {args.lora_dropout}")
+    _validate_scheduler(args)
+
+
+def _validate_scheduler(args: argparse.Namespace) -> None:
+    """The scheduler and its arguments, built once on a stand-in optimizer: transformers' own check, now."""
+    import torch
+    from transformers import get_scheduler
+
+    try:
+        kwargs = json.loads(args.lr_scheduler_kwargs) if args.lr_scheduler_kwargs else {}
+    except json.JSONDecodeError as err:
+        raise CLIError(f"--lr_scheduler_kwargs is not JSON ({err}); e.g. '{{\"min_lr_rate\": 0.1}}'") from err
+    if not isinstance(kwargs, dict):
+        raise CLIError(f"--lr_scheduler_kwargs must be a JSON object, got {args.lr_scheduler_kwargs}")
+    if args.lr_scheduler_type == "reduce_lr_on_plateau":
+        raise CLIError("--lr_scheduler_type reduce_lr_on_plateau follows an evaluation metric, and a run has none")
+    args.lr_scheduler_kwargs = kwargs
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:
+        get_scheduler(args.lr_scheduler_type, optimizer, 1, 10, scheduler_specific_kwargs=kwargs)
+    except (ValueError, TypeError, KeyError) as err:
+        raise CLIError(
+            f"--lr_scheduler_type {args.lr_scheduler_type} with --lr_scheduler_kwargs {json.dumps(kwargs)}: {err}"
+        ) from err
 
 
 def gradient_accumulation_steps(args: argparse.Namespace, world_size: int) -> int:

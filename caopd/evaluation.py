@@ -12,6 +12,7 @@ which never share a question with the training split (membership is fixed by a h
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -22,12 +23,13 @@ from typing import Any
 from datasets import Dataset
 from transformers import AutoTokenizer
 
-from caopd.atomic import write_text_atomically
+from caopd.atomic import output_folder_problem, write_set_atomically
+from caopd.checks import finite_float, non_negative_int, positive_int
 from caopd.confidence import parse_confidence
 from caopd.generation import MODEL_SETTABLE, generate, resolve_sampling
 from caopd.metrics import calibration_metrics
 from caopd.models import ModelResolutionError, resolve_model_name
-from caopd.plots import reliability_diagram, selective_diagram
+from caopd.plots import reliability_png, selective_png
 from caopd.prompt_lengths import OVERLONG_CHOICES, check_prompt_lengths
 from caopd.prompts import encode_chat_prompts
 from caopd.tasks import Task, TaskDataError, get_task
@@ -61,8 +63,8 @@ def build_parser(task: str) -> argparse.ArgumentParser:
         )
     if task == "arithmetic":
         parser.add_argument("--split", choices=SPLITS, default="test", help="split of the generated questions")
-        parser.add_argument("--num_questions", type=int, default=200, help="generated questions to evaluate")
-        parser.add_argument("--question_seed", type=int, default=0, help="seed of the question draw")
+        parser.add_argument("--num_questions", type=positive_int, default=200, help="generated questions to evaluate")
+        parser.add_argument("--question_seed", type=non_negative_int, default=0, help="seed of the question draw")
     parser.add_argument("--output_dir", default=None, help="default: <model_path>/eval_<task> (or eval_<task>/)")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the results an earlier evaluation left in --output_dir"
@@ -72,12 +74,15 @@ def build_parser(task: str) -> argparse.ArgumentParser:
         "metrics.json records them with their source)"
     )
     sampling.add_argument(
-        "--num_samples", type=int, default=None, help="responses per question (default 8, as the paper; greedy: 1)"
+        "--num_samples",
+        type=positive_int,
+        default=None,
+        help="responses per question (default 8, as the paper; greedy: 1)",
     )
     sampling.add_argument(
-        "--temperature", type=float, default=0.6, help="in [0, 2]; 0 = greedy, one response per question"
+        "--temperature", type=finite_float, default=0.6, help="in [0, 2]; 0 = greedy, one response per question"
     )
-    sampling.add_argument("--top_p", type=float, default=0.95)
+    sampling.add_argument("--top_p", type=finite_float, default=0.95)
     for name, kind, meaning in (
         ("top_k", int, "0 = off"),
         ("min_p", float, "0 = off"),
@@ -90,14 +95,20 @@ def build_parser(task: str) -> argparse.ArgumentParser:
             help=f"default: the model's generation_config.json, else off ({meaning})",
         )
     sampling.add_argument(
-        "--max_new_tokens", type=int, default=8192, help="response limit (the paper: 8,192; a CPU wants far fewer)"
+        "--max_new_tokens",
+        type=positive_int,
+        default=8192,
+        help="response limit (the paper: 8,192; a CPU wants far fewer)",
     )
     sampling.add_argument(
         "--enable_thinking", action="store_true", help="Qwen3's thinking mode on (the paper: off; as in training)"
     )
-    parser.add_argument("--batch_size", type=int, default=8, help="questions per generate() call")
+    parser.add_argument("--batch_size", type=positive_int, default=8, help="questions per generate() call")
     parser.add_argument(
-        "--max_prompt_length", type=int, default=None, help="prompt limit in tokens (default: none, whole prompts)"
+        "--max_prompt_length",
+        type=positive_int,
+        default=None,
+        help="prompt limit in tokens (default: none, whole prompts)",
     )
     parser.add_argument(
         "--overlong_prompts",
@@ -105,11 +116,11 @@ def build_parser(task: str) -> argparse.ArgumentParser:
         default="error",
         help="prompts longer than --max_prompt_length: stop (error), leave out (drop) or cut from the left (truncate)",
     )
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N questions")
+    parser.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N questions")
     parser.add_argument("--backend", choices=("transformers", "vllm"), default="transformers")
-    parser.add_argument("--n_bins", type=int, default=10)
-    parser.add_argument("--n_bootstrap", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n_bins", type=positive_int, default=10)
+    parser.add_argument("--n_bootstrap", type=non_negative_int, default=1000)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument(
         "--no_confidence_instruction", action="store_true", help="ask without the confidence line (ablation)"
     )
@@ -169,9 +180,19 @@ def evaluate(task_name: str, argv: list[str] | None = None) -> int:
         rows, prompt_ids = _encoded_prompts(rows, model_path, args)
         responses = generate(model_path, prompt_ids, sampling, args.backend)
         items = _judged_items(task, rows, responses)
+        metrics = _metrics(task_name, args, items, sampling, sources)
+        _write_results(output, task_name, args.model_path, items, metrics)
     except (ValueError, TaskDataError, ModelResolutionError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_user_message(err)}", file=sys.stderr)
         return 2
+    print(
+        f"{task_name}: accuracy {metrics['accuracy']:.3f}  ECE {metrics['ece']:.3f}  Brier {metrics['brier_score']:.3f}"
+        f"  SPR {metrics['spr']:.3f}  OCG {metrics['overconfidence_gap']:+.3f}  -> {output}"
+    )
+    return 0
+
+
+def _metrics(task_name: str, args: argparse.Namespace, items: list[dict], sampling, sources: dict) -> dict[str, Any]:
     metrics = calibration_metrics(
         [i["correct"] for i in items], [i["confidence"] for i in items], args.n_bins, args.n_bootstrap, args.seed
     )
@@ -182,15 +203,31 @@ def evaluate(task_name: str, argv: list[str] | None = None) -> int:
         metrics["answer_parse_rate"] = sum(extract_choice(i["response"]) is not None for i in items) / len(items)
     metrics["settings"] = {key: value for key, value in vars(args).items()}
     metrics["sampling"] = {**asdict(sampling), "stop_token_ids": list(sampling.stop_token_ids), "sources": sources}
-    write_text_atomically(output / "inference.json", json.dumps(items, indent=1, ensure_ascii=False) + "\n")
-    write_text_atomically(output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    reliability_diagram({args.model_path: metrics}, output / "reliability.png", title=f"{task_name}: reliability")
-    selective_diagram({args.model_path: metrics}, output / "selective.png", title=f"{task_name}: selective prediction")
-    print(
-        f"{task_name}: accuracy {metrics['accuracy']:.3f}  ECE {metrics['ece']:.3f}  Brier {metrics['brier_score']:.3f}"
-        f"  SPR {metrics['spr']:.3f}  OCG {metrics['overconfidence_gap']:+.3f}  -> {output}"
-    )
-    return 0
+    return metrics
+
+
+def _write_results(output: Path, task_name: str, label: str, items: list[dict], metrics: dict) -> None:
+    """The four result files as one set: all written to temporaries first, then renamed into place together."""
+    texts = {
+        "inference.json": json.dumps(items, indent=1, ensure_ascii=False) + "\n",
+        "metrics.json": json.dumps(metrics, indent=2) + "\n",
+    }
+    images = {
+        "reliability.png": reliability_png({label: metrics}, title=f"{task_name}: reliability"),
+        "selective.png": selective_png({label: metrics}, title=f"{task_name}: selective prediction"),
+    }
+    outputs = {output / name: (lambda stream, text=text: stream.write(text), "w") for name, text in texts.items()}
+    outputs |= {
+        output / name: (lambda stream, image=image: stream.write(image), "wb") for name, image in images.items()
+    }
+    write_set_atomically(outputs)
+
+
+def _user_message(err: Exception) -> str:
+    """The error as one line; a full disk says so and what to do."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk is full ({err.strerror}); no result was replaced: free some space and run again"
+    return str(err)
 
 
 RESULT_FILES = ("inference.json", "metrics.json")
@@ -198,6 +235,9 @@ RESULT_FILES = ("inference.json", "metrics.json")
 
 def _refuse_earlier_results(output: Path, overwrite: bool) -> None:
     """An evaluation's results (hours of generation at paper lengths) are never replaced unasked."""
+    problem = output_folder_problem(output, "--output_dir")
+    if problem:
+        raise ValueError(problem)
     earlier = [name for name in RESULT_FILES if (output / name).exists()]
     if earlier and not overwrite:
         raise ValueError(

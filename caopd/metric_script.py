@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from caopd.atomic import output_file_problem, write_text_atomically
+from caopd.checks import non_negative_int, positive_int
 from caopd.confidence import parse_confidence
 from caopd.metrics import calibration_metrics
 from caopd.verifiers import TOOLUSE_MATCHES
@@ -30,8 +31,8 @@ def read_items(path: str, flag: str = "--input") -> list[dict[str, Any]]:
         payload = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as err:
         raise ValueError(f"{flag} {path}: cannot read it ({err.strerror})") from err
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{flag} {path}: not valid JSON ({err})") from err
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{flag} {path}: not valid JSON, or nested too deeply ({err})") from err
     items = payload.get("items") if isinstance(payload, dict) else payload
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
         raise ValueError(
@@ -77,8 +78,11 @@ def run_metric_script(
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--input", required=True, help="inference JSON: a list of {response, golden_answer, ...}")
     parser.add_argument("--output", required=True, help="metrics JSON to write (atomically)")
-    parser.add_argument("--n_bins", type=int, default=10, help="equal-width confidence bins for ECE")
-    parser.add_argument("--n_bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--n_bins", type=positive_int, default=10, help="equal-width confidence bins for ECE")
+    parser.add_argument(
+        "--n_bootstrap", type=non_negative_int, default=1000, help="bootstrap resamples for the 95%% intervals"
+    )
     if tooluse_rule:
         parser.add_argument(
             "--tooluse_match", choices=TOOLUSE_MATCHES, default="sequence", help="tool-use rule (see eval_tooluse.py)"
@@ -91,7 +95,7 @@ def run_metric_script(
             raise ValueError(f"--n_bins must be positive, got {args.n_bins}")
         if args.n_bootstrap < 0:
             raise ValueError(f"--n_bootstrap must be 0 (no intervals) or more, got {args.n_bootstrap}")
-        problem = output_file_problem(args.output, "--output")
+        problem = output_file_problem(args.output, "--output", args.overwrite)
         if problem:
             raise ValueError(problem)
         items = read_items(args.input)
@@ -104,10 +108,10 @@ def run_metric_script(
         if tooluse_rule:
             metrics["tooluse_match"] = args.tooluse_match
         metrics["malformed_items"] = problems
-    except ValueError as err:
+        write_text_atomically(args.output, json.dumps(metrics, indent=2) + "\n")
+    except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    write_text_atomically(args.output, json.dumps(metrics, indent=2) + "\n")
     for problem in problems[:10]:
         print(f"warning: {problem}", file=sys.stderr)
     print(

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from caopd.selective import accuracy_at_coverage, accuracy_curve, aurc
 
@@ -122,17 +123,34 @@ def _core(confidence: np.ndarray, correct: np.ndarray, n_bins: int) -> dict[str,
     }
 
 
+BOOTSTRAP_BUDGET = 20_000_000  # resampled items in all; above it the resamples are drawn smaller (m out of n)
+
+
+def bootstrap_plan(n_items: int, n_resamples: int) -> dict[str, Any]:
+    """How the intervals are drawn: the usual n-out-of-n bootstrap while n_items x n_resamples fits the budget;
+    above it, resamples of m = budget / n_resamples items whose spread is scaled by sqrt(m / n_items) (the
+    m-out-of-n bootstrap), so a million items take seconds, not hours."""
+    size = n_items if n_items * n_resamples <= BOOTSTRAP_BUDGET else max(1000, BOOTSTRAP_BUDGET // n_resamples)
+    method = "n out of n" if size >= n_items else "m out of n, rescaled"
+    return {"method": method, "resamples": n_resamples, "resample_size": min(size, n_items)}
+
+
 def _bootstrap(confidence, correct, n_bins, n_resamples, seed) -> dict[str, list[float]]:
     """Percentile 95% intervals from resampling responses with replacement (seeded, so reruns agree)."""
     if confidence.size == 0 or n_resamples == 0:
         return {}
+    plan = bootstrap_plan(confidence.size, n_resamples)
+    size = plan["resample_size"]
+    scale = np.sqrt(size / confidence.size)
+    full = _core(confidence, correct, n_bins)
     rng = np.random.default_rng(seed)
     draws = {name: [] for name in BOOTSTRAP_METRICS}
-    for _ in range(n_resamples):
-        pick = rng.integers(0, confidence.size, confidence.size)
+    quiet = size * n_resamples < 1_000_000
+    for _ in tqdm(range(n_resamples), desc="Bootstrap", unit="resample", disable=quiet):
+        pick = rng.integers(0, confidence.size, size)
         values = _core(confidence[pick], correct[pick], n_bins)
         for name in BOOTSTRAP_METRICS:
-            draws[name].append(values[name])
+            draws[name].append(full[name] + scale * (values[name] - full[name]))
     return {name: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for name, v in draws.items()}
 
 
@@ -160,4 +178,6 @@ def calibration_metrics(
     result["selective_accuracy"] = accuracy_curve(stated, verdicts)
     result["valid_confidence_only"] = _core(stated[valid], verdicts[valid], n_bins)
     result["bootstrap_95ci"] = _bootstrap(stated, verdicts, n_bins, n_bootstrap, seed)
+    if n_bootstrap:
+        result["bootstrap"] = bootstrap_plan(stated.size, n_bootstrap)
     return result

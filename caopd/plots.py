@@ -1,7 +1,12 @@
-"""Reliability diagrams as PNG: accuracy per confidence bin against the diagonal of perfect calibration."""
+"""Reliability diagrams as PNG: accuracy per confidence bin against the diagonal of perfect calibration.
+
+Each ``*_png`` function returns the image's bytes (a caller writing a set of outputs together takes those); each
+``*_diagram`` writes that image to a path, atomically.
+"""
 
 from __future__ import annotations
 
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +18,30 @@ import matplotlib.pyplot as plt
 from caopd.atomic import write_atomically
 
 
+def _png(figure) -> bytes:
+    buffer = BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _write_png(path: Path | str, image: bytes) -> None:
+    write_atomically(path, lambda stream: stream.write(image), mode="wb")
+
+
 def reliability_diagram(runs: dict[str, dict[str, Any]], path: Path | str, title: str = "Reliability") -> None:
+    _write_png(path, reliability_png(runs, title))
+
+
+def selective_diagram(runs: dict[str, dict[str, Any]], path: Path | str, title: str = "Selective prediction") -> None:
+    _write_png(path, selective_png(runs, title))
+
+
+def routing_diagram(routing: dict[str, Any], path: Path | str) -> None:
+    _write_png(path, routing_png(routing))
+
+
+def reliability_png(runs: dict[str, dict[str, Any]], title: str = "Reliability") -> bytes:
     """One PNG for one or several metrics dicts (label -> metrics with ``bin_stats``); overlaid when several.
 
     Each run is drawn as accuracy per non-empty bin at the bin's mean confidence, marker area following the
@@ -49,11 +77,10 @@ def reliability_diagram(runs: dict[str, dict[str, Any]], path: Path | str, title
     axis.set(xlim=(0, 1), ylim=(0, 1), xlabel="stated confidence", ylabel="accuracy", title=title)
     axis.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
-    write_atomically(path, lambda stream: figure.savefig(stream, format="png"), mode="wb")
-    plt.close(figure)
+    return _png(figure)
 
 
-def selective_diagram(runs: dict[str, dict[str, Any]], path: Path | str, title: str = "Selective prediction") -> None:
+def selective_png(runs: dict[str, dict[str, Any]], title: str = "Selective prediction") -> bytes:
     """Accuracy of the answered questions against the share answered (most confident first), one curve per run.
 
     A model whose confidence ranks its answers well starts high on the left and falls to its plain accuracy at
@@ -71,11 +98,10 @@ def selective_diagram(runs: dict[str, dict[str, Any]], path: Path | str, title: 
     axis.set(ylabel="accuracy of the answered", title=title)
     axis.legend(loc="lower left", fontsize=8)
     figure.tight_layout()
-    write_atomically(path, lambda stream: figure.savefig(stream, format="png"), mode="wb")
-    plt.close(figure)
+    return _png(figure)
 
 
-def routing_diagram(routing: dict[str, Any], path: Path | str) -> None:
+def routing_png(routing: dict[str, Any]) -> bytes:
     """Accuracy against cost per query for each small model's cascade (dashed: deferring the same share at random,
     the line a confidence without information gives), and the large model alone as a point."""
     figure, axis = plt.subplots(figsize=(5.6, 4.2), dpi=120)
@@ -94,5 +120,4 @@ def routing_diagram(routing: dict[str, Any], path: Path | str) -> None:
     axis.set(xlabel="cost per query (small-model calls)", ylabel="accuracy", title=f"Cascade routing (R = {ratio:g})")
     axis.legend(loc="lower right", fontsize=7)
     figure.tight_layout()
-    write_atomically(path, lambda stream: figure.savefig(stream, format="png"), mode="wb")
-    plt.close(figure)
+    return _png(figure)

@@ -43,7 +43,7 @@ def logged_step(line: str) -> float:
     """The step of one log line; a line cut short by a killed run counts as never logged (infinite step)."""
     try:
         return json.loads(line)["step"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (json.JSONDecodeError, KeyError, TypeError, RecursionError):
         return float("inf")
 
 

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datasets import Dataset
 
 from caopd.atomic import check_replaceable_dataset, save_dataset_atomically
+from caopd.checks import non_negative_int
 from caopd.tasks.science import demonstration_for
 
 SYSTEM_PROMPT = (
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="folder; train/, validation/ and test/ are written in it")
     parser.add_argument("--domain", default="Chemistry")
     parser.add_argument("--level", default="L3")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=non_negative_int, default=42)
     args = parser.parse_args(argv)
     source = Path(args.input)
     if not source.is_file():
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             raw = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             unreadable += 1
             continue
         row = convert_row(raw, args.domain, args.level) if isinstance(raw, dict) else None
@@ -113,12 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in splits:  # all three checked before any is written
             check_replaceable_dataset(output / name)
-    except FileExistsError as err:
+        for name, split in splits.items():
+            save_dataset_atomically(Dataset.from_list(split), output / name)
+            print(f"{name}: {len(split)} rows -> {output / name}")
+    except OSError as err:  # taken, under a file, not writable, or the disk filled
         print(f"error: --output {err}", file=sys.stderr)
         return 2
-    for name, split in splits.items():
-        save_dataset_atomically(Dataset.from_list(split), output / name)
-        print(f"{name}: {len(split)} rows -> {output / name}")
     return 0
 
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets import Dataset
 
-from caopd.atomic import save_dataset_atomically
+from caopd.atomic import check_replaceable_dataset, save_dataset_atomically
 from caopd.tasks.tooluse import demonstration_from_calls
 from caopd.verifiers import tooluse_golden_problem, verify_tooluse
 
@@ -103,14 +103,33 @@ def convert(records: list[dict[str, Any]], keep_invalid: bool = False) -> tuple[
 Example = tuple[int, str, Any, "str | None"]  # index, instruction, golden calls, demonstration (None: write one)
 
 
+def _listed(record: dict[str, Any], key: str, name: str, problems: list[str]) -> list | None:
+    """``record[key]`` when it is a list (missing: empty); None, with a problem reported, when it is not."""
+    value = record.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        problems.append(f"{name}: '{key}' is {type(value).__name__}, not a list; skipped")
+        return None
+    return value
+
+
 def _evaluation_examples(record: dict[str, Any], name: str, problems: list[str]) -> list[Example]:
-    instructions = record.get("Instructions") or []
-    answers = record.get("Golden_Answers") or []
+    instructions = _listed(record, "Instructions", name, problems)
+    answers = _listed(record, "Golden_Answers", name, problems)
+    if instructions is None or answers is None:
+        return []
     if len(instructions) != len(answers):
         problems.append(f"{name}: {len(instructions)} instructions but {len(answers)} golden answers; skipped")
         return []
     pairs = zip(instructions, answers, strict=True)
-    return [(index, instruction, golden, None) for index, (instruction, golden) in enumerate(pairs)]
+    examples = []
+    for index, (instruction, golden) in enumerate(pairs):
+        if not isinstance(instruction, str) or not instruction.strip():
+            problems.append(f"{name} instruction {index}: not text; skipped")
+            continue
+        examples.append((index, instruction, golden, None))
+    return examples
 
 
 def _training_examples(record: dict[str, Any], name: str, problems: list[str]) -> list[Example]:
@@ -118,7 +137,7 @@ def _training_examples(record: dict[str, Any], name: str, problems: list[str]) -
     if not isinstance(instances, list):
         problems.append(f"{name}: 'Instances' is not a list; skipped")
         return []
-    instructions = record.get("Instructions") or []
+    instructions = _listed(record, "Instructions", name, problems) or []
     examples = []
     for index, instance in enumerate(instances):
         steps = instance.get("intermediate_steps") if isinstance(instance, dict) else None
@@ -153,9 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="folder for datasets.save_to_disk")
     parser.add_argument("--keep_invalid", action="store_true", help="keep rows with invalid golden JSON, flagged")
     args = parser.parse_args(argv)
+    output = Path(args.output)
+    try:
+        check_replaceable_dataset(output)  # before the input is read: a wrong --output fails at once
+    except OSError as err:
+        print(f"error: --output {err}", file=sys.stderr)
+        return 2
     try:
         records = json.loads(Path(args.input).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, json.JSONDecodeError, RecursionError) as err:
         print(f"error: --input {args.input}: cannot read ToolAlpaca JSON ({err})", file=sys.stderr)
         return 2
     if not isinstance(records, list):
@@ -167,10 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         print("error: no usable rows", file=sys.stderr)
         return 2
-    output = Path(args.output)
     try:
         save_dataset_atomically(Dataset.from_list(rows), output)
-    except FileExistsError as err:
+    except OSError as err:  # taken since the check, or the disk filled
         print(f"error: --output {err}", file=sys.stderr)
         return 2
     print(f"{len(rows)} rows -> {output} ({len(problems)} problem(s) reported)")

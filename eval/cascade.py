@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from caopd.atomic import output_file_problem, write_text_atomically
+from caopd.atomic import output_file_problem, write_set_atomically
 from caopd.cascade import (
     DEFAULT_THRESHOLDS,
     RoutingInputError,
@@ -22,9 +22,11 @@ from caopd.cascade import (
     large_accuracy_on,
     route,
     scored_items,
+    without_confidence,
 )
+from caopd.checks import finite_float, non_negative_float, probability
 from caopd.metric_script import read_items
-from caopd.plots import routing_diagram
+from caopd.plots import routing_png
 
 SEMANTICS = """
 Semantics: every item of a small model's inference file is one query. At threshold t the small model answers it
@@ -35,7 +37,8 @@ each small model and threshold, routing.json holds threshold, deferred_share, ac
 results[label], with random_deferral_accuracy: the expected accuracy when the same share is deferred at random (a
 confidence that carries no information about correctness; accuracy above it is what the confidence adds). Under
 cheapest_matching_large[label]: the cheapest threshold whose accuracy is within one point of the large model's
-(null if none). The PNG plots accuracy against cost, one curve per small model with its random-deferral line
+(null if none). without_confidence[label] counts the items that state no confidence (of items[label]). The PNG
+plots accuracy against cost, one curve per small model with its random-deferral line
 dashed, and the large model alone (cost R) as a point.
 """
 
@@ -48,13 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels", nargs="+", help="one name per small model (default: the parent folder names)")
     large = parser.add_mutually_exclusive_group(required=True)
     large.add_argument("--large", help="inference.json of the large model, on the same items")
-    large.add_argument("--large_accuracy", type=float, help="assume a large model of this accuracy on every item")
-    parser.add_argument("--cost_ratio", type=float, required=True, help="R: one large-model call in small calls")
+    large.add_argument("--large_accuracy", type=probability, help="assume a large model of this accuracy on every item")
     parser.add_argument(
-        "--thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS), help="confidence thresholds"
+        "--cost_ratio", type=non_negative_float, required=True, help="R: one large-model call in small calls"
+    )
+    parser.add_argument(
+        "--thresholds", type=finite_float, nargs="+", default=list(DEFAULT_THRESHOLDS), help="confidence thresholds"
     )
     parser.add_argument("--output_json", required=True)
     parser.add_argument("--output_png", required=True)
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     return parser
 
 
@@ -80,12 +86,11 @@ def routing(args: argparse.Namespace) -> dict:
             f"got {outside}"
         )
     for flag in ("output_json", "output_png"):
-        problem = output_file_problem(getattr(args, flag), f"--{flag}")
+        problem = output_file_problem(getattr(args, flag), f"--{flag}", args.overwrite)
         if problem:
             raise RoutingInputError(problem)
-    small = {
-        label: scored_items(_read_items(path, "--small"), path) for label, path in zip(labels, args.small, strict=True)
-    }
+    raw = {label: _read_items(path, "--small") for label, path in zip(labels, args.small, strict=True)}
+    small = {label: scored_items(raw[label], path) for label, path in zip(labels, args.small, strict=True)}
     if args.large is not None:
         large = accuracy_by_item(scored_items(_read_items(args.large, "--large"), args.large))
         for label, path in zip(labels, args.small, strict=True):
@@ -96,6 +101,8 @@ def routing(args: argparse.Namespace) -> dict:
                 )
     result = {"cost_ratio": args.cost_ratio, "large": {}, "small": dict(zip(labels, args.small, strict=True))}
     result["results"], result["cheapest_matching_large"] = {}, {}
+    result["without_confidence"] = {label: without_confidence(items) for label, items in raw.items()}
+    result["items"] = {label: len(items) for label, items in raw.items()}
     for label, items in small.items():
         by_item = large if args.large is not None else {item_id: args.large_accuracy for item_id, _, _ in items}
         large_accuracy = large_accuracy_on(items, by_item)
@@ -110,11 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = routing(args)
-    except RoutingInputError as err:
+        write_set_atomically(
+            {
+                Path(args.output_json): (lambda stream: stream.write(json.dumps(result, indent=2) + "\n"), "w"),
+                Path(args.output_png): (lambda stream: stream.write(routing_png(result)), "wb"),
+            }
+        )
+    except (RoutingInputError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    write_text_atomically(args.output_json, json.dumps(result, indent=2) + "\n")
-    routing_diagram(result, args.output_png)
     for label, point in result["cheapest_matching_large"].items():
         large = result["large"][label]["accuracy"]
         verdict = (
@@ -123,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             else "no threshold reaches it"
         )
         print(f"{label}: large model accuracy {large:.3f}; cheapest within one point: {verdict}")
+        missing, total = result["without_confidence"][label], result["items"][label]
+        print(f"{label}: {missing} of {total} items state no confidence; every threshold above 0 defers them")
     return 0
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from caopd.atomic import output_file_problem, write_text_atomically
-from caopd.plots import reliability_diagram, selective_diagram
+from caopd.atomic import output_file_problem, write_set_atomically
+from caopd.plots import reliability_png, selective_png
 
 COLUMNS = (
     ("accuracy", "acc"),
@@ -75,20 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_png", required=True, help="overlaid reliability diagrams")
     parser.add_argument("--output_selective_png", help="overlaid accuracy-coverage curves (optional)")
     parser.add_argument("--output_json", help="the table as JSON (optional)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     args = parser.parse_args(argv)
     labels = args.labels or [Path(path).parent.name or path for path in args.metrics]
     if len(labels) != len(args.metrics) or len(set(labels)) != len(labels):
         print("error: give one distinct --labels entry per metrics file", file=sys.stderr)
         return 2
     for flag in ("output_md", "output_png", "output_selective_png", "output_json"):
-        if getattr(args, flag) and (problem := output_file_problem(getattr(args, flag), f"--{flag}")):
+        if getattr(args, flag) and (problem := output_file_problem(getattr(args, flag), f"--{flag}", args.overwrite)):
             print(f"error: {problem}", file=sys.stderr)
             return 2
     runs = {}
     for label, path in zip(labels, args.metrics, strict=True):
         try:
             runs[label] = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
+        except (OSError, json.JSONDecodeError, RecursionError) as err:
             print(f"error: {path}: cannot read metrics ({err})", file=sys.stderr)
             return 2
         if "bin_stats" not in runs[label]:
@@ -100,12 +101,27 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     table = markdown_table(runs)
-    write_text_atomically(args.output_md, table)
+    title = " vs ".join(labels)
+    outputs = {
+        Path(args.output_md): (lambda stream: stream.write(table), "w"),
+        Path(args.output_png): (
+            lambda stream: stream.write(reliability_png(runs, title="Reliability: " + title)),
+            "wb",
+        ),
+    }
     if args.output_json:
-        write_text_atomically(args.output_json, json.dumps(json_table(runs), indent=1) + "\n")
-    reliability_diagram(runs, args.output_png, title="Reliability: " + " vs ".join(labels))
+        outputs[Path(args.output_json)] = (
+            lambda stream: stream.write(json.dumps(json_table(runs), indent=1) + "\n"),
+            "w",
+        )
     if args.output_selective_png:
-        selective_diagram(runs, args.output_selective_png, title="Selective prediction: " + " vs ".join(labels))
+        image = selective_png(runs, title="Selective prediction: " + title)
+        outputs[Path(args.output_selective_png)] = (lambda stream: stream.write(image), "wb")
+    try:
+        write_set_atomically(outputs)
+    except OSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(table)
     return 0
 

@@ -19,7 +19,7 @@ BACKBONES = {
     "sdpo": (SDPODistilConfig, SDPODistilTrainer),
     "grpo": (RLConfig, RLTrainer),
 }
-TEACHER_SETTINGS = ("teacher_update_rate", "shared_prefix", "empirical_calibration", "self_consistency")
+TEACHER_SETTINGS = ("teacher_update_rate", "empirical_calibration", "self_consistency")
 
 
 def verify_even_length(response: str, _ground_truth) -> bool:

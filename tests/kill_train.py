@@ -2,7 +2,8 @@
 
     python tests/kill_train.py STAGE STEP [main.py flags...]
 
-STAGE is where the process dies while writing checkpoint-STEP:
+STAGE is where the process is killed while writing checkpoint-STEP (with SIGKILL, or the signal named by the
+environment variable KILL_SIGNAL, e.g. SIGTERM: a scheduler's stop):
   optimizer_written  model, optimizer and scheduler are on disk, the RNG state and trainer state are not
   trainer_saved      every file of the Trainer is on disk, the EMA teacher is not
   teacher_half       the teacher's weights are half written (the file cut short)
@@ -25,7 +26,8 @@ from caopd import checkpoints
 
 
 def install(stage: str, step: int) -> None:
-    """Patch the save path so that the process kills itself (SIGKILL) at ``stage`` of writing checkpoint-``step``."""
+    """Patch the save path so that the process kills itself at ``stage`` of writing checkpoint-``step``."""
+    kill_signal = getattr(signal, os.environ.get("KILL_SIGNAL", "SIGKILL"))
     trainers = []
     original_setup = caopd.step.CaOPDStep.setup_caopd  # every backbone's trainer calls it once, at the end of init
 
@@ -41,12 +43,12 @@ def install(stage: str, step: int) -> None:
         def wrapped(*args, **kwargs):
             due = trainers and trainers[0].state.global_step == step
             if due and not after:
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), kill_signal)
             result = original(*args, **kwargs)
             if due:
                 if damage:
                     damage(Path(args[-1]))
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), kill_signal)
             return result
 
         setattr(owner, name, wrapped)

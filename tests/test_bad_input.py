@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import socket
 import sys
 import time
 from pathlib import Path
@@ -20,15 +21,21 @@ from conftest import ROOT
 # below are written into it first) and {model} a tiny saved model.
 CASES = [
     # ---- main.py: flags
-    ("main zero generations", "main.py", "--output_dir {tmp}/o --num_generations 0", "--num_generations must be"),
-    ("main negative lr", "main.py", "--output_dir {tmp}/o --learning_rate -1", "--learning_rate must be positive"),
-    ("main ema rate", "main.py", "--output_dir {tmp}/o --ref_model_mixup_alpha 1.5", "EMA rate in [0, 1]"),
-    ("main alpha", "main.py", "--output_dir {tmp}/o --distillation_alpha -0.1", "--distillation_alpha must lie"),
+    ("main zero generations", "main.py", "--output_dir {tmp}/o --num_generations 0",
+     "argument --num_generations: must be a positive integer, got '0'"),
+    ("main negative lr", "main.py", "--output_dir {tmp}/o --learning_rate -1",
+     "argument --learning_rate: must be a positive number"),
+    ("main ema rate", "main.py", "--output_dir {tmp}/o --ref_model_mixup_alpha 1.5",
+     "argument --ref_model_mixup_alpha: must be a number in [0, 1]"),
+    ("main alpha", "main.py", "--output_dir {tmp}/o --distillation_alpha -0.1",
+     "argument --distillation_alpha: must be a number in [0, 1]"),
     ("main wrong type", "main.py", "--output_dir {tmp}/o --num_generations many", "invalid int value: 'many'"),
     ("main unknown choice", "main.py", "--output_dir {tmp}/o --dataset_name chess", "invalid choice: 'chess'"),
     ("main no output", "main.py", "--dataset_name arithmetic", "--output_dir is required"),
-    ("main skip tokens", "main.py", "--output_dir {tmp}/o --num_loss_tokens_to_skip -2", "must be 0 or more"),
-    ("main temperature", "main.py", "--output_dir {tmp}/o --temperature 0", "--temperature must be positive"),
+    ("main skip tokens", "main.py", "--output_dir {tmp}/o --num_loss_tokens_to_skip -2",
+     "argument --num_loss_tokens_to_skip: must be an integer, 0 or more"),
+    ("main temperature", "main.py", "--output_dir {tmp}/o --temperature 0",
+     "argument --temperature: must be a positive number"),
     ("main max steps", "main.py", "--output_dir {tmp}/o --max_steps 0", "--max_steps must be positive"),
     ("main vllm on cpu", "main.py", "--output_dir {tmp}/o --use_vllm", "--use_vllm"),
     ("main bf16 on cpu", "main.py", "--output_dir {tmp}/o --bf16", "--bf16"),
@@ -40,7 +47,8 @@ CASES = [
     ("config not yaml", "main.py", "--config {tmp}/broken.yaml", "not valid YAML"),
     ("config not mapping", "main.py", "--config {tmp}/list.yaml", "expected a mapping"),
     ("config unknown key", "main.py", "--config {tmp}/unknown.yaml", "unknown key(s) learning_rat"),
-    ("config wrong type", "main.py", "--config {tmp}/wrong_type.yaml", "is not a valid int"),
+    ("config wrong type", "main.py", "--config {tmp}/wrong_type.yaml",
+     "num_generations='eight' is not valid: invalid int value"),
     # ---- main.py: data and verifier
     ("custom without data", "main.py", "--output_dir {tmp}/o --dataset_name custom --verifier exact_match",
      "needs --train_data"),
@@ -92,13 +100,17 @@ CASES = [
     ("model folder without config", "main.py", "--output_dir {tmp}/o --dataset_name arithmetic --model_name {tmp}",
      "has no config.json"),
     # ---- evaluation scripts
-    ("eval samples", "eval_arithmetic.py", "--model_path {model} --num_samples 0", "--num_samples must be"),
+    ("eval samples", "eval_arithmetic.py", "--model_path {model} --num_samples 0",
+     "argument --num_samples: must be a positive integer"),
     ("eval top_p", "eval_arithmetic.py", "--model_path {model} --top_p 1.5", "--top_p must lie in (0, 1]"),
     ("eval greedy n", "eval_arithmetic.py", "--model_path {model} --temperature 0 --num_samples 4", "is greedy"),
     ("eval top_k", "eval_arithmetic.py", "--model_path {model} --top_k -5", "--top_k must be 0 (off)"),
-    ("eval questions", "eval_arithmetic.py", "--model_path {model} --num_questions 0", "--num_questions must be"),
-    ("eval limit", "eval_arithmetic.py", "--model_path {model} --limit -3", "--limit must be positive"),
-    ("eval bootstrap", "eval_arithmetic.py", "--model_path {model} --n_bootstrap -1", "--n_bootstrap must be"),
+    ("eval questions", "eval_arithmetic.py", "--model_path {model} --num_questions 0",
+     "argument --num_questions: must be a positive integer"),
+    ("eval limit", "eval_arithmetic.py", "--model_path {model} --limit -3",
+     "argument --limit: must be a positive integer"),
+    ("eval bootstrap", "eval_arithmetic.py", "--model_path {model} --n_bootstrap -1",
+     "argument --n_bootstrap: must be an integer, 0 or more"),
     ("eval output is a file", "eval_arithmetic.py", "--model_path {model} --output_dir {tmp}/ok.jsonl", "is a file"),
     ("eval overlong prompts", "eval_arithmetic.py", "--model_path {model} --output_dir {tmp}/e --max_prompt_length 8",
      "--max_prompt_length"),
@@ -125,9 +137,10 @@ CASES = [
      "expected a JSON list"),
     ("metrics no items", "eval/run_eval_chemistry.py", "--input {tmp}/empty.json --output {tmp}/m.json", "no items"),
     ("metrics bins", "eval/run_eval_chemistry.py", "--input {tmp}/items.json --output {tmp}/m.json --n_bins 0",
-     "--n_bins must be positive"),
+     "argument --n_bins: must be a positive integer"),
     ("metrics bootstrap", "eval/run_eval_chemistry.py",
-     "--input {tmp}/items.json --output {tmp}/m.json --n_bootstrap -5", "--n_bootstrap must be"),
+     "--input {tmp}/items.json --output {tmp}/m.json --n_bootstrap -5",
+     "argument --n_bootstrap: must be an integer, 0 or more"),
     ("metrics output is a folder", "eval/run_eval_chemistry.py", "--input {tmp}/items.json --output {tmp}",
      "--output"),
     ("metrics rule", "eval/run_eval_tooluse.py", "--input {tmp}/items.json --output {tmp}/m.json --tooluse_match x",
@@ -189,6 +202,140 @@ CASES = [
     ("overhead pairs", "bench/overhead.py", "--pairs 0", "--pairs"),
     ("prefix repeats", "bench/prefix.py", "--repeats 0", "--repeats"),
     ("prefix tool-use data", "bench/prefix.py", "--tooluse_data {tmp}/none", "not found"),
+    # ---- typed values from YAML and JSON
+    ("yaml quoted false keeps checkpoints", "main.py", "--config {tmp}/quoted_false.yaml",
+     "already holds checkpoints (checkpoint-4)"),
+    ("yaml boolean not a boolean", "main.py", "--config {tmp}/yes_please.yaml",
+     "overwrite_output_dir must be true or false, got 'yes please'"),
+    ("yaml output_dir a number", "main.py", "--config {tmp}/dir_number.yaml",
+     "output_dir must be text, got 5 (int); quote it"),
+    ("yaml model_name a number", "main.py", "--config {tmp}/model_number.yaml", "model_name must be text, got 5 (int)"),
+    ("yaml count a boolean", "main.py", "--config {tmp}/count_bool.yaml", "num_generations=True is not valid"),
+    ("yaml count a fraction", "main.py", "--config {tmp}/count_fraction.yaml", "expected a whole number, got 2.5"),
+    ("yaml nan rate", "main.py", "--config {tmp}/nan_rate.yaml", "learning_rate=nan is not valid"),
+    ("yaml report_to list", "main.py", "--config {tmp}/report_list.yaml", "reporting to tensorboard needs"),
+    ("custom content a number", "main.py",
+     "--output_dir {tmp}/o --dataset_name custom --verifier exact_match --train_data {tmp}/content_number.jsonl",
+     "'question' must be text or a list of chat messages"),
+    ("custom demonstration a number", "main.py",
+     "--output_dir {tmp}/o --dataset_name custom --verifier exact_match --train_data {tmp}/demo_number.jsonl",
+     "'demonstration' must be text, got int"),
+    ("tooluse golden response a list", "main.py",
+     "--output_dir {tmp}/o --dataset_name tooluse --train_data {tmp}/tool_response_list.jsonl",
+     "'golden_response' must be text, got list"),
+    ("science prompt messages malformed", "main.py",
+     "--output_dir {tmp}/o --dataset_name science --train_data {tmp}/science_messages.jsonl",
+     "'prompt' must be text or a list of chat messages"),
+    ("marker files null", "main.py", "--output_dir {tmp}/null_marker --resume_from_checkpoint latest",
+     "no complete checkpoint-* folder"),
+    ("marker files null named", "main.py",
+     "--output_dir {tmp}/null_marker --resume_from_checkpoint {tmp}/null_marker/checkpoint-2",
+     "does not list its files"),
+    ("marker names a file outside", "main.py",
+     "--output_dir {tmp}/escaping_marker --resume_from_checkpoint {tmp}/escaping_marker/checkpoint-2",
+     "names a file outside the checkpoint"),
+    # ---- numeric flags: negative, zero, nan, inf
+    ("main teacher prompt length", "main.py", "--output_dir {tmp}/o --max_teacher_prompt_length -5",
+     "argument --max_teacher_prompt_length: must be a positive integer"),
+    ("main nan lr", "main.py", "--output_dir {tmp}/o --learning_rate nan", "must be a finite number, got 'nan'"),
+    ("main negative warmup", "main.py", "--output_dir {tmp}/o --warmup_steps -3", "argument --warmup_steps"),
+    ("main save limit negative", "main.py", "--output_dir {tmp}/o --save_total_limit -1",
+     "argument --save_total_limit: must be a positive integer"),
+    ("main save limit zero", "main.py", "--output_dir {tmp}/o --save_total_limit 0", "--save_total_limit"),
+    ("main scheduler needs arguments", "main.py", "--output_dir {tmp}/o --lr_scheduler_type cosine_with_min_lr",
+     "--lr_scheduler_kwargs"),
+    ("main scheduler arguments not json", "main.py",
+     "--output_dir {tmp}/o --lr_scheduler_type cosine_with_min_lr --lr_scheduler_kwargs min_lr=1",
+     "--lr_scheduler_kwargs"),
+    ("main scheduler plateau", "main.py", "--output_dir {tmp}/o --lr_scheduler_type reduce_lr_on_plateau",
+     "reduce_lr_on_plateau"),
+    ("main port", "main.py", "--output_dir {tmp}/o --vllm_server_port 70000", "a TCP port in 1..65535"),
+    ("main lora dropout", "main.py", "--output_dir {tmp}/o --use_peft --lora_dropout 1", "--lora_dropout"),
+    ("main ema nan", "main.py", "--output_dir {tmp}/o --ref_model_mixup_alpha nan", "--ref_model_mixup_alpha"),
+    ("main grad norm negative", "main.py", "--output_dir {tmp}/o --max_grad_norm -1", "--max_grad_norm"),
+    ("eval top_p nan", "eval_arithmetic.py", "--model_path {model} --top_p nan", "argument --top_p"),
+    ("eval temperature inf", "eval_arithmetic.py", "--model_path {model} --temperature inf", "argument --temperature"),
+    ("eval min_p", "eval_arithmetic.py", "--model_path {model} --min_p 2", "--min_p must lie in [0, 1]"),
+    ("metrics bins nan", "eval/run_eval_chemistry.py", "--input {tmp}/items.json --output {tmp}/m.json --n_bins nan",
+     "argument --n_bins"),
+    ("cascade cost nan", "eval/cascade.py",
+     "--small {tmp}/items.json --large_accuracy 0.9 --cost_ratio nan --output_json {tmp}/r.json "
+     "--output_png {tmp}/r.png", "argument --cost_ratio: must be a finite number"),
+    ("cascade large accuracy inf", "eval/cascade.py",
+     "--small {tmp}/items.json --large_accuracy inf --cost_ratio 10 --output_json {tmp}/r.json "
+     "--output_png {tmp}/r.png", "argument --large_accuracy"),
+    ("cascade threshold nan", "eval/cascade.py",
+     "--small {tmp}/items.json --large_accuracy 0.9 --cost_ratio 10 --thresholds nan --output_json {tmp}/r.json "
+     "--output_png {tmp}/r.png", "argument --thresholds"),
+    ("science seed negative", "data/prepare_science.py", "--input {tmp}/science20.jsonl --output {tmp}/s --seed -1",
+     "argument --seed"),
+    ("reproduce lr inf", "bench/reproduce.py", "--output_dir {tmp}/r --learning_rate inf", "argument --learning_rate"),
+    ("overhead pairs negative", "bench/overhead.py", "--pairs -2", "argument --pairs"),
+    ("memory length nan", "bench/memory.py", "--length nan", "argument --length"),
+    ("k ablation k zero", "bench/k_ablation.py", "--ks 0 4", "argument --ks"),
+    ("prefix repeats negative", "bench/prefix.py", "--repeats -1", "argument --repeats"),
+    # ---- output paths
+    ("main output under a file", "main.py", "--output_dir {tmp}/ok.jsonl/run", "--output_dir"),
+    ("main output unwritable", "main.py", "--output_dir /proc/caopd_run",
+     "--output_dir /proc/caopd_run: cannot write there"),
+    ("eval output under a file", "eval_arithmetic.py", "--model_path {model} --output_dir {tmp}/ok.jsonl/e",
+     "--output_dir"),
+    ("metrics output exists", "eval/run_eval_chemistry.py", "--input {tmp}/items.json --output {tmp}/mapping.json",
+     "pass --overwrite"),
+    ("metrics output under a file", "eval/run_eval_chemistry.py",
+     "--input {tmp}/items.json --output {tmp}/ok.jsonl/m.json", "--output"),
+    ("cascade output exists", "eval/cascade.py",
+     "--small {tmp}/items.json --large_accuracy 0.9 --cost_ratio 10 --output_json {tmp}/mapping.json "
+     "--output_png {tmp}/r.png", "pass --overwrite"),
+    ("cascade picture exists", "eval/cascade.py",
+     "--small {tmp}/items.json --large_accuracy 0.9 --cost_ratio 10 --output_json {tmp}/r.json "
+     "--output_png {tmp}/picture.png", "pass --overwrite"),
+    ("compare output exists", "eval/compare.py",
+     "{tmp}/metrics.json --output_md {tmp}/notes.md --output_png {tmp}/c.png", "pass --overwrite"),
+    ("tooluse output under a file", "data/prepare_tooluse.py",
+     "--input {tmp}/toolalpaca.json --output {tmp}/ok.jsonl/t",
+     "--output"),
+    # ---- pathological files
+    ("metrics deep json", "eval/run_eval_chemistry.py", "--input {tmp}/deep.json --output {tmp}/m.json",
+     "deep.json"),
+    ("custom deep json", "main.py",
+     "--output_dir {tmp}/o --dataset_name custom --verifier exact_match --train_data {tmp}/deep.jsonl",
+     "deep.jsonl: line 1 is not JSON"),
+    ("tooluse instructions text", "data/prepare_tooluse.py", "--input {tmp}/instructions_text.json --output {tmp}/t",
+     "no usable rows"),
+    ("tooluse instructions number", "data/prepare_tooluse.py",
+     "--input {tmp}/instructions_number.json --output {tmp}/t", "no usable rows"),
+    ("tooluse deep json", "data/prepare_tooluse.py", "--input {tmp}/deep.json --output {tmp}/t",
+     "cannot read ToolAlpaca JSON"),
+    ("compare items not metrics", "eval/compare.py", "{tmp}/items.json --output_md {tmp}/c.md --output_png {tmp}/c.png",
+     "not a metrics file"),
+    ("cascade metrics not items", "eval/cascade.py",
+     "--small {tmp}/metrics.json --large_accuracy 0.9 --cost_ratio 10 --output_json {tmp}/r.json "
+     "--output_png {tmp}/r.png", "metrics.json"),
+    ("science marker deep", "main.py", "--output_dir {tmp}/deep_marker --resume_from_checkpoint "
+     "{tmp}/deep_marker/checkpoint-2", "does not read (RecursionError"),
+    # ---- things that must not be silent
+    ("report to tensorboard missing", "main.py", "--output_dir {tmp}/o --report_to tensorboard",
+     "reporting to tensorboard needs its package"),
+    ("report to unknown", "main.py", "--output_dir {tmp}/o --report_to carrier_pigeon", "not an integration"),
+    ("equivalence never matches", "main.py",
+     "--output_dir {tmp}/o --dataset_name custom --verifier exact_match --train_data {tmp}/ok.jsonl "
+     "--self_consistency --equivalence bad_verifiers:never", "P_acc 0 throughout"),
+    ("flash attention not installed", "main.py",
+     "--output_dir {tmp}/o --dataset_name arithmetic --model_name {model} --attn_implementation flash_attention_2",
+     "--attn_implementation flash_attention_2: "),
+    # ---- two runs, one output folder; resume under other settings
+    ("folder in use", "main.py", "--output_dir {tmp}/locked --dataset_name arithmetic --model_name {model}",
+     "is in use by another run (pid 1 on"),
+    ("resume another model", "main.py",
+     "--output_dir {tmp}/other_run --resume_from_checkpoint latest --dataset_name arithmetic --model_name {model}",
+     "model: 'someone/else' then"),
+    ("resume another backbone", "main.py",
+     "--output_dir {tmp}/other_run --resume_from_checkpoint latest --dataset_name arithmetic --model_name {model} "
+     "--backbone sdpo", "backbone: 'sdft' then, 'sdpo' now"),
+    ("resume with lora", "main.py",
+     "--output_dir {tmp}/other_run --resume_from_checkpoint latest --dataset_name arithmetic --model_name {model} "
+     "--use_peft", "use_peft: False then, True now"),
 ]  # fmt: skip
 
 
@@ -220,6 +367,83 @@ def _write_inputs(tmp: Path) -> None:
     (tmp / "results" / "inference.json").write_text("[]")
     (tmp / "mine" / "train").mkdir(parents=True)
     (tmp / "mine" / "train" / "notes.txt").write_text("my own notes")
+    _write_typed_inputs(tmp)
+    _write_pathological_inputs(tmp)
+    _write_earlier_runs(tmp)
+
+
+def _write_typed_inputs(tmp: Path) -> None:
+    """Configs and rows whose values have the wrong type (a number for a path, a string for a boolean)."""
+    configs = {
+        "quoted_false": f'output_dir: {tmp}/run\noverwrite_output_dir: "false"\n',
+        "yes_please": f"output_dir: {tmp}/o\noverwrite_output_dir: yes please\n",
+        "dir_number": "output_dir: 5\n",
+        "model_number": f"output_dir: {tmp}/o\nmodel_name: 5\n",
+        "count_bool": f"output_dir: {tmp}/o\nnum_generations: true\n",
+        "count_fraction": f"output_dir: {tmp}/o\nnum_generations: 2.5\n",
+        "nan_rate": f"output_dir: {tmp}/o\nlearning_rate: .nan\n",
+        "report_list": f"output_dir: {tmp}/o\nreport_to: [tensorboard]\n",
+    }
+    for name, text in configs.items():
+        (tmp / f"{name}.yaml").write_text(text)
+    rows = {
+        "content_number": {"question": [{"role": "user", "content": 5}], "answer": "4"},
+        "demo_number": {"question": "What is 2 + 2?", "answer": "4", "demonstration": 5},
+        "tool_response_list": {
+            "prompt": "Use the tools.\n\nBegin!\nFind cats.",
+            "golden_answer": [{"Action": "search", "Action_Input": "{}"}],
+            "golden_response": ["Action: search"],
+        },
+        "science_messages": {"prompt": [{"role": "user", "content": 5}], "answer": "A"},
+    }
+    for name, row in rows.items():
+        (tmp / f"{name}.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp / "metrics.json").write_text(json.dumps({"accuracy": 0.5, "bin_stats": []}))
+    (tmp / "notes.md").write_text("my notes")
+    (tmp / "picture.png").write_bytes(b"not really a picture")
+
+
+def _write_pathological_inputs(tmp: Path) -> None:
+    """Very deep nesting, and ToolAlpaca records whose fields have the wrong shape."""
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp / "deep.json").write_text(deep)
+    (tmp / "deep.jsonl").write_text(deep + "\n")
+    golden = [[{"Action": "search", "Action_Input": "{}"}]]
+    (tmp / "instructions_text.json").write_text(
+        json.dumps([{"Name": "api", "Instructions": "ab", "Golden_Answers": golden}])
+    )
+    (tmp / "instructions_number.json").write_text(
+        json.dumps([{"Name": "api", "Instructions": 5, "Golden_Answers": golden}])
+    )
+    (tmp / "toolalpaca.json").write_text(
+        json.dumps([{"Name": "api", "Instructions": ["Find"], "Golden_Answers": golden}])
+    )
+
+
+def _write_earlier_runs(tmp: Path) -> None:
+    """Output folders of other runs: a live run's lock, complete checkpoints of a run with other settings, markers
+    that list no files, list a file outside, or do not parse."""
+    from caopd.checkpoints import MARKER, write_marker
+    from caopd.run_guard import IDENTITY_NAME, LOCK_NAME
+    from caopd.teacher import TEACHER_DIR
+
+    (tmp / "locked").mkdir()
+    holder = {"pid": 1, "host": socket.gethostname(), "launch": f"process:{socket.gethostname()}:1", "started": 0}
+    (tmp / "locked" / LOCK_NAME).write_text(json.dumps(holder))
+    checkpoint = tmp / "other_run" / "checkpoint-2"
+    (checkpoint / TEACHER_DIR).mkdir(parents=True)
+    (checkpoint / TEACHER_DIR / "weights.bin").write_bytes(b"0")
+    (checkpoint / IDENTITY_NAME).write_text(
+        json.dumps({"model": "someone/else", "backbone": "sdft", "use_peft": False})
+    )
+    write_marker(checkpoint, 2)
+    for name, marker in {
+        "null_marker": '{"step": 2, "files": null}',
+        "escaping_marker": '{"step": 2, "files": {"../../ok.jsonl": 1}}',
+        "deep_marker": "[" * 100_000 + "]" * 100_000,
+    }.items():
+        (tmp / name / "checkpoint-2" / TEACHER_DIR).mkdir(parents=True)
+        (tmp / name / "checkpoint-2" / MARKER).write_text(marker)
 
 
 def run_script(script: str, argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
@@ -254,7 +478,7 @@ def test_bad_input_is_one_error_line(script, arguments, expected, tmp_path, save
     _write_inputs(tmp_path)
     before = _snapshot(tmp_path)
     argv = arguments.format(tmp=tmp_path, model=saved_tiny).split()
-    if script == "main.py":
+    if script == "main.py" and "report" not in arguments:
         argv.append("--no_wandb")  # wandb is not installed here; its own message is tested in test_cli.py
     started = time.monotonic()
     code, stderr = run_script(script, argv, monkeypatch, capsys)
@@ -312,6 +536,33 @@ def test_an_interrupted_evaluation_leaves_earlier_results_and_no_half_file(tmp_p
         evaluation.evaluate("arithmetic", argv)
     assert sorted(path.name for path in output.iterdir()) == ["inference.json"]
     assert (output / "inference.json").read_text() == "[1]"  # replaced only when the new results are complete
+
+
+def test_a_full_disk_while_writing_results_keeps_the_earlier_set(tmp_path, saved_tiny, monkeypatch, capsys):
+    import errno
+
+    from caopd import atomic, evaluation
+
+    output = tmp_path / "eval"
+    output.mkdir()
+    earlier = {"inference.json": "[1]", "metrics.json": "{}", "reliability.png": "old picture"}
+    for name, text in earlier.items():
+        (output / name).write_text(text)
+    write_temporary = atomic._temporary_copy
+
+    def full_on_metrics(path, write, mode):
+        if path.name == "metrics.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_temporary(path, write, mode)
+
+    monkeypatch.setattr(atomic, "_temporary_copy", full_on_metrics)
+    argv = ["--model_path", str(saved_tiny), "--num_questions", "2", "--output_dir", str(output), "--overwrite"]
+    argv += ["--max_new_tokens", "4", "--n_bootstrap", "0"]
+    assert evaluation.evaluate("arithmetic", argv) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: the disk is full (No space left on device); no result was replaced: free some space and run again"
+    )
+    assert {path.name: path.read_text() for path in output.iterdir()} == earlier  # no new file, no temporary
 
 
 def test_data_preparation_replaces_its_own_earlier_output(tmp_path, monkeypatch, capsys):

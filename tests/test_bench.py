@@ -140,7 +140,7 @@ def test_arithmetic_probe_counts_add_up(tmp_path):
     ("script", "argv", "message"),
     [
         ("bench/memory.py", ["--length", "4"], "--length must be at least 16"),
-        ("bench/overhead.py", ["--pairs", "0"], "--pairs must be at least 1"),
+        ("bench/overhead.py", ["--pairs", "0"], "argument --pairs: must be a positive integer"),
     ],
 )
 def test_bench_flags_out_of_range(script, argv, message):

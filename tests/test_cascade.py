@@ -56,6 +56,11 @@ def test_routing_by_hand(tmp_path):
     cheapest = routing["cheapest_matching_large"]["S"]
     assert cheapest["threshold"] == 0.5 and cheapest["cost"] == pytest.approx(6.0)
     assert (tmp_path / "routing.png").stat().st_size > 0
+    assert (routing["without_confidence"], routing["items"]) == ({"S": 1}, {"S": 4})  # item 2 states none
+    assert "S: 1 of 4 items state no confidence; every threshold above 0 defers them" in result.stdout
+    again = _run(tmp_path, "--small", small, "--labels", "S", "--large", large, "--cost_ratio", 10)
+    assert again.returncode == 2 and "already exists; pass --overwrite" in again.stderr  # the first result is kept
+    assert json.loads((tmp_path / "routing.json").read_text()) == routing
 
 
 def test_an_assumed_large_model_and_two_small_ones(tmp_path):
@@ -86,7 +91,6 @@ def test_an_assumed_accuracy_averages_back_to_itself(tmp_path):
     [
         (LARGE[:2], [], "2 item_id(s) are not in"),
         (LARGE, ["--labels", "A", "B"], "one distinct --labels entry"),
-        (LARGE, ["--cost_ratio", "-1"], "--cost_ratio must be 0 or more"),
         ("{oops", [], "not valid JSON"),
         ([{"item_id": 0}], [], "needs an 'item_id' and a true/false 'correct'"),
     ],

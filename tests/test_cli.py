@@ -48,11 +48,6 @@ def test_yaml_config_and_command_line_precedence(tmp_path):
     ("argv", "message"),
     [
         ([], "--output_dir is required"),
-        (["--output_dir", "o", "--num_generations", "0"], "--num_generations must be a positive"),
-        (["--output_dir", "o", "--ref_model_mixup_alpha", "2"], "EMA rate in [0, 1]"),
-        (["--output_dir", "o", "--distillation_alpha", "-1"], "--distillation_alpha"),
-        (["--output_dir", "o", "--temperature", "0"], "--temperature must be positive"),
-        (["--output_dir", "o", "--num_loss_tokens_to_skip", "-1"], "--num_loss_tokens_to_skip must be 0 or more"),
         (["--output_dir", "o", "--max_steps", "0"], "--max_steps must be positive"),
         (["--output_dir", "o", "--per_device_train_batch_size", "3", "--no_wandb"], "not a multiple of"),
         (["--output_dir", "o", "--resume_from_checkpoint", "/nope", "--no_wandb"], "not a checkpoint folder"),
@@ -77,11 +72,32 @@ def test_bad_yaml_configs(capsys, tmp_path):
     assert "unknown key(s) learning_rat" in _error(capsys, ["--config", str(unknown)])
     wrong = tmp_path / "wrong.yaml"
     wrong.write_text("output_dir: o\nnum_generations: many\n")
-    assert "num_generations='many' is not a valid int" in _error(capsys, ["--config", str(wrong)])
+    assert "num_generations='many' is not valid: invalid int value" in _error(capsys, ["--config", str(wrong)])
     broken = tmp_path / "broken.yaml"
     broken.write_text("output_dir: [unclosed\n")
     assert "not valid YAML" in _error(capsys, ["--config", str(broken)])
     assert "cannot read it" in _error(capsys, ["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_yaml_values_are_typed_strictly(capsys, tmp_path):
+    config = tmp_path / "run.yaml"
+    for written, read in (('"false"', False), ("false", False), ('"true"', True), ("true", True)):
+        config.write_text(f"output_dir: o\noverwrite_output_dir: {written}\n")
+        assert parse_args(["--config", str(config)]).overwrite_output_dir is read
+    config.write_text("output_dir: o\nreport_to: [wandb, tensorboard]\n")  # a list, as TrainingArguments takes it
+    assert parse_args(["--config", str(config)]).report_to == "wandb,tensorboard"
+    for value, message in (("0", "must be true or false, got 0"), ("[true]", "must be true or false")):
+        config.write_text(f"output_dir: o\nself_consistency: {value}\n")
+        assert message in _error(capsys, ["--config", str(config)])
+    config.write_text("output_dir: o\nsave_total_limit: -1\n")  # would delete every checkpoint if taken
+    assert "save_total_limit=-1 is not valid: must be a positive integer" in _error(capsys, ["--config", str(config)])
+
+
+def test_scheduler_arguments_reach_the_trainer():
+    argv = ["--output_dir", "o", "--no_wandb", "--lr_scheduler_type", "cosine_with_min_lr"]
+    args = parse_args([*argv, "--lr_scheduler_kwargs", '{"min_lr_rate": 0.1}'])
+    config = main.build_config(args, 1)
+    assert (config.lr_scheduler_type, config.lr_scheduler_kwargs) == ("cosine_with_min_lr", {"min_lr_rate": 0.1})
 
 
 def test_model_folder_without_config(capsys, tmp_path):
@@ -89,16 +105,19 @@ def test_model_folder_without_config(capsys, tmp_path):
     assert "has no config.json" in _error(capsys, argv)
 
 
-def _tiny_run(tmp_path, *extra):
+def _tiny_argv(tmp_path) -> list[str]:
+    """Flags of a one-step run of a tiny model (saved here) into ``tmp_path / "run"``."""
     from tiny_model import save_tiny_model
 
     model_dir = save_tiny_model(tmp_path / "tiny")
-    output = tmp_path / "run"
-    argv = ["--output_dir", str(output), "--model_name", str(model_dir), "--train_data", FIXTURE, "--no_wandb"]
-    argv += ["--max_steps", "1", "--num_prompts_per_batch", "2", "--num_generations", "2"]
-    argv += ["--per_device_train_batch_size", "4", "--max_completion_length", "24", "--max_prompt_length", "256"]
-    assert main.main(argv + list(extra)) == 0
-    return output
+    argv = ["--output_dir", str(tmp_path / "run"), "--model_name", str(model_dir), "--train_data", FIXTURE]
+    argv += ["--no_wandb", "--max_steps", "1", "--num_prompts_per_batch", "2", "--num_generations", "2"]
+    return [*argv, "--per_device_train_batch_size", "4", "--max_completion_length", "24", "--max_prompt_length", "256"]
+
+
+def _tiny_run(tmp_path, *extra):
+    assert main.main(_tiny_argv(tmp_path) + list(extra)) == 0
+    return tmp_path / "run"
 
 
 def test_end_to_end_run_saves_a_loadable_model_and_the_resolved_config(tmp_path):
@@ -139,3 +158,39 @@ def test_resume_needs_a_checkpoint_with_its_teacher(capsys, tmp_path):
     assert "no complete checkpoint-" in _error(capsys, [*argv, "--train_data", FIXTURE])  # a file is missing
     write_marker(output / "checkpoint-1", 1)  # complete, but without a teacher (as a --teacher_model_kind base run)
     assert "holds no EMA teacher" in _error(capsys, [*argv, "--train_data", FIXTURE])
+
+
+def test_a_full_disk_at_the_final_save_is_one_line_and_leaves_no_model_folder(capsys, tmp_path, monkeypatch):
+    import errno
+
+    import transformers.modeling_utils
+
+    def disk_full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    argv = _tiny_argv(tmp_path)
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)
+    assert main.main(argv) == 2
+    output = tmp_path / "run"
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: the disk is full ([Errno 28] No space left on device); free some space, then")
+    assert not any((output / name).exists() for name in ("config.json", "tokenizer_config.json", main.FINAL_STAGING))
+    assert not (output / ".caopd_run.lock").exists()
+
+
+def test_resume_under_other_settings_is_refused_or_warned(capsys, tmp_path):
+    output = _tiny_run(tmp_path, "--save_steps", "1")
+    checkpoint = output / "checkpoint-1"
+    assert (checkpoint / "caopd_run.json").is_file()
+    flags = ["--output_dir", str(output), "--model_name", str(tmp_path / "tiny"), "--train_data", FIXTURE]
+    flags += ["--no_wandb", "--resume_from_checkpoint", "latest", "--num_prompts_per_batch", "2"]
+    same = parse_args([*flags, "--num_generations", "2"])
+    assert main.resume_argument(same, main.run_identity(same, str(tmp_path / "tiny"))) == str(checkpoint)
+    other_k = parse_args([*flags, "--num_generations", "4"])
+    main.resume_argument(other_k, main.run_identity(other_k, str(tmp_path / "tiny")))
+    warning = capsys.readouterr().err.strip().splitlines()[-1]
+    assert warning.startswith(f"warning: resuming {checkpoint} with num_generations 2 -> 4 (sound:")
+    lora = [*flags, "--num_generations", "2", "--per_device_train_batch_size", "4", "--use_peft"]
+    lora += ["--dataset_name", "science"]
+    message = _error(capsys, lora)
+    assert "use_peft: False then, True now" in message and "dataset_name: 'tooluse' then, 'science' now" in message

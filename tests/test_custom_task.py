@@ -58,6 +58,19 @@ def test_bad_rows(tmp_path, rows, message):
         get_task("custom", "exact_match").load(str(path))
 
 
+def test_a_missing_demonstration_gets_the_default_and_an_own_privileged_context_is_named(tmp_path, capsys):
+    path = tmp_path / "rows.jsonl"
+    rows = [
+        {"question": "Capital of France?", "answer": "Paris", "demonstration": None, "privileged_context": "x"},
+        {"question": "Capital of Peru?", "answer": "Lima", "demonstration": "Lima it is.\nAnswer: Lima"},
+    ]
+    path.write_text("\n".join(json.dumps(row) for row in rows))
+    loaded = get_task("custom", "exact_match").load(str(path))
+    assert loaded["demonstration"] == ["Answer: Paris", "Lima it is.\nAnswer: Lima"]
+    warning = capsys.readouterr().err.strip().splitlines()[-1]
+    assert warning.startswith(f"warning: {path}: its 'privileged_context' column is not used")
+
+
 def test_verifier_flag_rules(capsys):
     assert main.main(["--output_dir", "o", "--dataset_name", "custom", "--no_wandb"]) == 2
     assert "needs --verifier" in capsys.readouterr().err

@@ -23,13 +23,15 @@ def _flags(model, output, per_device):
     return [*flags, "--max_prompt_length", "512", "--warmup_steps", "0", "--learning_rate", "1e-3", "--save_rollouts"]
 
 
-def _launch(processes, script, *argv):
+def _launch(processes, script, *argv, env=None):
     """``script`` in one plain process (its own exit code and stderr), or under ``accelerate launch``."""
     command = [sys.executable, str(script), *map(str, argv)]
     if processes is not SINGLE:
         launcher = [sys.executable, "-m", "accelerate.commands.launch", *processes, "--num_machines", "1"]
         command = [*launcher, "--mixed_precision", "no", "--dynamo_backend", "no", *command[1:]]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ})
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, **(env or {})}
+    )
 
 
 def _digest(path) -> str:
@@ -84,6 +86,29 @@ def test_killed_while_writing_a_checkpoint_resumes_to_the_same_final_state(tmp_p
     if stage != "after_marker":
         assert "skips incomplete checkpoint(s) checkpoint-2" in resumed.stderr  # named in one warning line
     assert _final_state(tmp_path) == never_killed["one"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_stop_signal_ends_in_one_line_saying_where_to_resume(tmp_path, tiny, never_killed, name, code):
+    stopped = _launch(
+        SINGLE,
+        ROOT / "tests" / "kill_train.py",
+        "after_marker",
+        2,
+        *_flags(tiny, tmp_path, 2),
+        env={"KILL_SIGNAL": name},
+    )
+    assert stopped.returncode == code and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"stopped by {name} at step 2; the newest complete checkpoint is checkpoint-2: resume with "
+        "--resume_from_checkpoint latest"
+    )
+    assert not (tmp_path / ".caopd_run.lock").exists()  # the lock goes with the run
+    if name == "SIGTERM":
+        resumed = _launch(SINGLE, ROOT / "main.py", *_flags(tiny, tmp_path, 2), "--resume_from_checkpoint", "latest")
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert _final_state(tmp_path) == never_killed["one"]
 
 
 @pytest.mark.slow

@@ -81,6 +81,25 @@ def test_bootstrap_intervals_contain_the_estimate_and_are_reproducible():
         assert low <= first[name] <= high
 
 
+def test_bootstrap_on_many_items_draws_smaller_resamples_with_the_right_spread(monkeypatch):
+    from caopd import metrics
+    from caopd.metrics import bootstrap_plan
+
+    assert bootstrap_plan(1_000, 1_000) == {"method": "n out of n", "resamples": 1_000, "resample_size": 1_000}
+    many = bootstrap_plan(1_000_000, 1_000)  # a billion item draws: above the budget
+    assert many["method"] == "m out of n, rescaled" and many["resample_size"] == metrics.BOOTSTRAP_BUDGET // 1_000
+    monkeypatch.setattr(metrics, "BOOTSTRAP_BUDGET", 2_000_000)  # the same rule at a size a test runs in seconds
+    rng = np.random.default_rng(0)
+    n = 100_000
+    correct = rng.random(n) < 0.7
+    result = calibration_metrics(list(correct), list(rng.random(n)), n_bootstrap=100, seed=1)
+    assert result["bootstrap"]["method"] == "m out of n, rescaled"
+    low, high = result["bootstrap_95ci"]["accuracy"]
+    expected = 2 * 1.96 * np.sqrt(correct.mean() * (1 - correct.mean()) / n)  # the binomial interval's width
+    assert high - low == pytest.approx(expected, rel=0.25)
+    assert low <= result["accuracy"] <= high
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match="verdicts"):
         calibration_metrics([True], [0.5, 0.5])

@@ -13,6 +13,7 @@ The same ``verify(response, ground_truth)`` decides correctness in training (P_a
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,15 +69,26 @@ def read_rows(path: str) -> Dataset:
                 if "train" not in loaded:
                     raise TaskDataError(f"{path} holds splits {list(loaded)} but no 'train' split")
                 loaded = loaded["train"]
-            return loaded
+            return _said_what_is_ignored(loaded, path)
         if location.suffix in (".json", ".jsonl"):
             _check_json_rows(location)
-            return Dataset.from_json(str(location))
+            return _said_what_is_ignored(Dataset.from_json(str(location)), path)
     except TaskDataError:
         raise
     except Exception as err:  # datasets raises many types for unreadable files; report them as one message
         raise TaskDataError(f"cannot read {path}: {type(err).__name__}: {err}") from err
     raise TaskDataError(f"{path}: expected a save_to_disk folder or a .json / .jsonl file")
+
+
+def _said_what_is_ignored(rows: Dataset, path: str) -> Dataset:
+    """Rows as read; a ``privileged_context`` column of the user's is named, since CaOPD writes its own."""
+    if "privileged_context" in rows.column_names:
+        print(
+            f"warning: {path}: its 'privileged_context' column is not used: CaOPD builds the teacher's context from "
+            "the golden demonstration ('demonstration' / 'golden_response'); rename the column to use it as that",
+            file=sys.stderr,
+        )
+    return rows
 
 
 def _check_json_rows(location: Path) -> None:
@@ -85,7 +97,7 @@ def _check_json_rows(location: Path) -> None:
     if location.suffix == ".json":
         try:
             whole = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             whole = None  # perhaps JSON Lines in a .json file: checked line by line below
         else:
             if not isinstance(whole, list) or not all(isinstance(row, dict) for row in whole):
@@ -96,9 +108,10 @@ def _check_json_rows(location: Path) -> None:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, RecursionError) as err:
             raise TaskDataError(
-                f"cannot read {location}: line {number} is not JSON ({err.msg}); fix or remove that line"
+                f"cannot read {location}: line {number} is not JSON ({getattr(err, 'msg', 'nested too deeply')}); "
+                "fix or remove that line"
             ) from err
         if not isinstance(row, dict):
             raise TaskDataError(f"cannot read {location}: line {number} is not a JSON object (one row per line)")

@@ -178,10 +178,13 @@ def load_custom(path: str | None, confidence_instruction: bool = True) -> Datase
             if not question.strip():
                 raise TaskDataError(f"{path} row {index}: empty question")
             messages = user_chat(question)
-        elif isinstance(question, list) and question and all(isinstance(m, dict) for m in question):
+        elif isinstance(question, list) and question and all(_is_message(m) for m in question):
             messages = question
         else:
-            raise TaskDataError(f"{path} row {index}: 'question' must be text or a list of chat messages")
+            raise TaskDataError(
+                f"{path} row {index}: 'question' must be text or a list of chat messages "
+                '({"role": "user", "content": "..."}, role and content as text)'
+            )
         if answer is None or (isinstance(answer, str) and not answer.strip()):
             raise TaskDataError(f"{path} row {index}: empty answer")
         if not isinstance(answer, (str, int, float, list, dict)):
@@ -192,10 +195,25 @@ def load_custom(path: str | None, confidence_instruction: bool = True) -> Datase
         except ValueError as err:
             raise TaskDataError(f"{path} row {index}: {err}") from err
         demonstration = row.get("demonstration") if "demonstration" in rows.column_names else None
+        if demonstration is not None and not isinstance(demonstration, str):
+            raise TaskDataError(f"{path} row {index}: 'demonstration' must be text, got {type(demonstration).__name__}")
         prompts.append(messages)
         demonstrations.append(demonstration or f"Answer: {answer if isinstance(answer, str) else json.dumps(answer)}")
         answers.append(answer)
-    return canonical_dataset(prompts, demonstrations, answers)
+    rows_out = canonical_dataset(prompts, demonstrations, answers)
+    if "feedback" in rows.column_names:  # environment feedback for SDPO's --include_environment_feedback
+        feedback = [value if isinstance(value, str) else None for value in rows["feedback"]]
+        rows_out = rows_out.add_column("feedback", feedback)
+    return rows_out
+
+
+def _is_message(message: Any) -> bool:
+    return (
+        isinstance(message, dict)
+        and isinstance(message.get("role"), str)
+        and isinstance(message.get("content"), str)
+        and bool(message["content"].strip())
+    )
 
 
 def custom_task(verifier: str, tooluse_match: str = "sequence") -> Task:

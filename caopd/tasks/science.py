@@ -34,9 +34,16 @@ def demonstration_for(letter: str) -> str:
 def _messages(prompt: Any, source: str, index: int) -> list[dict[str, str]]:
     if isinstance(prompt, str) and prompt.strip():
         return user_chat(prompt)
-    if isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "role" in m for m in prompt):
+    if isinstance(prompt, list) and prompt and all(_is_message(m) for m in prompt):
         return [{"role": m["role"], "content": m.get("content") or ""} for m in prompt]
-    raise TaskDataError(f"{source} row {index}: 'prompt' must be text or a list of chat messages")
+    raise TaskDataError(
+        f"{source} row {index}: 'prompt' must be text or a list of chat messages (role and content as text)"
+    )
+
+
+def _is_message(message: Any) -> bool:
+    content = message.get("content") if isinstance(message, dict) else None
+    return isinstance(message, dict) and isinstance(message.get("role"), str) and isinstance(content, (str, type(None)))
 
 
 def load_science(path: str | None, confidence_instruction: bool = True) -> Dataset:
@@ -64,6 +71,8 @@ def load_science(path: str | None, confidence_instruction: bool = True) -> Datas
             raise TaskDataError(f"{path} row {index}: {err}") from err
         prompts.append(prompt)
         response = row["golden_response"] if has_response else None
+        if response is not None and not isinstance(response, str):
+            raise TaskDataError(f"{path} row {index}: 'golden_response' must be text, got {type(response).__name__}")
         demonstrations.append(response if response else demonstration_for(letter))
         truths.append(letter)
     return canonical_dataset(prompts, demonstrations, truths)

@@ -33,7 +33,7 @@ def golden_calls(value: Any, row_index: int) -> list[dict[str, str]]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, RecursionError) as err:
             raise TaskDataError(f"row {row_index}: golden_answer is not valid JSON ({err})") from err
     if not isinstance(value, list) or not value or not all(isinstance(step, dict) for step in value):
         raise TaskDataError(f"row {row_index}: golden_answer must be a non-empty list of {{Action, Action_Input}}")
@@ -73,6 +73,8 @@ def load_tooluse(path: str | None, confidence_instruction: bool = True) -> Datas
             raise TaskDataError(f"{path} row {index}: {err}") from err
         calls = golden_calls(row["golden_answer"], index)
         response = row["golden_response"] if has_response else None
+        if response is not None and not isinstance(response, str):
+            raise TaskDataError(f"{path} row {index}: 'golden_response' must be text, got {type(response).__name__}")
         prompts.append(user_chat(prompt))
         demonstrations.append(response if response else demonstration_from_calls(calls))
         truths.append(calls)

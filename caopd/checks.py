@@ -1,0 +1,47 @@
+"""Argument types that refuse what a number flag cannot mean: nan, infinity, a negative count, a boolean.
+
+Every script's parser uses them (``type=positive_int``), so a bad value is argparse's one ``error:`` line naming the
+flag, before anything runs. They also take numbers already parsed (a YAML config's values), and refuse booleans
+there (YAML's ``true`` is not the count 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from typing import Any
+
+
+def _number(value: Any, kind: type) -> float | int:
+    if isinstance(value, bool):
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}")
+    try:
+        number = kind(value)
+    except (TypeError, ValueError) as err:
+        raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {value!r}") from err
+    if kind is int and isinstance(value, float) and value != number:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}")
+    if kind is float and not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {value!r}")
+    return number
+
+
+def _ranged(kind: type, name: str, check: Callable[[float], bool], meaning: str) -> Callable[[Any], Any]:
+    def convert(value: Any):
+        number = _number(value, kind)
+        if not check(number):
+            raise argparse.ArgumentTypeError(f"must be {meaning}, got {value!r}")
+        return number
+
+    convert.__name__ = name
+    return convert
+
+
+positive_int = _ranged(int, "positive_int", lambda n: n >= 1, "a positive integer")
+non_negative_int = _ranged(int, "non_negative_int", lambda n: n >= 0, "an integer, 0 or more")
+finite_float = _ranged(float, "finite_float", lambda n: True, "a finite number")
+positive_float = _ranged(float, "positive_float", lambda n: n > 0, "a positive number")
+non_negative_float = _ranged(float, "non_negative_float", lambda n: n >= 0, "a number, 0 or more")
+probability = _ranged(float, "probability", lambda n: 0 <= n <= 1, "a number in [0, 1]")
+port = _ranged(int, "port", lambda n: 1 <= n <= 65535, "a TCP port in 1..65535")

@@ -1,0 +1,183 @@
+"""What keeps a run from harming another run's files, or from being resumed under other settings, and the one line
+it ends with when it is stopped.
+
+- ``RunLock``: one live run per output folder. The lock file names the run's process (and host); a second run into
+  the folder is refused with that pid while it lives, and a lock left by a run that died is taken over. The
+  processes of one launch (torchrun: the same rendezvous) share it.
+- ``run_identity`` / ``identity_problem``: the settings a checkpoint's run was started with are written into every
+  checkpoint (``caopd_run.json``); a resume under another model, backbone, task, data, LoRA layout or reward is
+  refused with the settings named; another K is allowed with a warning.
+- ``stopped_line`` and ``disk_full``: Ctrl-C, SIGTERM and a full disk end in one line that says where the run
+  stopped and how to resume.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from caopd.checkpoints import latest_complete
+
+LOCK_NAME = ".caopd_run.lock"
+IDENTITY_NAME = "caopd_run.json"
+# Settings that make a checkpoint's weights, optimizer state or data order meaningless under other values.
+MUST_MATCH = (
+    "backbone",
+    "model",
+    "dataset_name",
+    "train_data",
+    "verifier",
+    "tooluse_match",
+    "use_peft",
+    "lora_r",
+    "lora_alpha",
+    "teacher_model_kind",
+    "rl_reward",
+)
+MAY_CHANGE = ("num_generations",)  # a resume under another K is sound: P_acc's granularity changes from there on
+
+
+class RunLockError(RuntimeError):
+    """Another live run holds the output folder."""
+
+
+def _launch_id() -> str:
+    """What the processes of one launch share (torchrun's rendezvous), or this process alone."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        parts = (os.environ.get(name, "") for name in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"))
+        return "launch:" + ":".join(parts)
+    return f"process:{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """The output folder's lock, held by the main process of a launch for the duration of the run."""
+
+    def __init__(self, output_dir: str | Path):
+        self.path = Path(output_dir) / LOCK_NAME
+        self.launch = _launch_id()
+        self.held = False
+        self.created = False
+
+    def _holder(self) -> dict[str, Any] | None:
+        try:
+            holder = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return holder if isinstance(holder, dict) else None
+
+    def _live_other(self, holder: dict[str, Any] | None) -> dict[str, Any] | None:
+        if holder is None or holder.get("launch") == self.launch:
+            return None
+        pid = holder.get("pid")
+        if holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+            return None  # left by a run that died
+        return holder
+
+    def check(self) -> None:
+        """Refuse (``RunLockError``) when another live run holds the folder (every process checks)."""
+        other = self._live_other(self._holder())
+        if other is not None:
+            started = time.strftime("%Y-%m-%d %H:%M", time.localtime(other.get("started", 0)))
+            raise RunLockError(
+                f"{self.path.parent} is in use by another run (pid {other.get('pid')} on {other.get('host')}, started "
+                f"{started}); wait for it to finish or choose another --output_dir (if that run is gone, delete "
+                f"{self.path})"
+            )
+
+    def acquire(self) -> None:
+        """Take the lock (the launch's main process), replacing one that a dead run left."""
+        self.check()
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "launch": self.launch, "started": time.time()}
+        temporary = self.path.with_name(f"{LOCK_NAME}.{os.getpid()}")
+        try:
+            self.created = not self.path.parent.exists()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary.write_text(json.dumps(record), encoding="utf-8")
+            os.replace(temporary, self.path)
+        except OSError as err:  # the first write into the folder: one that cannot be created or written ends here
+            raise RunLockError(
+                f"--output_dir {self.path.parent}: cannot write there ({err.strerror or err}); choose another folder"
+            ) from err
+        self.held = True
+
+    def release(self) -> None:
+        """Remove the lock (and the output folder when this run created it and wrote nothing else there)."""
+        if self.held and (self._holder() or {}).get("launch") == self.launch:
+            self.path.unlink(missing_ok=True)
+            if self.created and not any(self.path.parent.iterdir()):
+                self.path.parent.rmdir()
+        self.held = False
+
+
+def run_identity(args: Any, model_location: str) -> dict[str, Any]:
+    """The settings a resume must keep (``MUST_MATCH``) or may change with a warning (``MAY_CHANGE``)."""
+    identity = {name: getattr(args, name, None) for name in (*MUST_MATCH, *MAY_CHANGE) if name != "model"}
+    identity["model"] = model_location
+    return identity
+
+
+def identity_problem(checkpoint: str | Path, current: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(why this run cannot resume ``checkpoint``, a warning about what changed soundly); None where there is none.
+    Checkpoints of versions that did not record their settings are not checked."""
+    try:
+        recorded = json.loads((Path(checkpoint) / IDENTITY_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(recorded, dict):
+        return None, None
+    changed = [name for name in MUST_MATCH if name in recorded and recorded[name] != current.get(name)]
+    problem = None
+    if changed:
+        listed = "; ".join(f"{name}: {recorded[name]!r} then, {current.get(name)!r} now" for name in changed)
+        problem = (
+            f"{checkpoint} was written by a run with other settings ({listed}); resume with the same settings, or "
+            "start a new run (in another --output_dir, or with --model_name pointing at a checkpoint's model)"
+        )
+    soft = [name for name in MAY_CHANGE if name in recorded and recorded[name] != current.get(name)]
+    warning = None
+    if soft:
+        warning = "; ".join(f"{name} {recorded[name]} -> {current.get(name)}" for name in soft)
+        warning = f"resuming {checkpoint} with {warning} (sound: P_acc's granularity changes from here on)"
+    return problem, warning
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) is a full disk or an exhausted quota."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(error) or "StorageFull" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def where_to_resume(output_dir: str | Path) -> str:
+    """The resume advice: the newest complete checkpoint, or that there is none yet."""
+    latest, _ = latest_complete(output_dir) if Path(output_dir).is_dir() else (None, [])
+    if latest is None:
+        return "no complete checkpoint was written yet: start the run again"
+    return f"the newest complete checkpoint is {latest.name}: resume with --resume_from_checkpoint latest"
+
+
+def stopped_line(cause: str, step: int | None, output_dir: str | Path) -> str:
+    """The one line a stopped run ends with."""
+    at = f" at step {step}" if step is not None else ""
+    return f"stopped by {cause}{at}; {where_to_resume(output_dir)}"
