@@ -96,18 +96,10 @@ class CaOPDFields:
         default=True,
         metadata={
             "help": "Compute each distinct prompt of a micro-batch once for the student and the teacher "
-            "(caopd.shared_prefix); exact. Off by itself under reentrant gradient checkpointing, DeepSpeed and FSDP."
+            "(caopd.shared_prefix); exact, under gradient checkpointing, DeepSpeed ZeRO-3 and FSDP alike. Off by "
+            "itself where it cannot be exact (flash attention, sliding-window layers); the run config says why."
         },
     )
-
-    def shared_prefix_mode(self) -> str:
-        """Whether these settings let the shared-prefix forward run, and why not when they do not (the trainer adds
-        what only it knows: ``CaOPDStep.shared_prefix_mode``)."""
-        if not self.shared_prefix:
-            return "off (--no_shared_prefix)"
-        if self.gradient_checkpointing and (self.gradient_checkpointing_kwargs or {}).get("use_reentrant"):
-            return "off (reentrant gradient checkpointing passes no gradient through the shared prompt)"
-        return "on"
 
     def _check_caopd_fields(self) -> None:
         """The checks every backbone's config runs before TRL's own."""
@@ -214,7 +206,10 @@ class RLConfig(GRPOConfig):
     )
     shared_prefix: bool = field(
         default=True,
-        metadata={"help": "Not used yet: the GRPO backbone forwards every rollout's prompt, as TRL does."},
+        metadata={
+            "help": "Compute each distinct prompt of a micro-batch once in the policy (and reference) forward "
+            "(caopd.shared_prefix); exact. Off by itself where it cannot be exact; the run config says why."
+        },
     )
 
     def __post_init__(self):

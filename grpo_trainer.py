@@ -4,13 +4,15 @@
 (``caopd.rewards``). The prompts, the confidence instruction, the verifier and the confidence parser are those of
 the distillation backbones, so the arms of a comparison differ only in how they train. There is no teacher and no
 CaOPD step; what is added to TRL's trainer: complete checkpoints (``caopd.checkpoints``), the prompt length limit,
-and the same P_acc metrics and rollout log as the distillation runs.
+the shared-prefix forward of the distillation backbones (``caopd.shared_prefix``), and the same P_acc metrics and
+rollout log as the distillation runs.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from accelerate.utils import gather_object
 from datasets import Dataset
 from trl import GRPOTrainer
@@ -19,6 +21,7 @@ from caopd.checkpoints import CompleteCheckpoints
 from caopd.groups import local_records, step_statistics, success_rates
 from caopd.rewards import CalibrationReward, completion_text
 from caopd.rollout_log import RolloutLog, RolloutLogTrimCallback, rollout_rows
+from caopd.shared_prefix import enable_shared_prefix, shared_prefix_logps, sharing_mode
 from caopd.tasks.base import Task
 from distil_config import RLConfig
 
@@ -42,9 +45,41 @@ class RLTrainer(CompleteCheckpoints, GRPOTrainer):
         self.rollout_log = RolloutLog(args.output_dir, self.accelerator.process_index)
         if args.save_rollouts:
             self.add_callback(RolloutLogTrimCallback(self.rollout_log))
+        self.shares_prefix = self.shared_prefix_mode() == "on"
+        if self.shares_prefix:
+            for forwarded in self._forwarded_models():
+                enable_shared_prefix(forwarded)
+
+    def _forwarded_models(self) -> list:
+        """The policy, and the reference model where the KL term has one."""
+        return [self.model] + ([self.ref_model] if self.ref_model is not None else [])
 
     def shared_prefix_mode(self) -> str:
-        return "off (the GRPO backbone forwards every rollout's prompt, as TRL does)"
+        """Whether the policy and reference forwards compute each distinct prompt once (recorded in the run config)."""
+        return sharing_mode(self.args.shared_prefix, *self._forwarded_models())
+
+    def _get_per_token_logps_and_entropies(
+        self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False, **kwargs
+    ):
+        """TRL's per-token log-probabilities (and entropies) through its fused LM head, each chunk's distinct prompts
+        computed once (``caopd.shared_prefix``). Images, MoE auxiliary losses and chunks in which no two rows share a
+        prompt take TRL's own forward."""
+        plain = not self.shares_prefix or any(value is not None and value is not False for value in kwargs.values())
+        if plain:
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, **kwargs
+            )
+        size = batch_size or input_ids.size(0)
+        logps, entropies = [], []
+        for start in range(0, input_ids.size(0), size):
+            ids, mask = input_ids[start : start + size], attention_mask[start : start + size]
+            with self.accelerator.autocast():
+                shared = shared_prefix_logps(model, ids, mask, logits_to_keep)
+            if shared is None:
+                shared = super()._get_per_token_logps_and_entropies(model, ids, mask, logits_to_keep, None, True)[:2]
+            logps.append(shared[0])
+            entropies.append(shared[1])
+        return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None
 
     def _tokenize_prompts(self, prompts: list):
         """TRL's tokenization, with prompts cut to ``max_prompt_length`` from the left (as TRL's other trainers)."""

@@ -1,21 +1,23 @@
 """Shared-prefix forward against TRL's: the student and teacher forward/backward of one micro-batch, timed and
-measured on this machine.
+measured on this machine, with gradient checkpointing off and on.
 
 The part of a step that ``caopd.shared_prefix`` changes is the student forward (with gradients), its backward and
-the teacher forward (no gradients); rollouts and the CaOPD rewrite are untouched. For each shape, one process per
-path (shared, unshared) builds the embedded SmolLM2-135M-Instruct in fp32, renders real prompts with the chat
-template, appends random completion tokens (their content does not change the compute), and times the
-student forward + a reverse-KL loss against the teacher + backward, and the teacher forward on the prompt plus the
-task's golden demonstration (the privileged context). Peak memory is the process's resident high-water mark during
-the timed steps, over what it held before (Linux /proc/self/status).
+the teacher forward (no gradients); rollouts and the CaOPD rewrite are untouched. For each shape and checkpointing
+setting, one process per path (shared, unshared) builds the embedded SmolLM2-135M-Instruct in fp32 (sdpa
+attention), renders real prompts with the chat template, appends random completion tokens (their content does not
+change the compute), and times the student forward + a reverse-KL loss against the teacher + backward, and the
+teacher forward on the prompt plus the task's golden demonstration (the privileged context). Checkpointing is
+transformers' (as ``--gradient_checkpointing`` turns it on through the Trainer). Peak memory is the process's
+resident high-water mark during the timed steps, over what it held before (Linux /proc/self/status).
 
 Shapes: (a) the CPU demo's arithmetic: 2 questions x K = 8 rollouts, 40-token completions, micro-batches of 8;
-(b) tool use: prompts of the shared tool-use set (``--tooluse_data``), 1 question x K = 8, 100-token completions.
-``--quick`` runs the same measurement on a tiny random Llama with the embedded model's tokenizer (seconds, for
-tests; its times say nothing about the real model's).
+(b) tool use: a prompt of the shared tool-use set, 1 question x K = 8, 100-token completions; (c) science: a prompt
+of the shared science set (SciKnowEval chemistry MCQ), 2 questions x K = 8, 64-token completions. Rows come from
+``--data_dir`` (``../shared/data/caopd_eval``). ``--quick`` runs the same measurement on a tiny random Llama with the
+embedded model's tokenizer (seconds, for tests; its times say nothing about the real model's).
 
-    python bench/prefix.py --repeats 1       # about 10 minutes on 2 CPU cores
-    python bench/prefix.py --quick           # under a minute
+    python bench/prefix.py --repeats 1       # about 25 minutes on 2 CPU cores
+    python bench/prefix.py --quick           # about a minute
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from caopd.checks import positive_int
 SHAPES = {
     "arithmetic": {"questions": 2, "k": 8, "completion": 40, "micro_batch": 8},
     "tooluse": {"questions": 1, "k": 8, "completion": 100, "micro_batch": 8},
+    "science": {"questions": 2, "k": 8, "completion": 64, "micro_batch": 8},
 }
-DEFAULT_TOOLUSE = ROOT.parent / "shared" / "data" / "caopd_eval" / "tooluse_eval"
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "caopd_eval"
 
 
 def _memory_kib(field: str) -> int:
@@ -47,12 +50,12 @@ def _memory_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _rows(shape: str, tooluse_data: str, questions: int) -> list[tuple[list[dict], str]]:
+def _rows(shape: str, data_dir: str, questions: int) -> list[tuple[list[dict], str]]:
     """(prompt messages, demonstration) of the first ``questions`` rows of the task."""
     from caopd.tasks import get_task
 
     task = get_task(shape)
-    rows = task.load(tooluse_data if shape == "tooluse" else None)
+    rows = task.load(None if shape == "arithmetic" else str(Path(data_dir) / f"{shape}_eval"))
     return [(rows[i]["prompt"], rows[i]["demonstration"]) for i in range(questions)]
 
 
@@ -90,20 +93,25 @@ def _model(tokenizer, quick: bool):
     return AutoModelForCausalLM.from_pretrained(embedded_model_path(), dtype=torch.float32)
 
 
-def measure(shape: str, shared: bool, tooluse_data: str, repeats: int, quick: bool = False) -> dict:
+def measure(shape: str, shared: bool, checkpointing: bool, data_dir: str, repeats: int, quick: bool = False) -> dict:
     """Time and peak memory of the student and teacher forward/backward, in this (fresh) process."""
     import torch
     from transformers import AutoTokenizer
 
     from caopd.models import embedded_model_path
-    from caopd.shared_prefix import shared_prefix_logits
+    from caopd.shared_prefix import enable_shared_prefix, shared_prefix_logits
 
     settings = SHAPES[shape]
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_path(), padding_side="left")
     model = _model(tokenizer, quick)
+    model.set_attn_implementation("sdpa")
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+    if shared:
+        enable_shared_prefix(model)
     model.train()
     (student_ids, student_mask), (teacher_ids, teacher_mask) = _batch(
-        tokenizer, _rows(shape, tooluse_data, settings["questions"]), settings["k"], settings["completion"], 0
+        tokenizer, _rows(shape, data_dir, settings["questions"]), settings["k"], settings["completion"], 0
     )
     keep, micro = settings["completion"], settings["micro_batch"]
 
@@ -138,6 +146,7 @@ def measure(shape: str, shared: bool, tooluse_data: str, repeats: int, quick: bo
     return {
         "shape": shape,
         "shared": shared,
+        "checkpointing": checkpointing,
         "seconds": min(times),
         "peak_mib": (_memory_kib("VmHWM") - before) / 1024,
         "loss": losses[-1],
@@ -146,9 +155,9 @@ def measure(shape: str, shared: bool, tooluse_data: str, repeats: int, quick: bo
     }
 
 
-def run_measurement(shape: str, shared: bool, tooluse_data: str, repeats: int, quick: bool) -> dict:
-    command = [sys.executable, __file__, "--measure", shape, str(int(shared)), "--repeats", str(repeats)]
-    command += ["--tooluse_data", tooluse_data] + (["--quick"] if quick else [])
+def run_measurement(shape: str, shared: bool, checkpointing: bool, data_dir: str, repeats: int, quick: bool) -> dict:
+    command = [sys.executable, __file__, "--measure", shape, str(int(shared)), str(int(checkpointing))]
+    command += ["--repeats", str(repeats), "--data_dir", data_dir] + (["--quick"] if quick else [])
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "HF_HUB_OFFLINE": "1"}
     finished = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     if finished.returncode != 0:
@@ -158,31 +167,43 @@ def run_measurement(shape: str, shared: bool, tooluse_data: str, repeats: int, q
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tooluse_data", default=str(DEFAULT_TOOLUSE), help="tool-use rows (the shared eval set)")
+    parser.add_argument("--data_dir", default=str(DEFAULT_DATA), help="folder of tooluse_eval/ and science_eval/")
     parser.add_argument("--repeats", type=positive_int, default=2, help="timed steps per path (the fastest counts)")
     parser.add_argument("--shapes", nargs="+", choices=tuple(SHAPES), default=list(SHAPES))
+    parser.add_argument(
+        "--checkpointing", nargs="+", choices=("off", "on"), default=["off", "on"], help="gradient checkpointing"
+    )
     parser.add_argument("--quick", action="store_true", help="a tiny random model instead of SmolLM2 (tests)")
-    parser.add_argument("--measure", nargs=2, metavar=("SHAPE", "SHARED"), help=argparse.SUPPRESS)
+    parser.add_argument("--measure", nargs=3, metavar=("SHAPE", "SHARED", "CHECKPOINTING"), help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.measure:
-        shape, shared = options.measure
-        print(json.dumps(measure(shape, shared == "1", options.tooluse_data, options.repeats, options.quick)))
+        shape, shared, checkpointing = options.measure
+        result = measure(shape, shared == "1", checkpointing == "1", options.data_dir, options.repeats, options.quick)
+        print(json.dumps(result))
         return 0
-    if "tooluse" in options.shapes and not Path(options.tooluse_data).exists():
-        parser.error(f"--tooluse_data {options.tooluse_data} not found (the shared tool-use set, ../shared/data)")
-    print("| shape | rows x prompt tokens | unshared s | shared s | time ratio | unshared MiB | shared MiB | loss |")
-    print("|---|---|---|---|---|---|---|---|")
     for shape in options.shapes:
-        unshared, shared = (
-            run_measurement(shape, flag, options.tooluse_data, options.repeats, options.quick) for flag in (0, 1)
-        )
-        print(
-            f"| {shape} | {unshared['rows']} x {unshared['prompt_tokens'] / unshared['rows']:.0f} "
-            f"| {unshared['seconds']:.2f} | {shared['seconds']:.2f} | {shared['seconds'] / unshared['seconds']:.3f} "
-            f"| {unshared['peak_mib']:.0f} | {shared['peak_mib']:.0f} "
-            f"| {unshared['loss']:.5f} / {shared['loss']:.5f} |",
-            flush=True,
-        )
+        if shape != "arithmetic" and not (Path(options.data_dir) / f"{shape}_eval").exists():
+            parser.error(f"--data_dir {options.data_dir} has no {shape}_eval/ (the shared sets, ../shared/data)")
+    print(
+        "| shape | checkpointing | rows x prompt tokens | unshared s | shared s | time ratio | unshared MiB "
+        "| shared MiB | memory ratio | loss (unshared / shared) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for shape in options.shapes:
+        for checkpointing in options.checkpointing:
+            on = checkpointing == "on"
+            unshared, shared = (
+                run_measurement(shape, flag, on, options.data_dir, options.repeats, options.quick) for flag in (0, 1)
+            )
+            tokens = unshared["prompt_tokens"] / unshared["rows"]
+            print(
+                f"| {shape} | {checkpointing} | {unshared['rows']} x {tokens:.0f} "
+                f"| {unshared['seconds']:.2f} | {shared['seconds']:.2f} "
+                f"| {shared['seconds'] / unshared['seconds']:.3f} | {unshared['peak_mib']:.0f} "
+                f"| {shared['peak_mib']:.0f} | {shared['peak_mib'] / unshared['peak_mib']:.2f} "
+                f"| {unshared['loss']:.5f} / {shared['loss']:.5f} |",
+                flush=True,
+            )
     return 0
 
 

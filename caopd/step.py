@@ -34,7 +34,7 @@ from caopd.loss_parts import loss_parts
 from caopd.prompts import end_of_turn_token
 from caopd.rollout_log import RolloutLog, RolloutLogTrimCallback
 from caopd.self_consistency import teacher_anchored_references
-from caopd.shared_prefix import shared_prefix_logits
+from caopd.shared_prefix import enable_shared_prefix, shared_prefix_logits, sharing_mode
 from caopd.targets import (
     common_prefix_length,
     reserved_completion_tokens,
@@ -72,6 +72,10 @@ class CaOPDStep:
         self.end_of_turn_id = end_of_turn_token(self._tokenizer, self.eos_token_ids)
         if args.empirical_calibration:
             self._reserve_room_for_confidence()
+        self.shares_prefix = self.shared_prefix_mode() == "on"
+        if self.shares_prefix:
+            for model in self._forwarded_models():
+                enable_shared_prefix(model)
 
     # ------------------------------------------------------------------------------------------------- tokens
     def _encode(self, text: str) -> list[int]:
@@ -176,20 +180,19 @@ class CaOPDStep:
         metrics["caopd/teacher_prompt_truncated"].append(self.accelerator.gather(truncated.reshape(1)).mean().item())
 
     # ---------------------------------------------------------------------------------------------- the loss
+    def _forwarded_models(self) -> list:
+        """The models whose forward ``_forward_logits`` runs: the student, and a separate teacher."""
+        teacher = getattr(self, "teacher_model", None)
+        return [self.model] + ([teacher] if teacher is not None and teacher is not self.model else [])
+
     def shared_prefix_mode(self) -> str:
-        """Whether the shared-prefix forward runs, and why not when it does not (recorded in the run config).
-        DeepSpeed and FSDP may come from the accelerate config, which only the trainer sees."""
-        mode = self.args.shared_prefix_mode()
-        if mode == "on" and self.is_deepspeed_enabled:
-            return "off (DeepSpeed: not yet tested)"
-        if mode == "on" and self.is_fsdp_enabled:
-            return "off (FSDP: not yet tested)"
-        return mode
+        """Whether the shared-prefix forward runs, and why not when it does not (recorded in the run config)."""
+        return sharing_mode(self.args.shared_prefix, *self._forwarded_models())
 
     def _forward_logits(self, model, input_ids, attention_mask, logits_to_keep):
         """TRL's forward for the student and the teacher, with each distinct prompt computed once where that is on
         (``caopd.shared_prefix``: same logits, loss and gradients)."""
-        if self.shared_prefix_mode() == "on":
+        if self.shares_prefix:
             logits = shared_prefix_logits(
                 model, input_ids, attention_mask, logits_to_keep, "logits_to_keep" in self.model_kwarg_keys
             )

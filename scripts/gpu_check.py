@@ -9,10 +9,13 @@ Builds a tiny Qwen3 model from a config with the real tokenizer of the embedded 
 4. ``zero3``: one CaOPD step and a checkpoint under DeepSpeed ZeRO-3 (scripts/accelerate/zero3.yaml with one
    process), when DeepSpeed is installed;
 5. ``eval-backends``: the same small evaluation with ``--backend transformers`` and ``--backend vllm``, when vLLM is
-   installed: both must run and record the same sampling settings in their metrics.json.
+   installed: both must run and record the same sampling settings in their metrics.json;
+6. ``shared-prefix``: on this device, in fp32, the shared-prefix forward's logits, loss and every gradient against
+   TRL's repeated-prefix forward (relative differences printed; above 1e-4 fails), with sdpa and eager attention.
+   Checks 1, 2 and 4 also require the run config to record the shared prefix as on.
 
 Each check prints PASS, FAIL (with the end of its log) or SKIP (and why); the exit status is 1 if any failed.
-``--cpu`` runs checks 1 and 2 without a GPU and without bf16 (the test suite does, to keep this script working).
+``--cpu`` runs checks 1, 2 and 6 without a GPU and without bf16 (the test suite does, to keep this script working).
 """
 
 from __future__ import annotations
@@ -26,8 +29,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from caopd.run_config import RUN_CONFIG_NAME
 
 VLLM_FLAGS = ["--use_vllm", "--vllm_mode", "colocate", "--vllm_gpu_memory_utilization", "0.2"]
 ZERO3_LAUNCH = ["--config_file", str(ROOT / "scripts" / "accelerate" / "zero3.yaml")]
@@ -76,6 +83,9 @@ def completed_run_problem(output: Path, steps: int) -> str | None:
     losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
     if not losses or any(loss != loss for loss in losses):
         return f"no finite loss logged: {losses}"
+    recorded = yaml.safe_load((output / RUN_CONFIG_NAME).read_text())["derived"]["shared_prefix"]
+    if recorded != "on":
+        return f"the run config records shared_prefix: {recorded}"
     logged = [json.loads(line)["step"] for line in (output / "rollouts" / "rank0.jsonl").read_text().splitlines()]
     if sorted(set(logged)) != list(range(steps)) or len(logged) != 4 * steps:
         return f"the rollout log holds steps {logged}, expected 4 rollouts for each of steps 0..{steps - 1}"
@@ -96,6 +106,60 @@ def eval_backends_problem(model: Path, work: Path) -> str | None:
     differing = {key for key in recorded["vllm"] if recorded["vllm"][key] != recorded["transformers"].get(key)}
     print(f"[gpu_check] sampling settings of both backends: {recorded['vllm']}")
     return f"the backends sampled differently: {sorted(differing)}" if differing else None
+
+
+def _relative(got, expected) -> float:
+    return float((got - expected).abs().max() / expected.abs().max().clamp(min=1e-12))
+
+
+def _loss_and_gradients(model, logits, ids, mask, keep: int):
+    """The completion tokens' mean negative log-likelihood and every parameter's gradient of it."""
+    import torch
+
+    logps = torch.log_softmax(logits, -1).gather(-1, ids[:, -keep:, None]).squeeze(-1)
+    loss = -(logps * mask[:, -keep:]).sum() / mask[:, -keep:].sum()
+    model.zero_grad()
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def shared_prefix_problem(model_dir: Path, device: str) -> str | None:
+    """The shared-prefix forward against the repeated-prefix one on ``device`` (fp32): what differs beyond 1e-4."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from caopd.shared_prefix import enable_shared_prefix, shared_prefix_logits
+
+    generator = torch.Generator().manual_seed(0)
+    rows, keep, width = [], 24, 40
+    for length in (40, 23):  # two prompts (one left-padded), K = 4 rollouts each, completions of varying length
+        prompt = torch.randint(3, 1000, (length,), generator=generator)
+        for k in range(4):
+            completion = torch.randint(3, 1000, (keep,), generator=generator)
+            real = keep - 5 * k
+            ids = torch.cat([torch.zeros(width - length, dtype=torch.long), prompt, completion])
+            mask = torch.cat([torch.zeros(width - length), torch.ones(length + real), torch.zeros(keep - real)])
+            rows.append((ids, mask.long()))
+    ids, mask = (torch.stack(parts).to(device) for parts in zip(*rows, strict=True))
+    problems = []
+    for attention in ("sdpa", "eager"):
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attention)
+        model.to(device).train()
+
+        plain = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1][:, -keep:]
+        plain_loss, plain_grads = _loss_and_gradients(model, plain, ids, mask, keep)
+        enable_shared_prefix(model)
+        shared = shared_prefix_logits(model, ids, mask, keep)
+        shared_loss, shared_grads = _loss_and_gradients(model, shared, ids, mask, keep)
+        valid = mask[:, -keep - 1 : -1].bool()
+        differences = {
+            "logits": _relative(shared.detach()[valid], plain.detach()[valid]),
+            "loss": _relative(shared_loss, plain_loss),
+            "gradients": max(_relative(shared_grads[name], grad) for name, grad in plain_grads.items()),
+        }
+        print(f"[gpu_check] shared prefix, {attention}: relative differences {differences}")
+        problems += [f"{attention} {name} {value:.2e}" for name, value in differences.items() if value > 1e-4]
+    return f"differences above 1e-4: {', '.join(problems)}" if problems else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[gpu_check] {name}: SKIP ({reason})")
     else:
         check(name, eval_backends_problem(model, work))
+
+    check(
+        "shared-prefix: logits, loss and gradients equal the repeated-prefix forward (fp32, sdpa and eager)",
+        shared_prefix_problem(model, "cuda" if on_gpu else "cpu"),
+    )
 
     print("\n[gpu_check] summary")
     for name, verdict, _ in results:

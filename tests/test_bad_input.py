@@ -201,7 +201,7 @@ CASES = [
     ("memory length", "bench/memory.py", "--length 0", "--length"),
     ("overhead pairs", "bench/overhead.py", "--pairs 0", "--pairs"),
     ("prefix repeats", "bench/prefix.py", "--repeats 0", "--repeats"),
-    ("prefix tool-use data", "bench/prefix.py", "--tooluse_data {tmp}/none", "not found"),
+    ("prefix data", "bench/prefix.py", "--data_dir {tmp}/none", "has no tooluse_eval/"),
     # ---- typed values from YAML and JSON
     ("yaml quoted false keeps checkpoints", "main.py", "--config {tmp}/quoted_false.yaml",
      "already holds checkpoints (checkpoint-4)"),

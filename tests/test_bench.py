@@ -12,12 +12,12 @@ def _run(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
-def ratio_of_printed(numerator: str, denominator: str):
+def ratio_of_printed(numerator: str, denominator: str, digits: int = 3):
     """``numerator / denominator`` as printed values allow: each was rounded to its printed decimals, and the ratio
-    to three."""
+    to ``digits``."""
     a, b = float(numerator), float(denominator)
-    half_unit = 0.5 * 10 ** -len(numerator.split(".")[1])
-    return pytest.approx(a / b, abs=0.0005 + half_unit * (1 / b + a / b**2) + 1e-9)
+    half_unit = 0.5 * 10 ** -(len(numerator.split(".")[1]) if "." in numerator else 0)
+    return pytest.approx(a / b, abs=0.5 * 10**-digits + half_unit * (1 / b + a / b**2) + 1e-9)
 
 
 @pytest.mark.slow
@@ -78,17 +78,30 @@ def test_overhead_times_alternating_arms(tmp_path):
 @pytest.mark.slow
 @covers("bench/prefix.py")
 def test_prefix_quick_mode_times_both_forwards_at_equal_loss():
-    shapes = ["arithmetic", "tooluse"] if (SHARED_DATA / "caopd_eval" / "tooluse_eval").is_dir() else ["arithmetic"]
+    # one shape, both checkpointing settings: the shapes differ only in their rows, which test_prefix_rows reads
+    shapes = ["science"] if (SHARED_DATA / "caopd_eval" / "science_eval").is_dir() else ["arithmetic"]
     finished = _run("bench/prefix.py", "--quick", "--repeats", "1", "--shapes", *shapes)
     assert finished.returncode == 0, finished.stderr[-3000:]
     rows = [line.strip("|").split("|") for line in finished.stdout.splitlines() if line.startswith("| ")][1:]
     rows = [[cell.strip() for cell in row] for row in rows if not row[0].startswith("-")]
-    assert [row[0] for row in rows] == shapes
-    for name, rows_x_tokens, unshared, shared, ratio, _, _, losses in rows:
-        assert int(rows_x_tokens.split(" x ")[0]) == {"arithmetic": 16, "tooluse": 8}[name]
+    assert [(row[0], row[1]) for row in rows] == [(shape, mode) for shape in shapes for mode in ("off", "on")]
+    for name, _, rows_x_tokens, unshared, shared, ratio, unshared_mib, shared_mib, memory, losses in rows:
+        assert int(rows_x_tokens.split(" x ")[0]) == {"arithmetic": 16, "tooluse": 8, "science": 16}[name]
         assert float(ratio) == ratio_of_printed(shared, unshared)
+        assert float(memory) == ratio_of_printed(shared_mib, unshared_mib, digits=2)
         unshared_loss, shared_loss = map(float, losses.split(" / "))
         assert shared_loss == pytest.approx(unshared_loss, rel=1e-4)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "caopd_eval").is_dir(), reason="the shared evaluation sets are absent")
+def test_prefix_rows_of_every_shape_are_real_prompts_and_demonstrations():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import prefix
+
+    for shape, settings in prefix.SHAPES.items():
+        rows = prefix._rows(shape, str(SHARED_DATA / "caopd_eval"), settings["questions"])
+        assert len(rows) == settings["questions"]
+        assert all(messages[-1]["role"] == "user" and demonstration.strip() for messages, demonstration in rows)
 
 
 @pytest.mark.slow
