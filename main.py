@@ -395,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     # outlive run() until interpreter shutdown, where destroying gloo's pending work can abort the finished process
     # (SIGABRT, "terminate called without an active exception"). Collect it while the interpreter is whole, and
     # before the error line, which must stay the last one (an interrupted progress bar prints when collected).
+    progress.clear()
     gc.collect()
     if message is not None:
         if int(os.environ.get("RANK", "0")) == 0 or message.startswith("error:"):

@@ -74,7 +74,7 @@ def test_no_confidence_instruction_flag_and_greedy(trained_checkpoint, tmp_path)
     ("argv", "message"),
     [
         (["--model_path", "smollm2", "--data", "/nope"], "not found"),
-        (["--model_path", "smollm2", "--num_samples", "0"], "--num_samples must be a positive"),
+        (["--model_path", "smollm2", "--num_samples", "0"], "--num_samples: must be a positive integer"),
         (["--model_path", "/tmp", "--data", str(FIXTURES / "tooluse_rows.jsonl")], "no config.json"),
     ],
 )
