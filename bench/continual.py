@@ -18,8 +18,7 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from experiment_scale import ARMS, ROOT, SHARED, Scale, add_scale_flags, split_rows
-from stages import run_plan
+from experiment_scale import ARMS, SHARED, Scale, compare_stage, experiment_main, split_rows
 
 DOMAINS = ("tooluse", "science")
 
@@ -34,8 +33,8 @@ def data(scale: Scale, out: Path) -> dict[str, tuple[str, str]]:
     return {domain: (str(folder / f"{domain}_train.jsonl"), str(folder / f"{domain}_test.jsonl")) for domain in DOMAINS}
 
 
-def plan(args: argparse.Namespace, scale: Scale, out: Path) -> tuple[list[tuple[str, list[str]]], list[str]]:
-    """The stages, and the run labels of the comparison (arm/stage/domain)."""
+def plan(args: argparse.Namespace, scale: Scale, out: Path) -> list[tuple[str, list[str]]]:
+    """The stages, the comparison of every run (labelled arm/stage/domain) last."""
     arms = args.arms
     rows = data(scale, out)
     stages, labels = [], []
@@ -61,24 +60,11 @@ def plan(args: argparse.Namespace, scale: Scale, out: Path) -> tuple[list[tuple[
                 )
                 labels.append(f"{arm}/stage{number}/{tested}")
             previous = str(model)
-    return stages, labels
+    return [*stages, compare_stage(out, labels)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_scale_flags(parser)
-    parser.add_argument("--arms", nargs="+", choices=tuple(ARMS), default=["sdft", "caopd"])
-    args = parser.parse_args(argv)
-    scale = Scale.from_args(args)
-    out = Path(args.output_dir).resolve()
-    stages, labels = plan(args, scale, out)
-    metrics = [str(out / "eval" / label.replace("/", "_") / "metrics.json") for label in labels]
-    compare = [sys.executable, str(ROOT / "eval" / "compare.py"), *metrics, "--labels", *labels]
-    compare += ["--output_md", str(out / "compare.md"), "--output_json", str(out / "compare.json")]
-    stages.append(("compare", [*compare, "--output_png", str(out / "compare.png")]))
-    run_plan(stages, out, args.force)
-    print((out / "compare.md").read_text())
-    return 0
+    return experiment_main(__doc__.split("\n\n")[0], plan, argv)
 
 
 if __name__ == "__main__":

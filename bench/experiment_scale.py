@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,3 +127,28 @@ def split_rows(source: Path, train: Path, test: Path, train_rows: int) -> None:
     train.parent.mkdir(parents=True, exist_ok=True)
     rows.select(range(train_rows)).to_json(str(train))
     rows.select(range(train_rows, len(rows))).to_json(str(test))
+
+
+Stage = tuple[str, list[str]]
+
+
+def compare_stage(out: Path, labels: list[str]) -> Stage:
+    """eval/compare.py over the runs' metrics (``out/eval/<label with / as _>/metrics.json``): markdown, JSON, PNG."""
+    metrics = [str(out / "eval" / label.replace("/", "_") / "metrics.json") for label in labels]
+    command = [sys.executable, str(ROOT / "eval" / "compare.py"), *metrics, "--labels", *labels]
+    command += ["--output_md", str(out / "compare.md"), "--output_json", str(out / "compare.json")]
+    return ("compare", [*command, "--output_png", str(out / "compare.png")])
+
+
+def experiment_main(description: str, plan: Callable[..., list[Stage]], argv: list[str] | None) -> int:
+    """An experiment script's command line: the scale flags and --arms, then ``plan``'s stages, resumably."""
+    from stages import run_plan
+
+    parser = argparse.ArgumentParser(description=description)
+    add_scale_flags(parser)
+    parser.add_argument("--arms", nargs="+", choices=tuple(ARMS), default=["sdft", "caopd"])
+    args = parser.parse_args(argv)
+    out = Path(args.output_dir).resolve()
+    run_plan(plan(args, Scale.from_args(args), out), out, args.force)
+    print((out / "compare.md").read_text())
+    return 0

@@ -17,8 +17,7 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from experiment_scale import ARMS, ROOT, SHARED, Scale, add_scale_flags
-from stages import run_plan
+from experiment_scale import ARMS, SHARED, Scale, compare_stage, experiment_main
 
 
 def plan(args: argparse.Namespace, scale: Scale, out: Path) -> list[tuple[str, list[str]]]:
@@ -31,23 +30,11 @@ def plan(args: argparse.Namespace, scale: Scale, out: Path) -> list[tuple[str, l
     for arm in arms:
         stages.append((f"train_{arm}", scale.train(ARMS[arm], "tooluse", tooluse, out / arm)))
         stages.append((f"eval_{arm}", scale.evaluate("science", science, str(out / arm), out / "eval" / arm)))
-    metrics = [str(out / "eval" / arm / "metrics.json") for arm in ["base", *arms]]
-    compare = [sys.executable, str(ROOT / "eval" / "compare.py"), *metrics, "--labels", "base", *arms]
-    compare += ["--output_md", str(out / "compare.md"), "--output_json", str(out / "compare.json")]
-    stages.append(("compare", [*compare, "--output_png", str(out / "compare.png")]))
-    return stages
+    return [*stages, compare_stage(out, ["base", *arms])]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_scale_flags(parser)
-    parser.add_argument("--arms", nargs="+", choices=tuple(ARMS), default=["sdft", "caopd"])
-    args = parser.parse_args(argv)
-    scale = Scale.from_args(args)
-    out = Path(args.output_dir).resolve()
-    run_plan(plan(args, scale, out), out, args.force)
-    print((out / "compare.md").read_text())
-    return 0
+    return experiment_main(__doc__.split("\n\n")[0], plan, argv)
 
 
 if __name__ == "__main__":

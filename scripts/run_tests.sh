@@ -22,7 +22,8 @@ fi
 
 echo "[tests] pytest"
 status=0
-python -m pytest -q "$@" || status=$?
+# Two workers (pytest-xdist), each taking whole files so that a file's shared fixtures are built once.
+python -m pytest -q -n 2 --dist loadfile "$@" || status=$?
 if [[ $status -eq 5 ]]; then
   echo "[tests] pytest collected no tests: failing" >&2
   exit 1

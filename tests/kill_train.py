@@ -28,6 +28,10 @@ from caopd import checkpoints
 def install(stage: str, step: int) -> None:
     """Patch the save path so that the process kills itself at ``stage`` of writing checkpoint-``step``."""
     kill_signal = getattr(signal, os.environ.get("KILL_SIGNAL", "SIGKILL"))
+    if kill_signal == signal.SIGINT:
+        # Ctrl-C reaches a foreground process; one started from a background job inherits SIGINT ignored, and
+        # Python then installs no KeyboardInterrupt handler. Act as the terminal's foreground process does.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     trainers = []
     original_setup = caopd.step.CaOPDStep.setup_caopd  # every backbone's trainer calls it once, at the end of init
 

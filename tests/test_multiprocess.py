@@ -20,7 +20,16 @@ def _launch_two(script: str, *argv: str) -> None:
     """``tests/<script>`` on two gloo processes; it must exit 0."""
     # accelerate 1.15 spawns CPU processes for `--cpu` only through mpirun; `--multi_gpu` goes through torchrun,
     # which on a machine without GPUs gives gloo processes on the CPU.
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--main_process_port",
+        "0",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+    ]
     command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     command += [str(ROOT / "tests" / script), *argv]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)

@@ -281,7 +281,16 @@ def test_a_sharded_step_updates_every_weight_as_the_unshared_forward_does(tmp_pa
     model = save_tiny_model(tmp_path / "model")
     weights = {}
     for forward in ("shared", "unshared"):
-        command = [sys.executable, "-m", "accelerate.commands.launch", *SHARDED[sharding], "--num_processes", "2"]
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--main_process_port",
+            "0",
+            *SHARDED[sharding],
+            "--num_processes",
+            "2",
+        ]
         command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
         command += [str(ROOT / "tests" / "mp_shared_prefix.py"), str(model), str(tmp_path / forward), forward]
         finished = subprocess.run([*command, backbone, checkpointing], capture_output=True, text=True, timeout=600)

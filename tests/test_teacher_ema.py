@@ -102,7 +102,16 @@ def test_lora_teacher_adapter_is_averaged_in_fp32(tokenizer, tmp_path):
 
 
 def _zero3(*argv: str) -> None:
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--use_deepspeed", "--zero_stage", "3"]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--main_process_port",
+        "0",
+        "--use_deepspeed",
+        "--zero_stage",
+        "3",
+    ]
     command += ["--zero3_init_flag", "false", "--num_processes", "2", "--num_machines", "1"]
     command += ["--mixed_precision", "bf16", "--dynamo_backend", "no", str(ROOT / "tests" / "mp_zero3.py"), *argv]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
