@@ -34,3 +34,10 @@ def covers(*scripts: str):
     """Mark a test that runs these documented scripts end to end: tests/test_readme.py fails for a script that
     README.md or docs/ names and no test covers."""
     return pytest.mark.covers(*scripts)
+
+
+def accelerate_launch(*launcher_flags: str, mixed_precision: str = "no") -> list[str]:
+    """The start of an ``accelerate launch`` command of the multi-process tests: one machine, no dynamo, and a free
+    port for each launch, since two pytest workers may launch at the same time."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", "0", *launcher_flags]
+    return [*command, "--num_machines", "1", "--mixed_precision", mixed_precision, "--dynamo_backend", "no"]

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, accelerate_launch
 from safetensors.torch import load_file
 
 # A kill after the marker (a complete checkpoint, then death) is the stop-signal test below, resume included.
@@ -28,17 +28,7 @@ def _launch(processes, script, *argv, env=None):
     """``script`` in one plain process (its own exit code and stderr), or under ``accelerate launch``."""
     command = [sys.executable, str(script), *map(str, argv)]
     if processes is not SINGLE:
-        launcher = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--main_process_port",
-            "0",
-            *processes,
-            "--num_machines",
-            "1",
-        ]
-        command = [*launcher, "--mixed_precision", "no", "--dynamo_backend", "no", *command[1:]]
+        command = [*accelerate_launch(*processes), *command[1:]]
     return subprocess.run(
         command, capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, **(env or {})}
     )

@@ -3,12 +3,12 @@ forward updates the weights as the unshared one does."""
 
 import json
 import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import accelerate_launch
 from helpers import read_rollouts
 
 from caopd.rewards import rlcr_reward
@@ -20,18 +20,7 @@ def _launch_two(script: str, *argv: str) -> None:
     """``tests/<script>`` on two gloo processes; it must exit 0."""
     # accelerate 1.15 spawns CPU processes for `--cpu` only through mpirun; `--multi_gpu` goes through torchrun,
     # which on a machine without GPUs gives gloo processes on the CPU.
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--main_process_port",
-        "0",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-    ]
-    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    command += [str(ROOT / "tests" / script), *argv]
+    command = [*accelerate_launch("--multi_gpu", "--num_processes", "2"), str(ROOT / "tests" / script), *argv]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
 

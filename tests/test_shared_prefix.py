@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import accelerate_launch
 
 from caopd.shared_prefix import (
     enable_shared_prefix,
@@ -272,7 +273,6 @@ def test_a_sharded_step_updates_every_weight_as_the_unshared_forward_does(tmp_pa
     """ZeRO-3 and FSDP on two CPU processes (fp32): one SGD step with the shared prefix and one without, from the same
     saved weights, end with the same weights."""
     import subprocess
-    import sys
 
     from conftest import ROOT
     from safetensors.torch import load_file
@@ -281,17 +281,7 @@ def test_a_sharded_step_updates_every_weight_as_the_unshared_forward_does(tmp_pa
     model = save_tiny_model(tmp_path / "model")
     weights = {}
     for forward in ("shared", "unshared"):
-        command = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--main_process_port",
-            "0",
-            *SHARDED[sharding],
-            "--num_processes",
-            "2",
-        ]
-        command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        command = accelerate_launch(*SHARDED[sharding], "--num_processes", "2")
         command += [str(ROOT / "tests" / "mp_shared_prefix.py"), str(model), str(tmp_path / forward), forward]
         finished = subprocess.run([*command, backbone, checkpointing], capture_output=True, text=True, timeout=600)
         assert finished.returncode == 0, finished.stderr[-3000:]

@@ -1,11 +1,10 @@
 """The EMA teacher follows the paper's update in any dtype: a bf16 teacher is the fp32 average, rounded."""
 
 import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, accelerate_launch
 from helpers import toy_trainer
 from peft import LoraConfig
 from safetensors.torch import load_file
@@ -102,18 +101,8 @@ def test_lora_teacher_adapter_is_averaged_in_fp32(tokenizer, tmp_path):
 
 
 def _zero3(*argv: str) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--main_process_port",
-        "0",
-        "--use_deepspeed",
-        "--zero_stage",
-        "3",
-    ]
-    command += ["--zero3_init_flag", "false", "--num_processes", "2", "--num_machines", "1"]
-    command += ["--mixed_precision", "bf16", "--dynamo_backend", "no", str(ROOT / "tests" / "mp_zero3.py"), *argv]
+    launcher = ["--use_deepspeed", "--zero_stage", "3", "--zero3_init_flag", "false", "--num_processes", "2"]
+    command = [*accelerate_launch(*launcher, mixed_precision="bf16"), str(ROOT / "tests" / "mp_zero3.py"), *argv]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert finished.returncode == 0, finished.stderr[-3000:]
 

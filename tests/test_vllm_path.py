@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import trl.experimental.sdft.sdft_trainer as sdft_trainer
+from conftest import accelerate_launch
 from helpers import (
     assert_rewritten_with_group_rates,
     capture_batches,
@@ -228,17 +228,7 @@ def test_server_mode_references_with_uneven_prompts_per_process(tmp_path):
     # Three processes hold 1, 2 and 1 distinct prompts. TRL's server path gives process r the results
     # r*n .. (r+1)*n-1 of the gathered requests, so unequal request counts would hand the middle process
     # another prompt's reference.
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--main_process_port",
-        "0",
-        "--multi_gpu",
-        "--num_processes",
-        "3",
-    ]
-    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command = accelerate_launch("--multi_gpu", "--num_processes", "3")
     command += [str(ROOT / "tests" / "mp_vllm_server.py"), str(tmp_path)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ}, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
