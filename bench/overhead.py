@@ -14,7 +14,7 @@ Printed per backbone: each pair's step times and sampling times, the mean step-t
 verdicts, P_acc, the completion rewrite, marking the confidence tokens, its metrics); both arms also log the loss
 split of paper Eq. 7, whose cost is printed on its own.
 
-    python bench/overhead.py                 # about 35 minutes on 2 CPU cores (12 steps of about 150 s)
+    python bench/overhead.py                 # 8 minutes on 2 CPU cores (2026-12-03: 12 steps of 32 to 46 s)
     python bench/overhead.py --pairs 1 --model_name tests/tiny   # any model folder works
 """
 
