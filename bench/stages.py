@@ -59,9 +59,9 @@ def run_stage(name: str, command: list[str], out: Path, force: bool) -> float | 
                 f"error: stage {name} in {out} was done with another command:\n  {recorded[0]}\nnow:\n  {shown}\n"
                 "re-run with the same flags, or pass --force (or another --output_dir) to start over"
             )
-        print(f"[reproduce] {name}: done earlier, skipped ({marker})", flush=True)
+        print(f"[stage] {name}: done earlier, skipped ({marker})", flush=True)
         return None
-    print(f"[reproduce] {name}: {shown}", flush=True)
+    print(f"[stage] {name}: {shown}", flush=True)
     start = time.monotonic()
     env = {"TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false", **os.environ}
     result = subprocess.run(command + _continue_flags(command, force), cwd=ROOT, env=env, check=False)
