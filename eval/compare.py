@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     table = markdown_table(runs)
-    title = " vs ".join(labels)
+    # Beyond three runs a "vs" title outgrows the figure; the legend names every run anyway.
+    title = " vs ".join(labels) if len(labels) <= 3 else f"{len(labels)} runs"
     outputs = {
         Path(args.output_md): (lambda stream: stream.write(table), "w"),
         Path(args.output_png): (
