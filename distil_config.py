@@ -12,6 +12,7 @@ from trl import GRPOConfig
 from trl.experimental.sdft import SDFTConfig
 from trl.experimental.sdpo import SDPOConfig
 
+from caopd.confidence import CONFIDENCE_READINGS, DEFAULT_READING, READING_HELP
 from caopd.rewards import RL_REWARDS
 from caopd.targets import TEACHER_MODES
 
@@ -37,7 +38,20 @@ def vllm_context_length(
 
 
 @dataclass
-class CaOPDFields:
+class ConfidenceReadingField:
+    """How every backbone reads a stated confidence: in its logs and, for the RL baselines, in the reward."""
+
+    confidence_reading: str = field(default=DEFAULT_READING, metadata={"help": READING_HELP})
+
+    def _check_reading(self) -> None:
+        if self.confidence_reading not in CONFIDENCE_READINGS:
+            raise ValueError(
+                f"confidence_reading must be one of {', '.join(CONFIDENCE_READINGS)}, got {self.confidence_reading!r}"
+            )
+
+
+@dataclass
+class CaOPDFields(ConfidenceReadingField):
     """The CaOPD settings every distillation backbone has (mixed into TRL's config of the backbone)."""
 
     empirical_calibration: bool = field(
@@ -103,6 +117,7 @@ class CaOPDFields:
 
     def _check_caopd_fields(self) -> None:
         """The checks every backbone's config runs before TRL's own."""
+        self._check_reading()
         if self.teacher_model_kind not in TEACHER_KINDS:
             raise ValueError(
                 f"teacher_model_kind must be one of {', '.join(TEACHER_KINDS)}, got {self.teacher_model_kind!r}"
@@ -177,20 +192,20 @@ class SDPODistilConfig(CaOPDFields, SDPOConfig):
 
 
 @dataclass
-class RLConfig(GRPOConfig):
+class RLConfig(ConfidenceReadingField, GRPOConfig):
     """The paper's RL baselines: TRL's ``GRPOConfig`` and the reward (``rl_reward``); no teacher, no CaOPD step."""
 
     rl_reward: str = field(
         default="correctness",
         metadata={
-            "help": "correctness (1 if the verifier accepts the answer, else 0: GRPO), rlcr (correctness minus the "
-            "Brier penalty of the stated confidence) or car (a margin-separated calibration reward); see "
-            "caopd.rewards."
+            "help": "correctness (1 if the verifier accepts the answer, else 0: GRPO), rlcr (RLCR's three gated terms: "
+            "format, accuracy, Brier score of the stated confidence) or car (the same with a margin-separated "
+            "calibration term); see caopd.rewards."
         },
     )
     car_margin: float = field(
         default=0.5,
-        metadata={"help": "car: every correct answer scores at least 2 x margin above every wrong one."},
+        metadata={"help": "car: every correct answer's calibration term is at least margin above every wrong one's."},
     )
     max_prompt_length: int | None = field(
         default=1024,
@@ -213,6 +228,7 @@ class RLConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        self._check_reading()
         if self.rl_reward not in RL_REWARDS:
             raise ValueError(f"rl_reward must be one of {', '.join(RL_REWARDS)}, got {self.rl_reward!r}")
         if not 0.0 <= self.car_margin < 1.0:

@@ -1,11 +1,12 @@
 """RLTrainer: the paper's RL baselines, TRL's ``GRPOTrainer`` with the task's verifier in its reward.
 
-``--rl_reward correctness`` is GRPO with a 0/1 verifier reward; ``rlcr`` and ``car`` add the stated confidence
-(``caopd.rewards``). The prompts, the confidence instruction, the verifier and the confidence parser are those of
-the distillation backbones, so the arms of a comparison differ only in how they train. There is no teacher and no
-CaOPD step; what is added to TRL's trainer: complete checkpoints (``caopd.checkpoints``), the prompt length limit,
-the shared-prefix forward of the distillation backbones (``caopd.shared_prefix``), and the same P_acc metrics and
-rollout log as the distillation runs.
+``--rl_reward correctness`` is GRPO with a 0/1 verifier reward; ``rlcr`` and ``car`` are RLCR's three gated terms
+(format, accuracy, calibration; ``caopd.rewards``), weighted through TRL's ``reward_weights``. The prompts, the
+confidence instruction, the verifier and the confidence parser are those of the distillation backbones, so the arms
+of a comparison differ only in how they train. There is no teacher and no CaOPD step; what is added to TRL's
+trainer: complete checkpoints (``caopd.checkpoints``), the prompt length limit, the shared-prefix forward of the
+distillation backbones (``caopd.shared_prefix``), and the same P_acc metrics and rollout log (with each reward term)
+as the distillation runs.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from trl import GRPOTrainer
 
 from caopd.checkpoints import CompleteCheckpoints
 from caopd.groups import local_records, step_statistics, success_rates
-from caopd.rewards import CalibrationReward, completion_text
+from caopd.rewards import completion_text, rl_reward_functions
 from caopd.rollout_log import RolloutLog, RolloutLogTrimCallback, rollout_rows
 from caopd.shared_prefix import enable_shared_prefix, shared_prefix_logps, sharing_mode
 from caopd.tasks.base import Task
@@ -33,10 +34,14 @@ class RLTrainer(CompleteCheckpoints, GRPOTrainer):
 
     def __init__(self, model, args: RLConfig, train_dataset: Dataset, task: Task, processing_class, **kwargs):
         self.task = task
-        self.reward = CalibrationReward(task, args.rl_reward, args.car_margin)
+        self.judge, reward_funcs, weights = rl_reward_functions(
+            task, args.rl_reward, args.car_margin, args.confidence_reading
+        )
+        if args.reward_weights is None:
+            args.reward_weights = weights
         super().__init__(
             model=model,
-            reward_funcs=[self.reward],
+            reward_funcs=reward_funcs,
             args=args,
             train_dataset=train_dataset.map(lambda _, i: {"prompt_uid": i}, with_indices=True, desc="Prompt ids"),
             processing_class=processing_class,
@@ -95,7 +100,7 @@ class RLTrainer(CompleteCheckpoints, GRPOTrainer):
         texts = [completion_text(completion) for completion in completions]
         uids = [example["prompt_uid"] for example in inputs]
         rank = self.accelerator.process_index
-        local = local_records(uids, texts, self.reward.last_verdicts, rank, keep_solutions=False)
+        local = local_records(uids, texts, self.judge.last_verdicts, rank, False, self.args.confidence_reading)
         records = gather_object(local) if self.accelerator.num_processes > 1 else local
         rates = success_rates(records)
         mode = "train" if self.model.training else "eval"
@@ -105,7 +110,10 @@ class RLTrainer(CompleteCheckpoints, GRPOTrainer):
             p_acc = [rates[uid] for uid in uids]
             rows = rollout_rows(self.state.global_step, uids, texts, local, p_acc, [""] * len(texts), False)
             start = rank * len(texts)
-            for row, reward in zip(rows, rewards[start : start + len(texts), 0].tolist(), strict=True):
-                row["reward"] = reward
+            mine = rewards[start : start + len(texts)]
+            totals = (mine * self.reward_weights.to(mine.device)).nansum(dim=1).tolist()
+            for row, total, terms in zip(rows, totals, mine.tolist(), strict=True):
+                row["reward"] = total
+                row["reward_terms"] = dict(zip(self.reward_func_names, terms, strict=True))
             self.rollout_log.append(rows)
         return rewards

@@ -26,6 +26,7 @@ from caopd.cli import CLIError, backbone_settings, gradient_accumulation_steps, 
 from caopd.models import ModelResolutionError, resolve_model_name
 from caopd.prompt_lengths import PromptLengthError, check_prompt_lengths
 from caopd.prompts import encode_chat_prompts, thinking_mode
+from caopd.rewards import RLCR_CONFIG
 from caopd.run_config import RUN_CONFIG_NAME, resolved_config, write_yaml_atomically
 from caopd.run_guard import (
     RunLock,
@@ -109,6 +110,7 @@ def build_config(args: argparse.Namespace, world_size: int):
         "max_completion_length": args.max_completion_length,
         "temperature": args.temperature,
         "save_rollouts": args.save_rollouts,
+        "confidence_reading": args.confidence_reading,
         "shared_prefix": not args.no_shared_prefix,
         "enable_thinking": args.enable_thinking,
         "use_vllm": use_vllm,
@@ -116,12 +118,18 @@ def build_config(args: argparse.Namespace, world_size: int):
         "vllm_server_host": args.vllm_server_host,
         "vllm_server_port": args.vllm_server_port,
         "vllm_gpu_memory_utilization": args.vllm_gpu_memory_utilization,
+        **_rl_reward_defaults(args),
         **backbone_settings(args),
     }
     try:
         return BACKBONES[args.backbone][0](**common, **_distillation_settings(args))
     except ValueError as err:
         raise CLIError(str(err)) from err
+
+
+def _rl_reward_defaults(args: argparse.Namespace) -> dict:
+    """RLCR's configuration for its gated rewards (rlcr, car): rewards not rescaled, unless the flags say otherwise."""
+    return RLCR_CONFIG if args.backbone == "grpo" and args.rl_reward in ("rlcr", "car") else {}
 
 
 def _distillation_settings(args: argparse.Namespace) -> dict:

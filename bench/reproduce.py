@@ -21,13 +21,19 @@ script skips it, so an interrupted run resumes at the stage that did not finish.
 from the one now asked for stops the run, so two settings never mix in one folder (``--force`` redoes everything).
 ``--arms`` runs a subset (``base`` is always evaluated).
 
+``--rescore`` trains and generates nothing: it reads every arm's saved ``eval/<arm>/inference.json`` again under each
+confidence reading (``paper``, the CaOPD paper's, and ``percent``, RLCR's evaluation rule) and writes, per reading,
+``rescored/<reading>/`` with each arm's metrics, ``compare.md``/``.json``/``.png`` and ``summary.md``.
+
     python bench/reproduce.py --output_dir outputs/reproduce
+    python bench/reproduce.py --output_dir outputs/reproduce --rescore
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -38,6 +44,8 @@ from stages import run_plan
 
 from caopd.atomic import write_text_atomically
 from caopd.checks import non_negative_int, positive_float, positive_int
+from caopd.confidence import CONFIDENCE_READINGS, reading_summary
+from caopd.metric_script import read_items, reread_confidences
 from caopd.metrics import calibration_metrics
 from caopd.tasks.arithmetic import LEVELS, generate_questions
 
@@ -116,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluation.add_argument("--n_bootstrap", type=non_negative_int, default=1000)
     parser.add_argument("--force", action="store_true", help="redo finished stages")
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="no training or generation: re-read the arms' saved responses under each confidence reading "
+        f"({', '.join(CONFIDENCE_READINGS)}) into <output_dir>/rescored/<reading>/",
+    )
     return parser
 
 
@@ -172,8 +186,8 @@ def selected_arms(args: argparse.Namespace) -> list[str]:
     return [arm for arm in ARMS if arm == "base" or arm in args.arms]
 
 
-def compare_command(args: argparse.Namespace) -> list[str]:
-    out = Path(args.output_dir)
+def compare_command(args: argparse.Namespace, out: Path | None = None) -> list[str]:
+    out = out or Path(args.output_dir)
     arms = selected_arms(args)
     metrics = [str(out / "eval" / arm / "metrics.json") for arm in arms]
     labels = [LABELS[arm] for arm in arms]
@@ -251,15 +265,14 @@ def interval_lines(
     return lines
 
 
-def stated_metrics(out: Path, arms: list[str], n_bootstrap: int, seed: int) -> dict[str, dict]:
+def stated_metrics(items_by_arm: dict[str, list[dict]], n_bootstrap: int, seed: int) -> dict[str, dict]:
     """Per run, the metrics (with bootstrap intervals) over the responses that state a confidence.
 
     The headline counts a missing confidence as 0.0 (the paper's rule). A small model that often leaves the line out
     then looks less confident than it says it is; these numbers show what it says when it does speak.
     """
     stated = {}
-    for arm in arms:
-        items = json.loads((out / "eval" / arm / "inference.json").read_text())
+    for arm, items in items_by_arm.items():
         spoken = [i for i in items if i["confidence"] is not None]
         correct, confidence = [i["correct"] for i in spoken], [i["confidence"] for i in spoken]
         stated[arm] = calibration_metrics(correct, confidence, n_bootstrap=n_bootstrap, seed=seed)
@@ -287,12 +300,13 @@ def _with_interval(value: float, interval: list[float] | None) -> str:
     return f"{value:.3f}" if not interval else f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
 
 
-def per_level_table(out: Path, arms: list[str], num_questions: int) -> str:
+def per_level_table(items_by_arm: dict[str, list[dict]]) -> str:
     """Accuracy and mean stated confidence per difficulty level and run: does the confidence track difficulty?"""
+    arms = list(items_by_arm)
+    num_questions = 1 + max(i["item_id"] for items in items_by_arm.values() for i in items)
     levels = list(generate_questions(num_questions, seed=QUESTION_SEED, split="test")["difficulty"])
     cells: dict[str, dict[str, str]] = {}
-    for arm in arms:
-        items = json.loads((out / "eval" / arm / "inference.json").read_text())
+    for arm, items in items_by_arm.items():
         for level in dict.fromkeys(levels):
             chosen = [i for i in items if levels[i["item_id"]] == level]
             accuracy = sum(i["correct"] for i in chosen) / len(chosen)
@@ -315,9 +329,46 @@ def summary_markdown(
     lines += ["", "## Responses that state a confidence (95% bootstrap intervals)", "", stated_confidence_table(stated)]
     lines += interval_lines(stated, ("mean_confidence", "ece"))
     lines += ["", "## Per difficulty level (confidence: missing counts as 0)", "", levels]
-    lines += ["", "## Wall time per stage (this run)", ""]
-    lines += [f"- {name}: {seconds / 60:.1f} min" for name, seconds in timings.items()]
+    if timings:
+        lines += ["", "## Wall time per stage (this run)", ""]
+        lines += [f"- {name}: {seconds / 60:.1f} min" for name, seconds in timings.items()]
     return "\n".join(lines) + "\n"
+
+
+def arm_items(out: Path, arms: list[str]) -> dict[str, list[dict]]:
+    """Each arm's evaluated responses (its ``inference.json``); one ``error:`` line names a missing file."""
+    return {arm: read_items(str(out / "eval" / arm / "inference.json"), f"arm {arm}") for arm in arms}
+
+
+def write_summary(out: Path, runs: dict[str, dict], items: dict[str, list[dict]], args, timings: dict) -> str:
+    stated = stated_metrics(items, args.n_bootstrap, args.seed)
+    summary = summary_markdown(runs, stated, (out / "compare.md").read_text(), per_level_table(items), timings)
+    write_text_atomically(out / "summary.md", summary)
+    return summary
+
+
+def rescore(args: argparse.Namespace, out: Path) -> list[Path]:
+    """Every arm's metrics, comparison and summary again from its saved responses, once per confidence reading."""
+    arms = selected_arms(args)
+    saved = arm_items(out, arms)
+    folders = []
+    for reading in CONFIDENCE_READINGS:
+        folder = out / "rescored" / reading
+        items = {arm: reread_confidences(responses, reading) for arm, responses in saved.items()}
+        runs = {}
+        for arm, responses in items.items():
+            runs[arm] = calibration_metrics(
+                [i["correct"] for i in responses],
+                [i["confidence"] for i in responses],
+                n_bootstrap=args.n_bootstrap,
+                seed=args.seed,
+            )
+            runs[arm] |= reading_summary([i["confidence_out_of_range"] for i in responses], reading)
+            write_text_atomically(folder / "eval" / arm / "metrics.json", json.dumps(runs[arm], indent=2) + "\n")
+        subprocess.run([*compare_command(args, folder), "--overwrite"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        write_summary(folder, runs, items, args, {})
+        folders.append(folder)
+    return folders
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,14 +379,20 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
     out = Path(args.output_dir).resolve()
     args.output_dir = str(out)
-    plan = stages(args)
-    timings = run_plan(plan, out, args.force)
+    if args.rescore:
+        try:
+            folders = rescore(args, out)
+        except ValueError as err:
+            print(f"error: {err}; run the arms first (without --rescore)", file=sys.stderr)
+            return 2
+        for folder in folders:
+            print(f"[rescore] {folder.name}: {folder / 'summary.md'}")
+            print((folder / "compare.md").read_text())
+        return 0
+    timings = run_plan(stages(args), out, args.force)
     arms = selected_arms(args)
     runs = {arm: json.loads((out / "eval" / arm / "metrics.json").read_text()) for arm in arms}
-    levels = per_level_table(out, arms, args.num_questions)
-    stated = stated_metrics(out, arms, args.n_bootstrap, args.seed)
-    summary = summary_markdown(runs, stated, (out / "compare.md").read_text(), levels, timings)
-    write_text_atomically(out / "summary.md", summary)
+    summary = write_summary(out, runs, arm_items(out, arms), args, timings)
     print(summary)
     return 0
 

@@ -19,6 +19,7 @@ from caopd.checks import (
     positive_int,
     probability,
 )
+from caopd.confidence import CONFIDENCE_READINGS, DEFAULT_READING, READING_HELP
 from caopd.prompt_lengths import OVERLONG_CHOICES
 from caopd.targets import TEACHER_MODES, closing_instruction
 from caopd.tasks import TASK_NAMES
@@ -64,10 +65,11 @@ BACKBONE_SETTINGS: dict[str, tuple[type, tuple[str, ...], str]] = {
     "rl_reward": (
         str,
         ("grpo",),
-        "correctness (GRPO), rlcr (Brier-penalized, Damani et al.) or car (margin-"
-        "separated, CAR's stated properties; its exact formula is not public here); default correctness",
+        "correctness (GRPO), rlcr (RLCR's gated format + accuracy + Brier terms, 0.5 each, rewards not rescaled) or "
+        "car (the same with a margin-separated term, CAR's stated properties; its exact formula is not public "
+        "here); default correctness",
     ),
-    "car_margin": (float, ("grpo",), "rl_reward car: correct answers score at least 2 x margin above wrong (0.5)"),
+    "car_margin": (float, ("grpo",), "rl_reward car: a correct answer's calibration term >= margin above wrong (0.5)"),
 }
 # Distillation settings (flag: default) that the GRPO backbone, which has no teacher, refuses when changed.
 DISTILLATION_ONLY = {
@@ -138,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--report_to", default="wandb", help="Trainer integrations: wandb, tensorboard, none, ...")
     run.add_argument("--save_rollouts", action="store_true", help="write every rollout and its targets as JSONL")
+    run.add_argument(
+        "--confidence_reading",
+        choices=CONFIDENCE_READINGS,
+        default=DEFAULT_READING,
+        help=READING_HELP + "; used by the logs and the RL rewards",
+    )
     run.add_argument(
         "--enable_thinking",
         action="store_true",

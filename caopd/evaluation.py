@@ -25,7 +25,7 @@ from transformers import AutoTokenizer
 
 from caopd.atomic import output_folder_problem, write_set_atomically
 from caopd.checks import finite_float, non_negative_int, positive_int
-from caopd.confidence import parse_confidence
+from caopd.confidence import CONFIDENCE_READINGS, DEFAULT_READING, READING_HELP, read_confidence, reading_summary
 from caopd.generation import MODEL_SETTABLE, generate, resolve_sampling
 from caopd.metrics import calibration_metrics
 from caopd.models import ModelResolutionError, resolve_model_name
@@ -119,6 +119,7 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N questions")
     parser.add_argument("--backend", choices=("transformers", "vllm"), default="transformers")
     parser.add_argument("--n_bins", type=positive_int, default=10)
+    parser.add_argument("--confidence_reading", choices=CONFIDENCE_READINGS, default=DEFAULT_READING, help=READING_HELP)
     parser.add_argument("--n_bootstrap", type=non_negative_int, default=1000)
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument(
@@ -179,7 +180,7 @@ def evaluate(task_name: str, argv: list[str] | None = None) -> int:
         sampling, sources = resolve_sampling(requested, model_path, args.max_new_tokens, args.batch_size, args.seed)
         rows, prompt_ids = _encoded_prompts(rows, model_path, args)
         responses = generate(model_path, prompt_ids, sampling, args.backend)
-        items = _judged_items(task, rows, responses)
+        items = _judged_items(task, rows, responses, args.confidence_reading)
         metrics = _metrics(task_name, args, items, sampling, sources)
         _write_results(output, task_name, args.model_path, items, metrics)
     except (ValueError, TaskDataError, ModelResolutionError, OSError) as err:
@@ -196,6 +197,7 @@ def _metrics(task_name: str, args: argparse.Namespace, items: list[dict], sampli
     metrics = calibration_metrics(
         [i["correct"] for i in items], [i["confidence"] for i in items], args.n_bins, args.n_bootstrap, args.seed
     )
+    metrics |= reading_summary([i["confidence_out_of_range"] for i in items], args.confidence_reading)
     metrics["length_cut_share"] = sum(i["cut_by_length"] for i in items) / len(items)
     if hasattr(args, "tooluse_match"):
         metrics["tooluse_match"] = args.tooluse_match
@@ -246,13 +248,14 @@ def _refuse_earlier_results(output: Path, overwrite: bool) -> None:
         )
 
 
-def _judged_items(task: Task, rows: Dataset, responses: list) -> list[dict[str, Any]]:
-    """One item per sample: the response, its verdict by the training verifier and its parsed confidence."""
+def _judged_items(task: Task, rows: Dataset, responses: list, reading: str) -> list[dict[str, Any]]:
+    """One item per sample: the response, its verdict by the training verifier and its confidence as ``reading``
+    reads it (``confidence_out_of_range``: the number as written lies outside [0, 1])."""
     items = []
     for item_id, (row, samples) in enumerate(zip(rows, responses, strict=True)):
         truth = json.loads(row["ground_truth"])
         for sample_index, response in enumerate(samples):
-            confidence = parse_confidence(response.text)
+            stated = read_confidence(response.text, reading)
             items.append(
                 {
                     "item_id": item_id,
@@ -261,8 +264,9 @@ def _judged_items(task: Task, rows: Dataset, responses: list) -> list[dict[str, 
                     "response": response.text,
                     "golden_answer": golden_for_output(task.name, truth),
                     "correct": task.verify_fn(response.text, truth),
-                    "confidence": confidence,
-                    "format_ok": confidence is not None,
+                    "confidence": stated.value,
+                    "confidence_out_of_range": stated.out_of_range,
+                    "format_ok": stated.value is not None,
                     "cut_by_length": response.cut_by_length,
                 }
             )

@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from caopd.confidence import parse_confidence
+from caopd.confidence import DEFAULT_READING, read_confidence
 
 
 @dataclass(frozen=True)
@@ -22,25 +22,35 @@ class RolloutRecord:
     rank: int
     index: int
     correct: bool
-    confidence: float | None
+    confidence: float | None  # as the run's confidence reading reads the rollout
+    confidence_out_of_range: bool = False  # the stated number lies outside [0, 1]
     solution: str | None = None  # the response text, kept only for correct rollouts (correct_solution mode)
 
 
 def local_records(
-    uids: Sequence[int], texts: Sequence[str], verdicts: Sequence[bool], rank: int, keep_solutions: bool
+    uids: Sequence[int],
+    texts: Sequence[str],
+    verdicts: Sequence[bool],
+    rank: int,
+    keep_solutions: bool,
+    reading: str = DEFAULT_READING,
 ) -> list[RolloutRecord]:
     """This process's records, in rollout order; the text of correct rollouts only where peers may need it."""
-    return [
-        RolloutRecord(
-            uid=uid,
-            rank=rank,
-            index=index,
-            correct=correct,
-            confidence=parse_confidence(text),
-            solution=text if correct and keep_solutions else None,
+    records = []
+    for index, (uid, text, correct) in enumerate(zip(uids, texts, verdicts, strict=True)):
+        stated = read_confidence(text, reading)
+        records.append(
+            RolloutRecord(
+                uid=uid,
+                rank=rank,
+                index=index,
+                correct=correct,
+                confidence=stated.value,
+                confidence_out_of_range=stated.out_of_range,
+                solution=text if correct and keep_solutions else None,
+            )
         )
-        for index, (uid, text, correct) in enumerate(zip(uids, texts, verdicts, strict=True))
-    ]
+    return records
 
 
 def success_rates(records: Sequence[RolloutRecord]) -> dict[int, float]:
@@ -91,7 +101,8 @@ def step_statistics(records: Sequence[RolloutRecord], rates: dict[int, float]) -
     """What a training step logs about its groups: how P_acc spreads, and what the raw rollouts state.
 
     Questions with P_acc 0 or 1 teach no graded confidence; comparing the stated confidence of the raw rollouts
-    (0 where missing) with the mean P_acc shows over- or underconfidence as training goes.
+    (0 where missing, read by the run's confidence reading) with the mean P_acc shows over- or underconfidence as
+    training goes; the out-of-range share counts rollouts that state a number outside [0, 1].
     """
     values = list(rates.values())
     confidences = [record.confidence for record in records]
@@ -101,4 +112,5 @@ def step_statistics(records: Sequence[RolloutRecord], rates: dict[int, float]) -
         "caopd/p_acc_one_share": sum(v == 1.0 for v in values) / len(values),
         "caopd/confidence_format_rate": sum(c is not None for c in confidences) / len(records),
         "caopd/rollout_confidence_mean": sum(c or 0.0 for c in confidences) / len(records),
+        "caopd/rollout_confidence_out_of_range": sum(r.confidence_out_of_range for r in records) / len(records),
     }

@@ -17,7 +17,15 @@ from typing import Any
 
 from caopd.atomic import output_file_problem, write_text_atomically
 from caopd.checks import non_negative_int, positive_int
-from caopd.confidence import parse_confidence
+from caopd.confidence import (
+    CONFIDENCE_READINGS,
+    DEFAULT_READING,
+    NOT_STATED,
+    READING_HELP,
+    StatedConfidence,
+    read_confidence,
+    reading_summary,
+)
 from caopd.metrics import calibration_metrics
 from caopd.verifiers import TOOLUSE_MATCHES
 
@@ -43,9 +51,26 @@ def read_items(path: str, flag: str = "--input") -> list[dict[str, Any]]:
     return items
 
 
+def reread_confidences(items: list[Any], reading: str) -> list[Any]:
+    """The items with ``confidence`` (and ``confidence_out_of_range``) read again from each ``response`` by
+    ``reading``, so that a file written under one reading is routed or scored under another; items without a
+    string response are left as they are (and reported by whoever needs a response)."""
+    reread = []
+    for item in items:
+        if isinstance(item, dict) and isinstance(item.get("response"), str):
+            stated = read_confidence(item["response"], reading)
+            item = {**item, "confidence": stated.value, "confidence_out_of_range": stated.out_of_range}
+        reread.append(item)
+    return reread
+
+
 def score_items(
-    items: list[dict[str, Any]], judge: Judge, check_golden: GoldenCheck | None = None
-) -> tuple[list[bool], list[float | None], list[str]]:
+    items: list[dict[str, Any]],
+    judge: Judge,
+    check_golden: GoldenCheck | None = None,
+    reading: str = DEFAULT_READING,
+) -> tuple[list[bool], list[StatedConfidence], list[str]]:
+    """Each item's verdict (``judge``) and stated confidence (``reading``), and the problems of malformed items."""
     verdicts, confidences, problems = [], [], []
     for index, item in enumerate(items):
         problem = check_golden(item["golden_answer"]) if check_golden and "golden_answer" in item else None
@@ -55,7 +80,7 @@ def score_items(
         if not isinstance(response, str) or "golden_answer" not in item:
             problems.append(f"item {index}: needs a string 'response' and a 'golden_answer'")
             verdicts.append(False)
-            confidences.append(None)
+            confidences.append(NOT_STATED)
             continue
         try:
             verdicts.append(bool(judge(response, item["golden_answer"])))
@@ -63,7 +88,7 @@ def score_items(
             if not problem:
                 problems.append(f"item {index}: unusable golden_answer ({type(err).__name__}: {err})")
             verdicts.append(False)
-        confidences.append(parse_confidence(response))
+        confidences.append(read_confidence(response, reading))
     return verdicts, confidences, problems
 
 
@@ -83,6 +108,7 @@ def run_metric_script(
     parser.add_argument(
         "--n_bootstrap", type=non_negative_int, default=1000, help="bootstrap resamples for the 95%% intervals"
     )
+    parser.add_argument("--confidence_reading", choices=CONFIDENCE_READINGS, default=DEFAULT_READING, help=READING_HELP)
     if tooluse_rule:
         parser.add_argument(
             "--tooluse_match", choices=TOOLUSE_MATCHES, default="sequence", help="tool-use rule (see eval_tooluse.py)"
@@ -99,8 +125,10 @@ def run_metric_script(
         if problem:
             raise ValueError(problem)
         items = read_items(args.input)
-        verdicts, confidences, problems = score_items(items, judge, check_golden)
+        verdicts, stated, problems = score_items(items, judge, check_golden, args.confidence_reading)
+        confidences = [s.value for s in stated]
         metrics = calibration_metrics(verdicts, confidences, n_bins=args.n_bins, n_bootstrap=args.n_bootstrap)
+        metrics |= reading_summary([s.out_of_range for s in stated], args.confidence_reading)
         if items and all("cut_by_length" in item for item in items):  # written by the eval scripts
             metrics["length_cut_share"] = sum(bool(item["cut_by_length"]) for item in items) / len(items)
         if extra is not None:

@@ -1,17 +1,21 @@
 """Reward functions in TRL's interface (``reward(prompts, completions, **dataset columns) -> list[float]``).
 
 ``VerifierReward`` is a task's verifier as a reward: SDPO's successful rollouts are exactly those CaOPD counts in
-P_acc, and GRPO's correctness reward is the same judgment. ``CalibrationReward`` adds the stated confidence, read by
-the project's one parser (the one evaluation uses), for the paper's calibration-aware RL baselines: RLCR's
-Brier-penalized correctness and a margin-separated reward with CAR's stated properties.
+P_acc, and GRPO's correctness reward is the same judgment. The paper's calibration-aware RL baselines are trained on
+RLCR's own pipeline (``rl_reward_functions``): three terms, format, accuracy and a calibration term (RLCR's Brier
+score, or a margin-separated one with CAR's stated properties), weighted 0.5 each through TRL's ``reward_weights``,
+and all three zero for a malformed response. The stated confidence is read by the project's one parser, with the
+same reading as evaluation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from caopd.confidence import parse_confidence
+from caopd.confidence import DEFAULT_READING, StatedConfidence, check_reading, read_confidence
 from caopd.tasks.base import Task
 
 
@@ -45,56 +49,107 @@ class VerifierReward:
 
 RL_REWARDS = ("correctness", "rlcr", "car")
 CAR_MARGIN = 0.5
+# RLCR's released GRPO configuration: each term weighted 0.5 through TRL's reward_weights, rewards not rescaled.
+RLCR_TERM_WEIGHT = 0.5
+RLCR_CONFIG = {"scale_rewards": "none"}
 
 
-def rlcr_reward(correct: bool, confidence: float | None) -> float:
-    """RLCR (Damani et al. 2025): correctness minus the Brier penalty, 1[c] - (q - 1[c])^2, in [-1, 1].
-
-    A proper scoring rule in q: under accuracy p the expected reward is maximized at q = p. A response without a
-    readable confidence is scored with the worst confidence it could have stated (q = 0 if correct, q = 1 if
-    wrong): leaving the confidence out never pays, and correctness still ranks first.
-    """
-    c = float(correct)
-    q = worst_confidence(correct) if confidence is None else confidence
-    return c - (q - c) ** 2
+def brier_term(correct: bool, confidence: float) -> float:
+    """RLCR's calibration term, 1 - (1[c] - q)^2 in [0, 1]: a proper scoring rule, so under accuracy p its
+    expectation is maximized at q = p."""
+    return 1.0 - (float(correct) - confidence) ** 2
 
 
-def car_reward(correct: bool, confidence: float | None, margin: float = CAR_MARGIN) -> float:
-    """A margin-separated calibration reward with the properties CAR's MSCR states (Xuan et al. 2026): every correct
-    answer scores above every wrong one, by at least ``2 * margin``; the more confident an error, the lower it
-    scores; and the confidence term is a proper (Brier) score, so the expected reward under accuracy p is maximized
-    at q = p. Correct: margin + (1 - margin)(1 - (1 - q)^2), in [margin, 1]; wrong: -margin - (1 - margin) q^2, in
-    [-1, -margin]. The exact formula of the CAR paper could not be read (docs/differences.md); this is our form of
-    its stated properties. A missing confidence is scored as in ``rlcr_reward`` (the worst it could state).
-    """
-    q = worst_confidence(correct) if confidence is None else confidence
+def car_term(correct: bool, confidence: float, margin: float = CAR_MARGIN) -> float:
+    """A margin-separated calibration term with the properties CAR's MSCR states (Xuan et al. 2026), in [0, 1] like
+    RLCR's Brier term it replaces: every correct answer scores at least ``margin`` above every wrong one; the more
+    confident an error, the lower it scores; and it stays a proper (Brier) score, maximized in expectation at q = p.
+    Correct: (1 + m)/2 + (1 - m)/2 (1 - (1 - q)^2), in [(1 + m)/2, 1]; wrong: (1 - m)/2 (1 - q^2), in
+    [0, (1 - m)/2]. The exact formula of the CAR paper could not be read (docs/differences.md): this is our form of
+    its stated properties."""
+    spread = (1.0 - margin) / 2.0
     if correct:
-        return margin + (1.0 - margin) * (1.0 - (1.0 - q) ** 2)
-    return -margin - (1.0 - margin) * q**2
+        return 1.0 - spread + spread * (1.0 - (1.0 - confidence) ** 2)
+    return spread * (1.0 - confidence**2)
 
 
-def worst_confidence(correct: bool) -> float:
-    """The confidence a response without one is scored with: the worst it could have stated."""
-    return 0.0 if correct else 1.0
+@dataclass(frozen=True)
+class JudgedBatch:
+    """One batch of responses, judged once for every reward term: verdicts, stated confidences, well-formedness."""
+
+    completions: Sequence[Any]
+    verdicts: list[bool]
+    confidences: list[StatedConfidence]
+    well_formed: list[bool]
 
 
-class CalibrationReward(VerifierReward):
-    """The verifier's verdict and the response's stated confidence (the project's one parser) combined by
-    ``rule`` (``rlcr_reward``, ``car_reward``); ``correctness`` is the verdict alone (plain GRPO)."""
+class ResponseJudge(VerifierReward):
+    """The verifier's verdict, the stated confidence (read by ``reading``) and RLCR's format check of each response,
+    computed once per batch and shared by the reward terms TRL calls one after another on the same completions.
 
-    def __init__(self, task: Task, rule: str, margin: float = CAR_MARGIN):
+    Format, as RLCR's released code checks it: the answer parses (where the task can read one) and the confidence
+    is stated, parses and lies in [0, 1] as written (``1.67`` and ``85`` fail under either reading).
+    """
+
+    def __init__(self, task: Task, reading: str = DEFAULT_READING):
         super().__init__(task)
-        if rule not in RL_REWARDS:
-            raise ValueError(f"--rl_reward must be one of {', '.join(RL_REWARDS)}, got {rule!r}")
-        self.rule, self.margin = rule, margin
-        self.__name__ = rule
+        self.reading = check_reading(reading)
+        self.last: JudgedBatch | None = None
 
-    def __call__(self, prompts, completions, ground_truth, **columns):
-        verdicts = super().__call__(prompts, completions, ground_truth, **columns)
-        self.last_verdicts = [bool(v) for v in verdicts]
-        if self.rule == "correctness":
-            return verdicts
-        confidences = [parse_confidence(completion_text(c)) for c in completions]
-        if self.rule == "rlcr":
-            return [rlcr_reward(c, q) for c, q in zip(self.last_verdicts, confidences, strict=True)]
-        return [car_reward(c, q, self.margin) for c, q in zip(self.last_verdicts, confidences, strict=True)]
+    @property
+    def last_verdicts(self) -> list[bool]:
+        return [] if self.last is None else self.last.verdicts
+
+    def well_formed(self, text: str, confidence: StatedConfidence) -> bool:
+        answered = self.task.answer_key is None or self.task.answer_key(text) is not None
+        return answered and confidence.value is not None and not confidence.out_of_range
+
+    def assess(self, prompts, completions, ground_truth, **columns) -> JudgedBatch:
+        if self.last is not None and self.last.completions is completions:
+            return self.last
+        verdicts = [bool(v) for v in super().__call__(prompts, completions, ground_truth, **columns)]
+        texts = [completion_text(completion) for completion in completions]
+        confidences = [read_confidence(text, self.reading) for text in texts]
+        formats = [self.well_formed(t, c) for t, c in zip(texts, confidences, strict=True)]
+        self.last = JudgedBatch(completions, verdicts, confidences, formats)
+        return self.last
+
+    def __call__(self, prompts, completions, ground_truth, **columns) -> list[float]:
+        """Plain GRPO's reward: the verdict alone."""
+        return [float(v) for v in self.assess(prompts, completions, ground_truth, **columns).verdicts]
+
+
+class GatedTerm:
+    """One of RLCR's reward terms in TRL's interface: ``score(correct, confidence)`` for a well-formed response,
+    0 for a malformed one (RLCR's gate). TRL logs each term as ``rewards/<name>/mean``."""
+
+    def __init__(self, judge: ResponseJudge, name: str, score: Callable[[bool, float], float]):
+        self.judge, self.score, self.__name__ = judge, score, name
+
+    def __call__(self, prompts, completions, ground_truth, **columns) -> list[float]:
+        batch = self.judge.assess(prompts, completions, ground_truth, **columns)
+        return [
+            self.score(correct, stated.value) if ok else 0.0
+            for correct, stated, ok in zip(batch.verdicts, batch.confidences, batch.well_formed, strict=True)
+        ]
+
+
+def rl_reward_functions(
+    task: Task, rule: str, margin: float = CAR_MARGIN, reading: str = DEFAULT_READING
+) -> tuple[ResponseJudge, list[Callable], list[float] | None]:
+    """(the judge, TRL's reward functions, their weights) for ``--rl_reward``: correctness is the verdict alone;
+    rlcr and car are RLCR's three gated terms (format, accuracy, calibration: Brier, or the margin-separated one),
+    weighted 0.5 each."""
+    if rule not in RL_REWARDS:
+        raise ValueError(f"--rl_reward must be one of {', '.join(RL_REWARDS)}, got {rule!r}")
+    judge = ResponseJudge(task, reading)
+    if rule == "correctness":
+        judge.__name__ = "correctness"
+        return judge, [judge], None
+    calibration = brier_term if rule == "rlcr" else partial(car_term, margin=margin)
+    terms = [
+        GatedTerm(judge, "format", lambda correct, q: 1.0),
+        GatedTerm(judge, "accuracy", lambda correct, q: float(correct)),
+        GatedTerm(judge, "brier" if rule == "rlcr" else "car_calibration", calibration),
+    ]
+    return judge, terms, [RLCR_TERM_WEIGHT] * len(terms)

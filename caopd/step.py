@@ -117,7 +117,8 @@ class CaOPDStep:
     def share_records(self, uids: list[int], texts: list[str], verdicts: list[bool]) -> list[RolloutRecord]:
         """This process's verdicts, shared: every process gets the same list of every rollout of the batch."""
         keep_solutions = getattr(self.args, "teacher_context_mode", None) == "correct_solution"
-        local = local_records(uids, texts, verdicts, self.accelerator.process_index, keep_solutions)
+        rank, reading = self.accelerator.process_index, self.args.confidence_reading
+        local = local_records(uids, texts, verdicts, rank, keep_solutions, reading)
         return gather_object(local) if self.accelerator.num_processes > 1 else local
 
     def _self_consistency_judge(self, inputs: list[dict[str, Any]]):
@@ -129,7 +130,8 @@ class CaOPDStep:
     def _self_consistency_references(self, inputs: list[dict[str, Any]]) -> dict[int, str]:
         references = teacher_anchored_references(self, inputs)
         mode = "train" if self.model.training else "eval"
-        formats = [parse_confidence(reference) is not None for reference in references.values()]
+        reading = self.args.confidence_reading
+        formats = [parse_confidence(reference, reading) is not None for reference in references.values()]
         self._metrics[mode]["caopd/reference_confidence_format"].append(sum(formats) / len(formats))
         return references
 

@@ -25,12 +25,14 @@ from caopd.cascade import (
     without_confidence,
 )
 from caopd.checks import finite_float, non_negative_float, probability
-from caopd.metric_script import read_items
+from caopd.confidence import CONFIDENCE_READINGS, DEFAULT_READING, READING_HELP
+from caopd.metric_script import read_items, reread_confidences
 from caopd.plots import routing_png
 
 SEMANTICS = """
 Semantics: every item of a small model's inference file is one query. At threshold t the small model answers it
-when its stated confidence is >= t (a missing confidence counts as 0.0); otherwise the query is deferred and
+when its stated confidence is >= t (read again from its response by --confidence_reading; a missing confidence
+counts as 0.0); otherwise the query is deferred and
 scores the large model's accuracy on that item_id: the mean over the large file's samples of that item (or
 --large_accuracy on every item). Cost per query, in units of one small-model call: 1 + deferred_share x R. For
 each small model and threshold, routing.json holds threshold, deferred_share, accuracy and cost under
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--thresholds", type=finite_float, nargs="+", default=list(DEFAULT_THRESHOLDS), help="confidence thresholds"
     )
+    parser.add_argument("--confidence_reading", choices=CONFIDENCE_READINGS, default=DEFAULT_READING, help=READING_HELP)
     parser.add_argument("--output_json", required=True)
     parser.add_argument("--output_png", required=True)
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -89,7 +92,10 @@ def routing(args: argparse.Namespace) -> dict:
         problem = output_file_problem(getattr(args, flag), f"--{flag}", args.overwrite)
         if problem:
             raise RoutingInputError(problem)
-    raw = {label: _read_items(path, "--small") for label, path in zip(labels, args.small, strict=True)}
+    raw = {
+        label: reread_confidences(_read_items(path, "--small"), args.confidence_reading)
+        for label, path in zip(labels, args.small, strict=True)
+    }
     small = {label: scored_items(raw[label], path) for label, path in zip(labels, args.small, strict=True)}
     if args.large is not None:
         large = accuracy_by_item(scored_items(_read_items(args.large, "--large"), args.large))
@@ -99,7 +105,8 @@ def routing(args: argparse.Namespace) -> dict:
                 raise RoutingInputError(
                     f"{path}: {len(missing)} item_id(s) are not in {args.large}; evaluate both models on the same data"
                 )
-    result = {"cost_ratio": args.cost_ratio, "large": {}, "small": dict(zip(labels, args.small, strict=True))}
+    result = {"cost_ratio": args.cost_ratio, "confidence_reading": args.confidence_reading, "large": {}}
+    result["small"] = dict(zip(labels, args.small, strict=True))
     result["results"], result["cheapest_matching_large"] = {}, {}
     result["without_confidence"] = {label: without_confidence(items) for label, items in raw.items()}
     result["items"] = {label: len(items) for label, items in raw.items()}

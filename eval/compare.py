@@ -5,7 +5,9 @@
         [--output_selective_png sel.png]
 
 The table holds accuracy, both ECEs, Brier, SPR, AUROC, OCG, mean confidence, AURC, accuracy at 50 % and 80 %
-coverage and format adherence, with bootstrap intervals where the metrics file has them; ``--output_json`` writes
+coverage, format adherence, the share of confidences stated outside [0, 1] and the confidence reading the metrics
+were computed under ("-" for files older than the reading), with bootstrap intervals where the metrics file has them;
+runs read under different readings are compared with a warning; ``--output_json`` writes
 the same cells as numbers ({run: {metric: {"value", "ci95"}}}).
 """
 
@@ -34,6 +36,8 @@ COLUMNS = (
     ("accuracy_at_coverage_50", "acc@50%"),
     ("accuracy_at_coverage_80", "acc@80%"),
     ("confidence_format_adherence", "format"),
+    ("confidence_out_of_range_share", "out of range"),
+    ("confidence_reading", "reading"),
     ("n_samples", "n"),
 )
 
@@ -42,7 +46,7 @@ def _cell(metrics: dict, key: str) -> str:
     value = metrics.get(key)
     if value is None:
         return "-"
-    if isinstance(value, int):
+    if isinstance(value, (int, str)):
         return str(value)
     interval = metrics.get("bootstrap_95ci", {}).get(key)
     text = f"{value:+.3f}" if key == "overconfidence_gap" else f"{value:.3f}"
@@ -100,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
             f"error: {', '.join(old)}: no accuracy-coverage curve; re-score it with eval/run_eval_*.py", file=sys.stderr
         )
         return 2
+    readings = {m.get("confidence_reading", "unrecorded") for m in runs.values()}
+    if len(readings) > 1:
+        print(
+            f"warning: the runs' confidences were read under different readings ({', '.join(sorted(readings))}); "
+            "re-score them under one (--confidence_reading of eval/run_eval_*.py)",
+            file=sys.stderr,
+        )
     table = markdown_table(runs)
     # Beyond three runs a "vs" title outgrows the figure; the legend names every run anyway.
     title = " vs ".join(labels) if len(labels) <= 3 else f"{len(labels)} runs"

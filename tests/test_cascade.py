@@ -103,3 +103,19 @@ def test_bad_inputs_are_one_line(tmp_path, large, extra, message):
     result = _run(tmp_path, "--small", small, "--large", large_file, *ratio, *extra)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "routing.json").exists()
+
+
+def test_confidences_are_read_again_from_the_responses(tmp_path):
+    """The stored confidence is re-read by --confidence_reading: "85" is 1.0 under the paper's reading (answered at
+    threshold 0.9) and 0.85 under the percent reading (deferred)."""
+    small = [{"item_id": 0, "correct": True, "confidence": 0.1, "response": "Answer: 4\nConfidence: 85"}]
+    path = _write(tmp_path / "small.json", small)
+    shares = {}
+    for reading in ("paper", "percent"):
+        result = _run(tmp_path, "--small", path, "--labels", "S", "--large_accuracy", 0.5, "--cost_ratio", 10,
+                      "--thresholds", 0.9, "--confidence_reading", reading, "--overwrite")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        routing = json.loads((tmp_path / "routing.json").read_text())
+        assert routing["confidence_reading"] == reading
+        shares[reading] = routing["results"]["S"][0]["deferred_share"]
+    assert shares == {"paper": 0.0, "percent": 1.0}

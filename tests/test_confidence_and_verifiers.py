@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from caopd.confidence import parse_confidence
+from caopd.confidence import parse_confidence, read_confidence
 from caopd.verifiers import extract_choice, parse_tool_calls, verify_mcq, verify_tooluse
 
 
@@ -50,8 +50,87 @@ from caopd.verifiers import extract_choice, parse_tool_calls, verify_mcq, verify
         ("", None),
     ],
 )
-def test_parse_confidence(text, expected):
-    assert parse_confidence(text) == expected
+def test_percent_reading(text, expected):
+    assert parse_confidence(text, "percent") == expected
+
+
+# The original release's eval/parse_confidence.py, applied by hand: the last "Confidence:" anywhere, whitespace
+# (newlines too), a run of digits and dots, float(run) clipped into [0, 1]; only without a label, the last <confidence>
+# tag (a percentage with "%" or in (10, 100], a tenth in (1, 10], as-is in [0, 1]). (format flag, value); format 0
+# reads 0.0.
+RELEASE = [
+    ("Confidence: 0.85", 1, 0.85),
+    ("Confidence: 1.20", 1, 1.0),
+    ("Confidence: 1.67", 1, 1.0),
+    ("Confidence: 1.001", 1, 1.0),
+    ("Confidence: 85", 1, 1.0),
+    ("Confidence: 85%", 1, 1.0),
+    ("Confidence: 8", 1, 1.0),
+    ("Confidence: 8/10", 1, 1.0),
+    ("Confidence: 0", 1, 0.0),
+    ("Confidence: .5", 1, 0.5),
+    ("CONFIDENCE:0.3", 1, 0.3),
+    ("Answer: 4 Confidence: 0.7", 1, 0.7),  # the same line as the answer
+    ("Answer: 4\nConfidence:\n0.8", 1, 0.8),  # the value on the next line
+    ("I have confidence: 0.9 in this", 1, 0.9),  # prose that contains the label
+    ("Confidence: 0.2\nmore\nConfidence: 0.7", 1, 0.7),  # the last statement wins
+    ("Confidence: 0.9\nConfidence: high", 1, 0.9),  # "high" is no run of digits: the earlier label matches
+    ("Answer: x (Confidence: 0.6)", 1, 0.6),
+    ("Confidence: 1e-3", 1, 1.0),  # the run stops at "e"
+    ("<confidence>7</confidence>", 1, 0.7),  # a tenth
+    ("<confidence>0.7</confidence>", 1, 0.7),
+    ("<confidence>85</confidence>", 1, 0.85),  # a percentage
+    ("<confidence>85%</confidence>", 1, 0.85),
+    ("<confidence>10</confidence>", 1, 1.0),
+    ("<confidence>0.6", 1, 0.6),  # unclosed
+    ("<confidence></confidence>", 0, 0.0),
+    ("<confidence>high</confidence>", 0, 0.0),
+    ("<confidence>0.3</confidence>\nConfidence: 0.9", 1, 0.9),  # the label comes first
+    ("Confidence: high", 0, 0.0),
+    ("no statement at all", 0, 0.0),
+    ("", 0, 0.0),
+]
+
+
+@pytest.mark.parametrize(("text", "release_format", "release_value"), RELEASE)
+def test_paper_reading_is_the_release_rule(text, release_format, release_value):
+    stated = read_confidence(text)  # the paper's reading is the default
+    assert (stated.value is not None) == bool(release_format)
+    assert (stated.value or 0.0) == pytest.approx(release_value)
+
+
+# Where the release crashes or is plainly broken, the paper reading differs (each listed in docs/differences.md):
+# (text, what the release gives, what we read).
+FIXES = [
+    ("Confidence: 0.85.", "ValueError (float('0.85.'))", 0.85),  # a sentence's full stop
+    ("Confidence: 0.85...", "ValueError", 0.85),
+    ("Confidence: 0,9", "0.0 (the run stops at the comma)", 0.9),  # a decimal comma
+    ("**Confidence:** 0.8", "format 0, 0.0 (no label: asterisks after the colon)", 0.8),  # markdown emphasis
+    ("Confidence: 1.2.3", "ValueError", None),  # no number: not stated, instead of a crash
+    ("<confidence>150</confidence>", "1.5 (a confidence above 1)", 1.0),  # clipped like the label
+]
+
+
+@pytest.mark.parametrize(("text", "release", "ours"), FIXES)
+def test_paper_reading_fixes_where_the_release_breaks(text, release, ours):
+    assert parse_confidence(text) == ours, release
+
+
+@pytest.mark.parametrize(
+    ("text", "stated", "out_of_range"),
+    [
+        ("Confidence: 0.85", 0.85, False),
+        ("Confidence: 1", 1.0, False),
+        ("Confidence: 1.67", 1.67, True),
+        ("Confidence: 85%", 85.0, True),
+        ("<confidence>7</confidence>", 7.0, True),
+        ("Confidence: high", None, False),
+    ],
+)
+def test_the_number_as_written_and_whether_it_is_out_of_range(text, stated, out_of_range):
+    for reading in ("paper", "percent"):
+        result = read_confidence(text, reading)
+        assert result.stated == stated and result.out_of_range == out_of_range
 
 
 GOLDEN = [{"Action": "search", "Action_Input": '{"q": "cats", "page": 1}'}]
@@ -105,7 +184,9 @@ def test_mcq_last_answer_tag_counts():
 def test_parsers_are_fast_on_a_megabyte_of_junk():
     junk = ("Confidence:" + "9" * 50 + " Action: {" * 3 + "<answer>" + "é" * 20 + "\n") * 8000
     start = time.perf_counter()
-    parse_confidence(junk)
+    parse_confidence(junk, "paper")
+    parse_confidence(junk, "percent")
+    parse_confidence("confidence:" + " \n" * 500_000 + "x")
     verify_tooluse(junk, GOLDEN)
     verify_mcq(junk, "A")
     assert time.perf_counter() - start < 5.0

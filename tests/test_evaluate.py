@@ -88,10 +88,12 @@ def test_compare_writes_a_table_and_an_overlaid_diagram(tmp_path):
     from caopd.metrics import calibration_metrics
 
     paths = []
-    for name, confidence in (("base", 0.9), ("caopd", 0.5)):
+    for name, confidence, reading in (("base", 0.9, "percent"), ("caopd", 0.5, "paper")):
         path = tmp_path / name / "metrics.json"
         path.parent.mkdir()
-        path.write_text(json.dumps(calibration_metrics([True, False, True, False], [confidence] * 4, n_bootstrap=10)))
+        metrics = calibration_metrics([True, False, True, False], [confidence] * 4, n_bootstrap=10)
+        metrics |= {"confidence_reading": reading, "confidence_out_of_range_share": 0.25}
+        path.write_text(json.dumps(metrics))
         paths.append(str(path))
     command = [sys.executable, str(ROOT / "eval" / "compare.py"), *paths]
     command += ["--output_md", str(tmp_path / "t.md"), "--output_png", str(tmp_path / "c.png")]
@@ -100,6 +102,8 @@ def test_compare_writes_a_table_and_an_overlaid_diagram(tmp_path):
     table = (tmp_path / "t.md").read_text().splitlines()
     assert table[0].startswith("| run | acc | ECE |") and table[2].startswith("| base | 0.500")
     assert table[3].startswith("| caopd | 0.500") and "| 0.000 [" in table[3]  # CaOPD-like run: ECE 0
+    assert "| out of range | reading |" in table[0] and table[3].endswith("| 0.250 | paper | 4 |")
+    assert "warning: the runs' confidences were read under different readings (paper, percent)" in result.stderr
     assert Image.open(tmp_path / "c.png").format == "PNG"
 
 

@@ -5,7 +5,7 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from caopd.confidence import parse_confidence
+from caopd.confidence import CONFIDENCE_READINGS, parse_confidence
 from caopd.targets import rewrite_completion_text
 from caopd.tasks.arithmetic import verify_arithmetic
 from caopd.verifiers import tooluse_golden_problem, verify_mcq, verify_tooluse
@@ -38,8 +38,9 @@ def _timed(function, *args):
 @settings(max_examples=300, deadline=None)
 @given(responses)
 def test_confidence_parser_returns_a_probability_or_none(response):
-    value = _timed(parse_confidence, response)
-    assert value is None or 0.0 <= value <= 1.0
+    for reading in CONFIDENCE_READINGS:
+        value = _timed(parse_confidence, response, reading)
+        assert value is None or 0.0 <= value <= 1.0
 
 
 @settings(max_examples=300, deadline=None)
@@ -60,7 +61,8 @@ def test_verifiers_return_booleans(response, golden):
 def test_rewritten_completion_states_exactly_p_acc(response, p_acc):
     target = _timed(rewrite_completion_text, response, p_acc)
     assert target.endswith(f"Confidence: {p_acc:.2f}")
-    assert parse_confidence(target) == float(f"{p_acc:.2f}")
+    for reading in CONFIDENCE_READINGS:  # every reading reads back what the rewrite wrote
+        assert parse_confidence(target, reading) == float(f"{p_acc:.2f}")
 
 
 @settings(max_examples=100, deadline=None)

@@ -1,6 +1,8 @@
 """P_acc over all K rollouts of a prompt, wherever they were sampled, and peer solutions."""
 
-from caopd.groups import RolloutRecord, peer_solution, success_rates
+import pytest
+
+from caopd.groups import RolloutRecord, local_records, peer_solution, step_statistics, success_rates
 
 
 def _record(uid, rank, index, correct, solution=None):
@@ -23,3 +25,18 @@ def test_peer_solution_excludes_the_rollout_itself_and_crosses_processes():
 def test_peer_solution_none_when_no_other_rollout_is_correct():
     records = [_record(1, 0, 0, True, "only"), _record(1, 0, 1, False), _record(2, 0, 2, True, "other prompt")]
     assert peer_solution(records, rank=0, index=0, uid=1) is None
+
+
+def test_step_statistics_read_the_rollouts_by_the_runs_reading():
+    texts = ["Answer: 1\nConfidence: 0.5", "Answer: 2\nConfidence: 1.5", "Answer: 3", "Answer: 4 Confidence: 0.2"]
+    expected = {  # (format rate, mean confidence with missing as 0, out-of-range share)
+        "paper": (0.75, (0.5 + 1.0 + 0.0 + 0.2) / 4, 0.25),  # 1.5 clipped; the same-line statement read
+        "percent": (0.5, (0.5 + 0.015) / 4, 0.25),  # 1.5 %; the same-line statement is no statement
+    }
+    for reading, (formats, mean, out_of_range) in expected.items():
+        records = local_records([0] * 4, texts, [True, False, True, False], 0, False, reading)
+        stats = step_statistics(records, success_rates(records))
+        assert stats["caopd/confidence_format_rate"] == formats
+        assert stats["caopd/rollout_confidence_mean"] == pytest.approx(mean)
+        assert stats["caopd/rollout_confidence_out_of_range"] == out_of_range
+        assert stats["caopd/p_acc_mean"] == 0.5

@@ -56,13 +56,19 @@ def test_chemistry_metrics_and_answer_parse_rate(tmp_path):
         {"response": "<answer>\nB\n</answer>\nConfidence: 0.9", "golden_answer": [{"Answer": "B"}]},
         {"response": "<answer>C</answer>\nConfidence: 0.8", "golden_answer": [{"Answer": "B"}]},
         {"response": "I think B. Confidence: 0.7", "golden_answer": [{"Answer": "B"}]},
-        {"response": "<answer>A</answer>", "golden_answer": [{"Answer": "A"}]},
+        {"response": "<answer>A</answer>\nConfidence: 1.2", "golden_answer": [{"Answer": "A"}]},
     ]
-    result, metrics = _run("run_eval_chemistry.py", items, tmp_path, "--n_bins", "5")
-    assert result.returncode == 0, result.stderr
-    for key, value in _reference([True, False, False, True], [0.9, 0.8, None, None], 5).items():
-        assert metrics[key] == pytest.approx(value, abs=1e-12), key
-    assert metrics["answer_parse_rate"] == 0.75 and metrics["n_bins"] == 5
+    # The paper's reading (default) reads the same-line statement and clips 1.2; the percent reading reads only
+    # labelled lines, and 1.2 as 1.2 %.
+    for reading, stated in (("paper", [0.9, 0.8, 0.7, 1.0]), ("percent", [0.9, 0.8, None, 0.012])):
+        out = tmp_path / reading
+        out.mkdir()
+        result, metrics = _run("run_eval_chemistry.py", items, out, "--n_bins", "5", "--confidence_reading", reading)
+        assert result.returncode == 0, result.stderr
+        for key, value in _reference([True, False, False, True], stated, 5).items():
+            assert metrics[key] == pytest.approx(value, abs=1e-12), key
+        assert metrics["answer_parse_rate"] == 0.75 and metrics["n_bins"] == 5
+        assert metrics["confidence_reading"] == reading and metrics["confidence_out_of_range_share"] == 0.25
 
 
 def test_malformed_items_are_reported_not_fatal(tmp_path):

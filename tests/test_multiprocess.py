@@ -11,8 +11,6 @@ import torch
 from conftest import accelerate_launch
 from helpers import read_rollouts
 
-from caopd.rewards import rlcr_reward
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -52,6 +50,16 @@ def test_main_leaves_no_process_group_for_interpreter_shutdown(tmp_path):
     assert leftover == [0, 0]
 
 
+def _rlcr_reward_of_its_own_verdict(row: dict) -> bool:
+    """RLCR's gated terms from the rollout's verdict and stated confidence; 0.5 x their sum is its reward."""
+    terms, correct = row["reward_terms"], float(row["correct"])
+    if terms["format"] == 0:
+        return terms == {"format": 0.0, "accuracy": 0.0, "brier": 0.0} and row["reward"] == 0.0
+    brier = 1.0 - (correct - row["confidence"]) ** 2
+    total = 0.5 * (1.0 + correct + brier)
+    return terms == pytest.approx({"format": 1.0, "accuracy": correct, "brier": brier}) and row["reward"] == total
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("forward", ["shared", "unshared", "sdpo", "grpo"])
 def test_p_acc_pools_rollouts_split_across_two_processes(runs, forward):
@@ -69,7 +77,7 @@ def test_p_acc_pools_rollouts_split_across_two_processes(runs, forward):
         assert all(row["p_acc"] == expected for row in group)
         if forward == "grpo":  # the RL baseline: no rewrite; its RLCR reward from each rollout's own verdict
             assert all(row["target"] == row["completion"] for row in group)
-            assert all(row["reward"] == pytest.approx(rlcr_reward(row["correct"], row["confidence"])) for row in group)
+            assert all(_rlcr_reward_of_its_own_verdict(row) for row in group)
         else:
             assert all(row["target"].endswith(f"Confidence: {expected:.2f}") for row in group)
 

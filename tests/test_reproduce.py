@@ -92,6 +92,15 @@ def test_end_to_end_on_a_tiny_model_then_resume(tmp_path):
     assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 16
     changed = subprocess.run([*command, "--learning_rate", "1e-4"], capture_output=True, text=True, cwd=ROOT)
     assert changed.returncode != 0 and "stage train_sdft in" in changed.stderr and "another command" in changed.stderr
+    rescored = subprocess.run([*command, "--rescore"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert rescored.returncode == 0, rescored.stderr[-2000:]
+    for arm in reproduce.LABELS:  # the evaluation read under the paper's reading: re-reading it changes nothing
+        metrics = json.loads((out / "eval" / arm / "metrics.json").read_text())
+        again = json.loads((out / "rescored" / "paper" / "eval" / arm / "metrics.json").read_text())
+        assert metrics["confidence_reading"] == again["confidence_reading"] == "paper"
+        assert {k: again[k] for k in ("accuracy", "ece", "brier_score")} == {
+            k: metrics[k] for k in ("accuracy", "ece", "brier_score")
+        }
 
 
 def test_interval_lines_say_whether_caopd_and_sdft_intervals_are_disjoint():
@@ -112,12 +121,11 @@ def test_stated_metrics_keep_only_the_responses_that_state_a_confidence(tmp_path
         "sdft": [(True, 1.0), (False, 1.0), (False, None), (True, None)],
         "caopd": [(True, 0.5), (False, 0.5), (True, None), (False, 0.25)],
     }
-    for arm, pairs in answers.items():
-        folder = tmp_path / "eval" / arm
-        folder.mkdir(parents=True)
-        items = [{"correct": correct, "confidence": confidence} for correct, confidence in pairs]
-        (folder / "inference.json").write_text(json.dumps(items))
-    stated = reproduce.stated_metrics(tmp_path, list(answers), n_bootstrap=0, seed=0)
+    items = {
+        arm: [{"correct": correct, "confidence": confidence} for correct, confidence in pairs]
+        for arm, pairs in answers.items()
+    }
+    stated = reproduce.stated_metrics(items, n_bootstrap=0, seed=0)
     assert stated["sdft"]["mean_confidence"] == 1.0 and stated["sdft"]["overconfidence_gap"] == 0.5
     assert stated["caopd"]["accuracy"] == pytest.approx(1 / 3) and stated["caopd"]["share"] == 0.75
     assert reproduce.stated_confidence_table(stated).splitlines()[2:] == [
@@ -125,3 +133,30 @@ def test_stated_metrics_keep_only_the_responses_that_state_a_confidence(tmp_path
         "| SDFT | 0.500 | 0.500 | 1.000 | 0.500 | +0.500 | 2 |",
         "| CaOPD (SDFT) | 0.750 | 0.333 | 0.417 | 0.083 | +0.083 | 3 |",  # ECE: only the 0.25 bin is off
     ]
+
+
+def test_rescore_reads_saved_responses_under_each_reading(tmp_path):
+    """Saved responses, nothing trained: the paper's reading clips "1.50" to 1.0, the percent reading takes 1.5 %."""
+    responses = {"base": ["Answer: 3\nConfidence: 1.50", "Answer: 4\nConfidence: 0.5"], "sdft": ["Answer: 3"] * 2}
+    for arm, texts in responses.items():
+        items = [
+            {"item_id": 0, "sample_index": s, "response": t, "correct": s == 0, "confidence": None}
+            for s, t in enumerate(texts)
+        ]
+        (tmp_path / "eval" / arm).mkdir(parents=True)
+        (tmp_path / "eval" / arm / "inference.json").write_text(json.dumps(items))
+    argv = ["--output_dir", str(tmp_path), "--arms", "sdft", "--n_bootstrap", "0", "--rescore"]
+    assert reproduce.main(argv) == 0
+    for reading, base_confidences in (("paper", [1.0, 0.5]), ("percent", [0.015, 0.5])):
+        folder = tmp_path / "rescored" / reading
+        base = json.loads((folder / "eval" / "base" / "metrics.json").read_text())
+        assert base["mean_confidence"] == pytest.approx(sum(base_confidences) / 2)
+        assert base["confidence_reading"] == reading and base["confidence_out_of_range_share"] == 0.5
+        table = (folder / "compare.md").read_text()
+        assert f"| {reading} |" in table.splitlines()[2] and (folder / "summary.md").exists()
+    assert not (tmp_path / "stages").exists()  # nothing was run
+
+
+def test_rescore_without_saved_responses_is_one_line(tmp_path, capsys):
+    assert reproduce.main(["--output_dir", str(tmp_path), "--rescore"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: arm base")
