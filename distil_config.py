@@ -12,7 +12,7 @@ from trl import GRPOConfig
 from trl.experimental.sdft import SDFTConfig
 from trl.experimental.sdpo import SDPOConfig
 
-from caopd.confidence import CONFIDENCE_READINGS, DEFAULT_READING, READING_HELP
+from caopd.confidence import DEFAULT_READING, READING_HELP, check_reading
 from caopd.rewards import RL_REWARDS
 from caopd.targets import TEACHER_MODES
 
@@ -44,10 +44,7 @@ class ConfidenceReadingField:
     confidence_reading: str = field(default=DEFAULT_READING, metadata={"help": READING_HELP})
 
     def _check_reading(self) -> None:
-        if self.confidence_reading not in CONFIDENCE_READINGS:
-            raise ValueError(
-                f"confidence_reading must be one of {', '.join(CONFIDENCE_READINGS)}, got {self.confidence_reading!r}"
-            )
+        check_reading(self.confidence_reading)
 
 
 @dataclass

@@ -336,8 +336,17 @@ def summary_markdown(
 
 
 def arm_items(out: Path, arms: list[str]) -> dict[str, list[dict]]:
-    """Each arm's evaluated responses (its ``inference.json``); one ``error:`` line names a missing file."""
-    return {arm: read_items(str(out / "eval" / arm / "inference.json"), f"arm {arm}") for arm in arms}
+    """Each arm's evaluated responses (its ``inference.json``); a ``ValueError`` names a missing or malformed file."""
+    items = {}
+    for arm in arms:
+        path = out / "eval" / arm / "inference.json"
+        items[arm] = read_items(str(path), f"arm {arm}")
+        for index, item in enumerate(items[arm]):
+            if not (isinstance(item.get("response"), str) and isinstance(item.get("correct"), bool)):
+                raise ValueError(f"arm {arm} {path}: item {index} needs a string 'response' and a true/false 'correct'")
+            if not isinstance(item.get("item_id"), int) or item["item_id"] < 0:
+                raise ValueError(f"arm {arm} {path}: item {index} needs a non-negative integer 'item_id'")
+    return items
 
 
 def write_summary(out: Path, runs: dict[str, dict], items: dict[str, list[dict]], args, timings: dict) -> str:
@@ -383,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             folders = rescore(args, out)
         except ValueError as err:
-            print(f"error: {err}; run the arms first (without --rescore)", file=sys.stderr)
+            print(f"error: {err}; run (or re-evaluate) the arms first, without --rescore", file=sys.stderr)
             return 2
         for folder in folders:
             print(f"[rescore] {folder.name}: {folder / 'summary.md'}")

@@ -160,3 +160,8 @@ def test_rescore_reads_saved_responses_under_each_reading(tmp_path):
 def test_rescore_without_saved_responses_is_one_line(tmp_path, capsys):
     assert reproduce.main(["--output_dir", str(tmp_path), "--rescore"]) == 2
     assert capsys.readouterr().err.strip().startswith("error: arm base")
+    (tmp_path / "eval" / "base").mkdir(parents=True)
+    (tmp_path / "eval" / "base" / "inference.json").write_text(json.dumps([{"item_id": 0, "response": "x"}]))
+    assert reproduce.main(["--output_dir", str(tmp_path), "--rescore"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "item 0 needs a string 'response' and a true/false 'correct'" in err[0]
