@@ -19,16 +19,22 @@ from trl.experimental.sdft.teacher_sync import PEFTAdapterEMACallback, SyncTeach
 from caopd.checkpoints import CompleteCheckpoints
 from caopd.groups import success_rates, teacher_references
 from caopd.rollout_log import rollout_rows
-from caopd.step import CaOPDStep
+from caopd.step import CaOPDStep, each_split
 from caopd.targets import teacher_context
 from caopd.tasks.base import Task
 from distil_config import DistilConfig
 
 
 def add_trainer_columns(dataset: Dataset, mode: str, instruction: str | None = None) -> Dataset:
-    """Add the prompt id (groups rollouts across processes) and TRL's ``privileged_context`` column."""
+    """Add the prompt id (groups rollouts across processes) and TRL's ``privileged_context`` column. A row without
+    its demonstration is refused by name, as TRL's SDFT refuses a row without its privileged context."""
 
     def columns(row: dict[str, Any], index: int) -> dict[str, Any]:
+        if not isinstance(row["demonstration"], str):
+            raise ValueError(
+                f"row {index}: the 'demonstration' column holds {type(row['demonstration']).__name__}, not text; "
+                "SDFT shows every row's golden demonstration to the teacher, so each row needs one"
+            )
         context = teacher_context(mode, row["demonstration"], None, instruction)
         return {"prompt_uid": index, "privileged_context": context}
 
@@ -45,12 +51,14 @@ class DistilTrainer(CaOPDStep, CompleteCheckpoints, SDFTTrainer):
 
     def __init__(self, model, args: DistilConfig, train_dataset: Dataset, task: Task, processing_class, **kwargs):
         self.task = task
+
+        def columns(rows: Dataset) -> Dataset:
+            return add_trainer_columns(rows, args.teacher_context_mode, args.teacher_instruction)
+
+        if kwargs.get("eval_dataset") is not None:
+            kwargs["eval_dataset"] = each_split(kwargs["eval_dataset"], columns)
         super().__init__(
-            model=model,
-            args=args,
-            train_dataset=add_trainer_columns(train_dataset, args.teacher_context_mode, args.teacher_instruction),
-            processing_class=processing_class,
-            **kwargs,
+            model=model, args=args, train_dataset=columns(train_dataset), processing_class=processing_class, **kwargs
         )
         self.setup_caopd()
 
@@ -97,7 +105,7 @@ class DistilTrainer(CaOPDStep, CompleteCheckpoints, SDFTTrainer):
             )
         batch.update(teacher_batch)
 
-        self.record_caopd_metrics(mode, records, rates, fallbacks, batch)
+        self.record_caopd_metrics(mode, records, rates, fallbacks, batch, [len(ids) for ids in sampled])
         if self.args.save_rollouts and mode == "train":
             own = [record for record in records if record.rank == rank]
             self.rollout_log.append(rollout_rows(self.state.global_step, uids, texts, own, p_acc, contexts, calibrate))

@@ -12,6 +12,7 @@ note before the reprompt's closing instruction. Without calibration it is TRL's 
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 import torch
@@ -25,23 +26,38 @@ from caopd.groups import success_rates
 from caopd.prompts import with_privileged_context
 from caopd.rewards import VerifierReward
 from caopd.rollout_log import rollout_rows
-from caopd.step import CaOPDStep
+from caopd.step import CaOPDStep, each_split
 from caopd.targets import closing_instruction, teacher_context, teacher_note, with_note_before
 from caopd.tasks.base import Task
 from distil_config import SDPODistilConfig
 
+logger = logging.getLogger(__name__)
+
+
+FEEDBACK_COLUMNS = ("privileged_context", "feedback")  # TRL's name for environment feedback, and ours
+
 
 def sdpo_columns(dataset: Dataset, environment_feedback: bool) -> Dataset:
-    """Add the prompt id; SDPO reads ``privileged_context`` as environment feedback, taken from a ``feedback``
-    column when ``include_environment_feedback`` is on."""
+    """Add the prompt id. SDPO reads environment feedback from ``privileged_context`` (TRL's column), which rows may
+    also carry as ``feedback``; it is used only when ``include_environment_feedback`` is on, and dropped (said once)
+    otherwise."""
+    present = [column for column in FEEDBACK_COLUMNS if column in dataset.column_names]
     if environment_feedback:
-        if "feedback" not in dataset.column_names:
+        if not present:
             raise ValueError(
-                "--include_environment_feedback needs a 'feedback' column in the training rows (the environment's "
-                "message on an earlier attempt); this dataset has none"
+                "--include_environment_feedback needs the environment's message on an earlier attempt in a "
+                "'privileged_context' (TRL's name) or 'feedback' column of the rows; this dataset has neither"
             )
-        dataset = dataset.rename_column("feedback", "privileged_context")
-    elif "privileged_context" in dataset.column_names:
+        if len(present) > 1:
+            raise ValueError(
+                "the rows carry environment feedback twice, as 'privileged_context' and as 'feedback'; keep one"
+            )
+        if present[0] == "feedback":
+            dataset = dataset.rename_column("feedback", "privileged_context")
+    elif "privileged_context" in present:
+        logger.warning(
+            "the rows' 'privileged_context' (environment feedback) is ignored: --include_environment_feedback is off"
+        )
         dataset = dataset.remove_columns("privileged_context")
     return dataset.map(lambda _, index: {"prompt_uid": index}, with_indices=True, desc="Prompt ids")
 
@@ -89,11 +105,17 @@ class SDPODistilTrainer(CaOPDStep, CompleteCheckpoints, SDPOTrainer):
         self.verifier_reward = VerifierReward(task)
         if args.empirical_calibration:
             closing_instruction(args.reprompt_template)
+
+        def columns(rows: Dataset) -> Dataset:
+            return sdpo_columns(rows, args.include_environment_feedback)
+
+        if kwargs.get("eval_dataset") is not None:
+            kwargs["eval_dataset"] = each_split(kwargs["eval_dataset"], columns)
         super().__init__(
             model=model,
             reward_funcs=[self.verifier_reward],
             args=args,
-            train_dataset=sdpo_columns(train_dataset, args.include_environment_feedback),
+            train_dataset=columns(train_dataset),
             processing_class=processing_class,
             **kwargs,
         )
@@ -122,7 +144,7 @@ class SDPODistilTrainer(CaOPDStep, CompleteCheckpoints, SDPOTrainer):
         records = self.share_records(uids, texts, verdicts)
         rates = success_rates(records)
         p_acc = [rates[uid] for uid in uids]
-        self._step_records = (records, rates, uids, texts, p_acc)
+        self._step_records = (records, rates, uids, texts, p_acc, [len(ids) for ids in sampled])
         calibrate = self.args.empirical_calibration
         if calibrate:
             self.calibrate(batch, sampled, p_acc)
@@ -130,15 +152,28 @@ class SDPODistilTrainer(CaOPDStep, CompleteCheckpoints, SDPOTrainer):
         return [teacher_note(p) for p in p_acc] if calibrate else None
 
     def log_caopd_step(self, batch: dict[str, Any], messages: list[Any]) -> None:
-        records, rates, uids, texts, p_acc = self._step_records
+        records, rates, uids, texts, p_acc, sampled_lengths = self._step_records
         mode = "train" if self.model.training else "eval"
-        self.record_caopd_metrics(mode, records, rates, 0, batch)
+        self.record_caopd_metrics(mode, records, rates, 0, batch, sampled_lengths)
+        self._record_distilled_rows(mode, records, batch["self_distillation_mask"])
         if self.args.save_rollouts and mode == "train":
             rank = self.accelerator.process_index
             own = [record for record in records if record.rank == rank]
             contexts = [message[-1]["content"] if isinstance(message, list) else message for message in messages]
             calibrate = self.args.empirical_calibration
             self.rollout_log.append(rollout_rows(self.state.global_step, uids, texts, own, p_acc, contexts, calibrate))
+
+    def _record_distilled_rows(self, mode: str, records, distilled: torch.Tensor) -> None:
+        """How many rollouts of the step are distilled, and how many have no successful sibling to be shown (SDPO
+        distils those only from environment feedback): a step of all-failed groups teaches nothing."""
+        rows = self.accelerator.reduce(distilled.float().sum()).item()
+        self_excluded = self.args.dont_reprompt_on_self_success
+        successes = {uid: 0 for uid in (record.uid for record in records)}
+        for record in records:
+            successes[record.uid] += record.correct
+        alone = sum(successes[r.uid] - (r.correct and self_excluded) == 0 for r in records)
+        self._metrics[mode]["caopd/rows_distilled"].append(rows)
+        self._metrics[mode]["caopd/rows_without_successful_sibling"].append(float(alone))
 
     def _compute_teacher_student_logits(self, model, teacher_model, inputs):
         """TRL's logits, with the first ``num_loss_tokens_to_skip`` completion tokens out of the loss."""

@@ -8,7 +8,7 @@ rollout (prompt id, verdict, and the text of correct ones), and every process de
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from caopd.confidence import DEFAULT_READING, read_confidence
@@ -25,6 +25,7 @@ class RolloutRecord:
     confidence: float | None  # as the run's confidence reading reads the rollout
     confidence_out_of_range: bool = False  # the stated number lies outside [0, 1]
     solution: str | None = None  # the response text, kept only for correct rollouts (correct_solution mode)
+    answered: bool | None = None  # the task's answer parses from the text (None: the task has no answer reader)
 
 
 def local_records(
@@ -34,11 +35,14 @@ def local_records(
     rank: int,
     keep_solutions: bool,
     reading: str = DEFAULT_READING,
+    answer_key: Callable[[str], Hashable | None] | None = None,
 ) -> list[RolloutRecord]:
-    """This process's records, in rollout order; the text of correct rollouts only where peers may need it."""
+    """This process's records, in rollout order; the text of correct rollouts only where peers may need it, and
+    whether the task's answer parses where the task has an answer reader (``Task.answer_key``)."""
     records = []
     for index, (uid, text, correct) in enumerate(zip(uids, texts, verdicts, strict=True)):
         stated = read_confidence(text, reading)
+        answered = None if answer_key is None else answer_key(text) is not None
         records.append(
             RolloutRecord(
                 uid=uid,
@@ -48,6 +52,7 @@ def local_records(
                 confidence=stated.value,
                 confidence_out_of_range=stated.out_of_range,
                 solution=text if correct and keep_solutions else None,
+                answered=answered,
             )
         )
     return records
@@ -102,11 +107,17 @@ def step_statistics(records: Sequence[RolloutRecord], rates: dict[int, float]) -
 
     Questions with P_acc 0 or 1 teach no graded confidence; comparing the stated confidence of the raw rollouts
     (0 where missing, read by the run's confidence reading) with the mean P_acc shows over- or underconfidence as
-    training goes; the out-of-range share counts rollouts that state a number outside [0, 1].
+    training goes; the out-of-range share counts rollouts that state a number outside [0, 1]. The rollout accuracy
+    and, where the task reads answers, the share of rollouts with a parsable answer are the first signs of a
+    collapse (docs/sdpo_stability.md).
     """
     values = list(rates.values())
     confidences = [record.confidence for record in records]
+    answered = [record.answered for record in records if record.answered is not None]
+    rates_of_answers = {"caopd/answer_rate": sum(answered) / len(answered)} if answered else {}
     return {
+        **rates_of_answers,
+        "caopd/rollout_accuracy": sum(record.correct for record in records) / len(records),
         "caopd/p_acc_mean": sum(values) / len(values),
         "caopd/p_acc_zero_share": sum(v == 0.0 for v in values) / len(values),
         "caopd/p_acc_one_share": sum(v == 1.0 for v in values) / len(values),

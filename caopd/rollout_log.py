@@ -39,6 +39,15 @@ class RolloutLog:
             handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
+def read_rollout_rows(output_dir: str | Path) -> list[dict[str, Any]]:
+    """Every logged rollout of a run, process by process; lines a killed run cut short are left out."""
+    rows = []
+    for path in sorted((Path(output_dir) / "rollouts").glob("rank*.jsonl")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        rows += [json.loads(line) for line in lines if logged_step(line) != float("inf")]
+    return rows
+
+
 def logged_step(line: str) -> float:
     """The step of one log line; a line cut short by a killed run counts as never logged (infinite step)."""
     try:

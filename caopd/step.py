@@ -21,6 +21,7 @@ Everything else a CaOPD run needs beside TRL's trainer is here too, so that both
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
 
@@ -51,6 +52,13 @@ from caopd.teacher import (
     drop_recreated_teacher_adapter,
     save_teacher,
 )
+
+
+def each_split(dataset: Any, prepare: Callable[[Any], Any]) -> Any:
+    """``prepare`` applied to an evaluation dataset, or to each one of a dict of them (the Trainer takes both)."""
+    if isinstance(dataset, dict):
+        return {name: prepare(rows) for name, rows in dataset.items()}
+    return prepare(dataset)
 
 
 class CaOPDStep:
@@ -118,7 +126,8 @@ class CaOPDStep:
         """This process's verdicts, shared: every process gets the same list of every rollout of the batch."""
         keep_solutions = getattr(self.args, "teacher_context_mode", None) == "correct_solution"
         rank, reading = self.accelerator.process_index, self.args.confidence_reading
-        local = local_records(uids, texts, verdicts, rank, keep_solutions, reading)
+        answer_key = getattr(self.task, "answer_key", None)
+        local = local_records(uids, texts, verdicts, rank, keep_solutions, reading, answer_key)
         return gather_object(local) if self.accelerator.num_processes > 1 else local
 
     def _self_consistency_judge(self, inputs: list[dict[str, Any]]):
@@ -169,12 +178,22 @@ class CaOPDStep:
         batch["confidence_mask"] = mask
 
     # ------------------------------------------------------------------------------------------------ logging
-    def record_caopd_metrics(self, mode: str, records, rates, fallbacks: int, batch: dict[str, Any]) -> None:
+    def record_caopd_metrics(
+        self, mode: str, records, rates, fallbacks: int, batch: dict[str, Any], sampled_lengths: list[int]
+    ) -> None:
+        """The step's group statistics, and the completion lengths in tokens as sampled and as trained on (after the
+        rewrite, ``raw_completion_lengths``): a rewrite that grows or cuts completions shows here."""
         metrics = self._metrics[mode]
         for key, value in step_statistics(records, rates).items():
             metrics[key].append(value)
-        total_fallbacks = self.accelerator.reduce(torch.tensor(float(fallbacks), device=self.accelerator.device))
-        metrics["caopd/solution_fallbacks"].append(total_fallbacks.item())
+        device = self.accelerator.device
+        targets = batch["raw_completion_lengths"].float()
+        counts = [float(fallbacks), float(sum(sampled_lengths)), float(len(sampled_lengths))]
+        totals = torch.cat([torch.tensor(counts, device=device), targets.sum().reshape(1)])
+        totals = self.accelerator.reduce(totals).tolist()
+        metrics["caopd/solution_fallbacks"].append(totals[0])
+        metrics["caopd/completion_length_sampled"].append(totals[1] / max(totals[2], 1.0))
+        metrics["caopd/completion_length_trained"].append(totals[3] / max(totals[2], 1.0))
         completion_length = batch["completion_ids"].size(1)
         teacher_prompt_lengths = batch["teacher_attention_mask"][:, :-completion_length].sum(dim=1)
         limit = self.args.max_teacher_prompt_length
@@ -230,18 +249,43 @@ class CaOPDStep:
                 self._metrics[mode]["caopd/loss_confidence"].append(conf_sum / conf_count)
             if reason_count:
                 self._metrics[mode]["caopd/loss_reasoning"].append(reason_sum / reason_count)
-        inputs = self._neutral_ratio_where_unsampled(inputs, student)
+        inputs = self._neutral_ratio_where_unsampled(inputs, student, mask)
         return super()._compute_self_distillation_loss(model, inputs, distillation_logits)
 
-    def _neutral_ratio_where_unsampled(self, inputs: dict[str, Any], student_logits) -> dict[str, Any]:
+    def _neutral_ratio_where_unsampled(
+        self, inputs: dict[str, Any], student_logits, loss_mask: torch.Tensor
+    ) -> dict[str, Any]:
         """The inputs with the rollout log-probs set to the current ones at tokens never sampled: TRL's clipped ratio
-        exp(current - old) is then exactly 1 there, and unchanged at the sampled tokens."""
+        exp(current - old) is then exactly 1 there, and unchanged at the sampled tokens. The ratio at the sampled
+        tokens of the loss is logged (``_record_importance_ratio``)."""
         old = inputs.get("old_per_token_logps")
-        if old is None or "sampled_mask" not in inputs or self.args.distillation_is_clip is None:
-            return inputs
+        if old is None or self.args.distillation_is_clip is None:
+            return inputs  # no correction: the step is on-policy (TRL keeps no rollout log-probs) or it is off
         with torch.no_grad():
             current = selective_log_softmax(student_logits.detach(), inputs["completion_ids"])
-        return {**inputs, "old_per_token_logps": torch.where(inputs["sampled_mask"].bool(), old, current)}
+        sampled = inputs.get("sampled_mask")
+        sampled = torch.ones_like(loss_mask) if sampled is None else sampled
+        self._record_importance_ratio(current, old, loss_mask * sampled)
+        if "sampled_mask" not in inputs:
+            return inputs
+        return {**inputs, "old_per_token_logps": torch.where(sampled.bool(), old, current)}
+
+    def _record_importance_ratio(self, current: torch.Tensor, old: torch.Tensor, mask: torch.Tensor) -> None:
+        """TRL's rollout importance-sampling ratio exp(current - old) at the sampled tokens of the loss: its mean,
+        its max and the share of tokens where the clip (``distillation_is_clip``) cuts it, over every process."""
+        ratio = torch.exp((current - old).clamp(-20.0, 20.0))
+        counted = mask.bool()
+        clipped = (ratio > self.args.distillation_is_clip) & counted
+        largest = ratio[counted].max() if counted.any() else ratio.new_zeros(())
+        device = self.accelerator.device
+        sums = torch.stack([ratio[counted].sum(), clipped.sum().float(), counted.sum().float()]).to(device)
+        total, clipped_count, count = self.accelerator.reduce(sums).tolist()
+        if not count:
+            return
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        metrics["caopd/is_ratio_mean"].append(total / count)
+        metrics["caopd/is_ratio_max"].append(self.accelerator.gather(largest.reshape(1).to(device)).max().item())
+        metrics["caopd/is_ratio_clipped_share"].append(clipped_count / count)
 
     # ------------------------------------------------------------------------------------------------ teacher
     def _setup_teacher_model(self) -> None:

@@ -7,6 +7,7 @@ from collections import defaultdict
 
 from datasets import Dataset
 
+from caopd.rollout_log import read_rollout_rows
 from caopd.targets import rewrite_completion_text
 from caopd.tasks.base import Task, user_chat
 from distil_config import DistilConfig, RLConfig, SDPODistilConfig
@@ -66,23 +67,22 @@ def toy_config(output_dir, backbone: str = "sdft", **overrides):
     return BACKBONES[backbone][0](**settings)
 
 
-def toy_trainer(model, tokenizer, output_dir, peft_config=None, backbone: str = "sdft", **overrides):
+def toy_trainer(
+    model, tokenizer, output_dir, peft_config=None, backbone: str = "sdft", task: Task = TOY_TASK, **overrides
+):
     """A tiny trainer of either backbone on the toy task (verdict: the response has an even length)."""
     return BACKBONES[backbone][1](
         model=model,
         args=toy_config(output_dir, backbone, **overrides),
         train_dataset=toy_dataset(),
-        task=TOY_TASK,
+        task=task,
         processing_class=tokenizer,
         peft_config=peft_config,
     )
 
 
 def read_rollouts(output_dir) -> list[dict]:
-    rows = []
-    for file in sorted((output_dir / "rollouts").glob("rank*.jsonl")):
-        rows += [json.loads(line) for line in file.read_text().splitlines()]
-    return rows
+    return read_rollout_rows(output_dir)
 
 
 def always_equivalent(_response: str, _reference: str) -> bool:

@@ -1,5 +1,6 @@
 """The benchmark and check scripts a user runs: they run, and what they print is computed from what they measure."""
 
+import json
 import subprocess
 import sys
 
@@ -73,6 +74,33 @@ def test_overhead_times_alternating_arms(tmp_path):
         ratio = float(next(line for line in section if line.startswith("step-time ratio")).split()[5])
         assert ratio == ratio_of_printed(mean[3], mean[6])
     assert "% of the CaOPD step" in finished.stdout
+
+
+@covers("bench/sdpo_stability.py")
+def test_sdpo_stability_tables_what_each_step_logged(tmp_path):
+    """Two steps of CaOPD on SDPO with the policy term on: each row's rollout columns are recomputed from the
+    rollout log, the loss columns are the step's logged values, and a re-run skips the finished stage."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import sdpo_stability
+
+    model, out = save_tiny_model(tmp_path / "tiny"), tmp_path / "o"
+    argv = ["bench/sdpo_stability.py", "--model_name", str(model), "--output_dir", str(out), "--max_steps", "2"]
+    argv += ["--arms", "caopd_sdpo", "--variants", "sampled_policy_lr3e-4", "--num_generations", "2"]
+    finished = _run(*argv)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    steps = json.loads((out / "steps.json").read_text())["sampled_policy_lr3e-4 / caopd_sdpo"]["steps"]
+    run = out / "sampled_policy_lr3e-4" / "caopd_sdpo"
+    rollouts = [json.loads(line) for line in (run / "rollouts" / "rank0.jsonl").read_text().splitlines()]
+    history = json.loads((run / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
+    assert [row["step"] for row in steps] == [1, 2]
+    for row, logged in zip(steps, history, strict=False):
+        mine = [r for r in rollouts if r["step"] == row["step"] - 1]
+        assert row["acc"] == sum(r["correct"] for r in mine) / len(mine)
+        assert row["policy"] == logged["self_distillation/policy_loss"] and row["grad norm"] == logged["grad_norm"]
+        assert row["len trained"] == logged["caopd/completion_length_trained"]
+    assert "| sampled_policy_lr3e-4 / caopd_sdpo |" in (out / "steps.md").read_text()
+    assert sdpo_stability.summary(steps)["acc last 4"] == sum(r["acc"] for r in steps) / 2
+    assert "done earlier, skipped" in _run(*argv).stdout
 
 
 @pytest.mark.slow

@@ -58,6 +58,35 @@ def test_rollout_importance_sampling_under_the_rewrite(model, tokenizer, tmp_pat
     divergence = per_token_divergence(trainer.args, student, teacher, ids)
     expected = ((divergence * ratio * mask).sum(1) / mask.sum(1)).mean()
     assert loss(current - stale).item() == pytest.approx(expected.item(), rel=1e-5)
+    counted = torch.exp(stale)[(sampled * mask).bool()]  # the ratio before the clip, at the sampled loss tokens
+    logged = trainer._metrics["train"]
+    assert logged["caopd/is_ratio_mean"][-1] == pytest.approx(counted.mean().item(), rel=1e-5)
+    assert logged["caopd/is_ratio_max"][-1] == pytest.approx(math.exp(2.0), rel=1e-5)
+    assert logged["caopd/is_ratio_clipped_share"][-1] == 2 / 5  # exp(1) and exp(2) exceed the clip 2
+
+
+def test_the_policy_term_never_sees_the_rewritten_tokens(model, tokenizer, tmp_path):
+    """SDPO's policy-gradient term on a rewritten batch with a stale rollout policy: its loss is TRL's clipped
+    surrogate over the sampled tokens alone, and no gradient reaches the logits of the tokens CaOPD wrote (where the
+    rollout log-prob is 0, a ratio exp(current - 0) would otherwise weigh in)."""
+    trainer = toy_trainer(model, tokenizer, tmp_path, backbone="sdpo", distillation_weight=0.5)
+    trainer.model.train()
+    student, _, ids, mask, sampled = _hand_batch(len(tokenizer), seed=2)
+    student.requires_grad_(True)
+    current = selective_log_softmax(student, ids).detach()
+    stale = torch.tensor([[0.1, 0.5, 0.0, 0.0], [-0.3, 0.05, 0.4, 0.0]])
+    advantages = torch.tensor([1.0, -1.0])
+    inputs = {"completion_ids": ids, "completion_mask": mask, "sampled_mask": sampled,
+              "old_per_token_logps": (current - stale) * sampled, "advantages": advantages}  # fmt: skip
+    loss = trainer._compute_policy_loss(inputs, student)
+    loss.backward()
+    counted = (mask * sampled).float()
+    ratio = torch.exp(stale)
+    low, high = 1 - trainer.epsilon_low, 1 + trainer.epsilon_high
+    per_token = -torch.min(ratio * advantages[:, None], ratio.clamp(low, high) * advantages[:, None])
+    assert loss.item() == pytest.approx(((per_token * counted).sum() / counted.sum()).item(), rel=1e-5)  # dapo
+    rewritten = ~counted.bool()
+    assert student.grad[rewritten].abs().max() == 0 and student.grad[counted.bool()].abs().sum() > 0
 
 
 def test_loss_split_on_a_hand_built_batch():

@@ -3,6 +3,7 @@
 import pytest
 
 from caopd.groups import RolloutRecord, local_records, peer_solution, step_statistics, success_rates
+from caopd.tasks.arithmetic import parse_answer
 
 
 def _record(uid, rank, index, correct, solution=None):
@@ -40,3 +41,16 @@ def test_step_statistics_read_the_rollouts_by_the_runs_reading():
         assert stats["caopd/rollout_confidence_mean"] == pytest.approx(mean)
         assert stats["caopd/rollout_confidence_out_of_range"] == out_of_range
         assert stats["caopd/p_acc_mean"] == 0.5
+
+
+def test_step_statistics_count_answers_and_verdicts_where_the_task_reads_answers():
+    texts = ["Answer: 1\nConfidence: 0.5", "no answer here", "Answer: 3", "Answer: x"]
+    verdicts = [True, False, False, False]
+    records = local_records([0, 0, 1, 1], texts, verdicts, 0, False, answer_key=parse_answer)
+    stats = step_statistics(*_with_rates(records))
+    assert (stats["caopd/answer_rate"], stats["caopd/rollout_accuracy"]) == (0.5, 0.25)
+    assert "caopd/answer_rate" not in step_statistics(*_with_rates(local_records([0], ["x"], [True], 0, False)))
+
+
+def _with_rates(records):
+    return records, success_rates(records)
