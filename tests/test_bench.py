@@ -103,6 +103,32 @@ def test_sdpo_stability_tables_what_each_step_logged(tmp_path):
     assert "done earlier, skipped" in _run(*argv).stdout
 
 
+@covers("bench/seeds.py")
+def test_seeds_runs_reproduce_per_seed_and_averages_its_metrics(tmp_path):
+    """One seed end to end (the interval's arithmetic is tested on its own below): its flags reach reproduce.py, and
+    the table holds the metrics reproduce.py wrote."""
+    model, out = save_tiny_model(tmp_path / "tiny"), tmp_path / "o"
+    argv = ["bench/seeds.py", "--output_dir", str(out), "--seeds", "3", "--arms", "sdpo", "--model_name", str(model)]
+    argv += ["--max_steps", "1", "--num_generations", "2", "--num_questions", "2", "--num_samples", "1"]
+    finished = _run(*argv, "--n_bootstrap", "0")
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    table = json.loads((out / "seeds.json").read_text())
+    metrics = json.loads((out / "seed-3" / "eval" / "sdpo" / "metrics.json").read_text())
+    assert table["seeds"]["3"]["sdpo"]["ece"] == metrics["ece"]
+    assert table["mean_95ci"]["sdpo"]["accuracy"] == [metrics["accuracy"]] * 3
+    assert "--seed 3" in (out / "seed-3" / "commands.sh").read_text()
+    assert "| **SDPO** | mean [95% t] |" in (out / "seeds.md").read_text()
+
+
+def test_seed_interval_is_students_t():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from seeds import mean_interval
+
+    mean, low, high = mean_interval([1.0, 2.0, 3.0, None])  # sd 1, t(2) = 4.303
+    assert (mean, high - mean) == (2.0, pytest.approx(4.303 / 3**0.5)) and low == pytest.approx(2 * mean - high)
+    assert mean_interval([0.5]) == (0.5, 0.5, 0.5) and mean_interval([None]) is None
+
+
 @pytest.mark.slow
 @covers("bench/prefix.py")
 def test_prefix_quick_mode_times_both_forwards_at_equal_loss():
