@@ -67,6 +67,10 @@ QUESTION_SEED = 0  # seed of the held-out question draw; the per-level table reg
 # the Answer line (bench/probe_teacher_format.py: P(Answer) 0.07 SDFT / 0.14 CaOPD against the student's 0.98),
 # and both arms trained under it lost the answer format. This wording was the best of ten probed (0.64 / 0.63).
 TEACHER_INSTRUCTION = "Respond like the example."
+# At 3e-4 both SDPO arms lost the Answer: line within 12 steps, with either distillation mode; at 1e-4 they train
+# stably (bench/sdpo_stability.py, docs/sdpo_stability.md).
+SDPO_LEARNING_RATE = 1e-4
+SDPO_ARMS = ("sdpo", "caopd_sdpo")
 POSITIVE_FLAGS = (
     "max_steps",
     "save_steps",
@@ -97,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--num_prompts_per_batch", type=positive_int, default=2, help="questions per optimizer step")
     train.add_argument("--num_generations", type=positive_int, default=8, help="K: rollouts per question")
     train.add_argument("--learning_rate", type=positive_float, default=3e-4)
+    train.add_argument(
+        "--sdpo_learning_rate",
+        type=positive_float,
+        default=SDPO_LEARNING_RATE,
+        help="learning rate of the SDPO arms (sdpo, caopd_sdpo): at the others' 3e-4 both collapsed within 12 steps "
+        "(docs/sdpo_stability.md)",
+    )
     train.add_argument("--lr_scheduler_type", default="constant_with_warmup", help="one warmup step, then this")
     train.add_argument("--full_finetune", action="store_true", help="train all weights instead of LoRA")
     train.add_argument("--lora_r", type=positive_int, default=16)
@@ -145,7 +156,7 @@ def train_command(args: argparse.Namespace, arm: str) -> list[str]:
         "--per_device_train_batch_size", str(args.num_generations),
         "--max_prompt_length", "512",
         "--max_completion_length", "40",
-        "--learning_rate", str(args.learning_rate),
+        "--learning_rate", str(args.sdpo_learning_rate if arm in SDPO_ARMS else args.learning_rate),
         "--lr_scheduler_type", args.lr_scheduler_type,
         "--warmup_steps", "1",
         "--temperature", str(args.temperature),

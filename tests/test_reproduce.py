@@ -25,6 +25,8 @@ def test_the_arms_differ_only_in_the_flags_that_make_them(tmp_path):
         assert [a for a in command[calibrated] if a not in command[plain]] == [str(tmp_path / calibrated)]
     for rl in ("rlcr", "car"):
         assert {a for a in command[rl] if a not in command["grpo"]} == {rl, str(tmp_path / rl)}
+    rates = {arm: c.pop(c.index("--learning_rate") + 1) for arm, c in command.items()}
+    assert rates == {arm: "0.0001" if arm in reproduce.SDPO_ARMS else "0.0003" for arm in command}  # stable SDPO
     shared = {
         arm: c[: c.index("--output_dir")] + c[c.index("--max_steps") : c.index("--no_wandb")]
         for arm, c in command.items()
