@@ -13,9 +13,11 @@ several settings (``VARIANTS``) and writes, per run and step, what the step saw 
 
 ``steps.md`` holds every run's table and a summary line per run (accuracy and ``Answer:`` rate over its first and
 last four steps); ``steps.json`` the same numbers. Stages are ``bench/stages.py``'s: a finished run is skipped, a
-cut one resumes. docs/sdpo_stability.md reads the results.
+cut one resumes. ``--report_runs`` tables runs trained elsewhere (``bench/seeds.py``'s, say) and trains nothing.
+docs/sdpo_stability.md reads the results.
 
     python bench/sdpo_stability.py --output_dir outputs/sdpo_stability
+    python bench/sdpo_stability.py --output_dir outputs/seed_steps --report_runs outputs/seeds/seed-42/caopd_sdpo
 """
 
 from __future__ import annotations
@@ -82,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_generations", type=positive_int, default=8, help="K: rollouts per question")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--force", action="store_true", help="redo finished runs")
+    parser.add_argument(
+        "--report_runs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="train nothing: table these finished main.py runs (with --save_rollouts) into <output_dir>/steps.md",
+    )
     return parser
 
 
@@ -101,6 +109,8 @@ def step_rows(run: Path) -> list[dict[str, float | None]]:
     by_step: dict[int, list[dict]] = defaultdict(list)
     for row in read_rollout_rows(run):
         by_step[row["step"]].append(row)
+    if not by_step:
+        raise SystemExit(f"error: {run} has no rollout log (rollouts/rank*.jsonl); train it with --save_rollouts")
     checkpoint, _ = latest_complete(run)
     if checkpoint is None:
         raise SystemExit(f"error: {run} has no complete checkpoint to read the log of")
@@ -177,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.output_dir).resolve()
     args.output_dir = str(out)
+    if args.report_runs:
+        print(report(out, {run: step_rows(Path(run)) for run in args.report_runs}))
+        return 0
     plan = [(f"{variant}_{arm}", train_command(args, variant, arm)) for variant in args.variants for arm in args.arms]
     run_plan(plan, out, args.force)
     runs = {f"{variant} / {arm}": step_rows(out / variant / arm) for variant in args.variants for arm in args.arms}

@@ -101,6 +101,12 @@ def test_sdpo_stability_tables_what_each_step_logged(tmp_path):
     assert "| sampled_policy_lr3e-4 / caopd_sdpo |" in (out / "steps.md").read_text()
     assert sdpo_stability.summary(steps)["acc last 4"] == sum(r["acc"] for r in steps) / 2
     assert "done earlier, skipped" in _run(*argv).stdout
+    reported = _run("bench/sdpo_stability.py", "--output_dir", str(tmp_path / "r"), "--report_runs", str(run))
+    assert (
+        reported.returncode == 0 and json.loads((tmp_path / "r" / "steps.json").read_text())[str(run)]["steps"] == steps
+    )
+    empty = _run("bench/sdpo_stability.py", "--output_dir", str(tmp_path / "r"), "--report_runs", str(tmp_path))
+    assert empty.returncode == 1 and "has no rollout log" in empty.stderr
 
 
 @covers("bench/seeds.py")
