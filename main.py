@@ -22,13 +22,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from caopd.backends import BackendError, resolve_bf16, resolve_use_vllm
 from caopd.checkpoints import CheckpointError, checkpoint_problem, checkpoint_step, latest_complete
-from caopd.cli import CLIError, backbone_settings, gradient_accumulation_steps, parse_args
+from caopd.cli import CLIError, backbone_settings, gradient_accumulation_steps, parse_args, setting_warnings
 from caopd.models import ModelResolutionError, resolve_model_name
 from caopd.prompt_lengths import PromptLengthError, check_prompt_lengths
 from caopd.prompts import encode_chat_prompts, thinking_mode
 from caopd.rewards import RLCR_CONFIG
 from caopd.run_config import RUN_CONFIG_NAME, resolved_config, write_yaml_atomically
 from caopd.run_guard import (
+    LOCK_NAME,
     RunLock,
     RunLockError,
     disk_full,
@@ -38,6 +39,7 @@ from caopd.run_guard import (
     where_to_resume,
 )
 from caopd.tasks import TaskDataError, get_task
+from caopd.tasks.base import require_chat_prompts
 from caopd.tasks.custom import resolve_equivalence
 from caopd.teacher import TEACHER_DIR
 from distil_config import DistilConfig, RLConfig, SDPODistilConfig, teacher_prompt_limit, vllm_context_length
@@ -230,7 +232,18 @@ def _earlier_checkpoints(output_dir: str) -> list[str]:
 
 
 def _start_over_in(output_dir: str, overwrite: bool) -> None:
-    """A new run never mixes with an earlier run's checkpoints: refuse unless --overwrite_output_dir."""
+    """A new run writes only into a folder that is empty or an earlier run's of this CLI (its run config says so):
+    the final model's names (config.json, adapter/, ...) would replace a user's own files. It never mixes with an
+    earlier run's checkpoints either: refused unless --overwrite_output_dir."""
+    folder = Path(output_dir)
+    if folder.is_dir() and not (folder / RUN_CONFIG_NAME).is_file():
+        foreign = sorted(path.name for path in folder.iterdir() if path.name != LOCK_NAME)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise CLIError(
+                f"--output_dir {output_dir} holds files this CLI did not write ({shown}); a run would replace files "
+                "of the same names. Choose an empty or new --output_dir"
+            )
     earlier = _earlier_checkpoints(output_dir)
     if earlier and not overwrite:
         raise CLIError(
@@ -309,10 +322,14 @@ def run(args: argparse.Namespace, progress: dict) -> None:
 def train(args: argparse.Namespace, progress: dict) -> None:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     config = build_config(args, world_size)
+    if int(os.environ.get("RANK", "0")) == 0:
+        for warning in setting_warnings(args, bool(getattr(config, "use_vllm", False))):
+            print(f"warning: {warning}", file=sys.stderr)
     identity = run_identity(args, resolve_model_name(args.model_name))
     resume = resume_argument(args, identity)
     task = get_task(args.dataset_name, args.verifier, args.tooluse_match)
     dataset = task.load(args.train_data)
+    require_chat_prompts(dataset, args.train_data or f"--dataset_name {args.dataset_name}")
     task.probe(dataset)
     if args.self_consistency:
         example = dataset[0]["demonstration"]

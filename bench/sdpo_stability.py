@@ -36,7 +36,7 @@ from stages import run_plan
 
 from caopd.atomic import write_text_atomically
 from caopd.checkpoints import latest_complete
-from caopd.checks import positive_int
+from caopd.checks import non_negative_int, positive_int
 from caopd.confidence import parse_confidence
 from caopd.rollout_log import read_rollout_rows
 from caopd.tasks.arithmetic import parse_answer
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--max_steps", type=positive_int, default=12)
     parser.add_argument("--num_generations", type=positive_int, default=8, help="K: rollouts per question")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=non_negative_int, default=42)
     parser.add_argument("--force", action="store_true", help="redo finished runs")
     parser.add_argument(
         "--report_runs",

@@ -50,17 +50,15 @@ def run_stage(name: str, command: list[str], out: Path, force: bool) -> float | 
     none), an evaluation cut short replaces what it left; the marker records the stage's command without those
     flags.
     """
-    marker = out / "stages" / f"{name}.done"
+    marker, started = out / "stages" / f"{name}.done", out / "stages" / f"{name}.started"
     shown = shlex.join(command)
     if marker.exists() and not force:
-        recorded = marker.read_text().splitlines()[1:2]  # markers list the stage's command after its seconds
-        if recorded and recorded[0] != shown:
-            raise SystemExit(
-                f"error: stage {name} in {out} was done with another command:\n  {recorded[0]}\nnow:\n  {shown}\n"
-                "re-run with the same flags, or pass --force (or another --output_dir) to start over"
-            )
+        _refuse_another_command(name, out, marker.read_text().splitlines()[1:2], shown, "was done")
         print(f"[stage] {name}: done earlier, skipped ({marker})", flush=True)
         return None
+    if started.exists() and not force:  # cut short earlier: it resumes, and only under the command it began with
+        _refuse_another_command(name, out, started.read_text().splitlines()[:1], shown, "was begun (and cut short)")
+    write_text_atomically(started, f"{shown}\n")
     print(f"[stage] {name}: {shown}", flush=True)
     start = time.monotonic()
     env = {"TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false", **os.environ}
@@ -70,6 +68,15 @@ def run_stage(name: str, command: list[str], out: Path, force: bool) -> float | 
     seconds = time.monotonic() - start
     write_text_atomically(marker, f"{seconds:.1f}\n{shown}\n")
     return seconds
+
+
+def _refuse_another_command(name: str, out: Path, recorded: list[str], shown: str, what: str) -> None:
+    """Stop when a stage's recorded command (markers list it) differs from the one now asked for."""
+    if recorded and recorded[0] != shown:
+        raise SystemExit(
+            f"error: stage {name} in {out} {what} with another command:\n  {recorded[0]}\nnow:\n  {shown}\n"
+            "re-run with the same flags, or pass --force (or another --output_dir) to start over"
+        )
 
 
 def _continue_flags(command: list[str], force: bool) -> list[str]:

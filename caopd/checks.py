@@ -18,7 +18,7 @@ def _number(value: Any, kind: type) -> float | int:
         raise argparse.ArgumentTypeError(f"expected a number, got {value!r}")
     try:
         number = kind(value)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:  # OverflowError: int(inf), YAML's .inf
         raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {value!r}") from err
     if kind is int and isinstance(value, float) and value != number:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}")
@@ -38,6 +38,7 @@ def _ranged(kind: type, name: str, check: Callable[[float], bool], meaning: str)
     return convert
 
 
+integer = _ranged(int, "integer", lambda n: True, "an integer")
 positive_int = _ranged(int, "positive_int", lambda n: n >= 1, "a positive integer")
 non_negative_int = _ranged(int, "non_negative_int", lambda n: n >= 0, "an integer, 0 or more")
 finite_float = _ranged(float, "finite_float", lambda n: True, "a finite number")

@@ -12,6 +12,7 @@ import yaml
 from caopd.atomic import output_folder_problem
 from caopd.checks import (
     finite_float,
+    integer,
     non_negative_float,
     non_negative_int,
     port,
@@ -196,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     optim = parser.add_argument_group("optimization")
     optim.add_argument("--learning_rate", type=positive_float, default=2e-5)
     optim.add_argument("--num_train_epochs", type=positive_float, default=1)
-    optim.add_argument("--max_steps", type=int, default=-1, help="optimizer steps; overrides --num_train_epochs")
+    optim.add_argument("--max_steps", type=integer, default=-1, help="optimizer steps; overrides --num_train_epochs")
     optim.add_argument(
         "--per_device_train_batch_size", type=positive_int, default=8, help="rollouts per device per micro-step"
     )
@@ -307,15 +308,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# YAML aliases a config may use: a flag file needs few, and a nest of aliases expands to gigabytes when printed.
+MAX_YAML_ALIASES = 32
+
+
 def _read_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
     try:
-        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        text = Path(path).read_text(encoding="utf-8")
+        aliases = sum(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader))
+        if aliases > MAX_YAML_ALIASES:
+            raise CLIError(
+                f"--config {path}: {aliases} YAML aliases (*name), more than a flag file needs ({MAX_YAML_ALIASES}); "
+                "write the values out"
+            )
+        values = yaml.safe_load(text) or {}
     except OSError as err:
         raise CLIError(f"--config {path}: cannot read it ({err.strerror})") from err
+    except UnicodeDecodeError as err:
+        raise CLIError(f"--config {path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
     except yaml.YAMLError as err:
         raise CLIError(f"--config {path}: not valid YAML ({' '.join(str(err).split())})") from err
     if not isinstance(values, dict):
         raise CLIError(f"--config {path}: expected a mapping of flag names to values")
+    odd = [key for key in values if not isinstance(key, str)]
+    if odd:
+        raise CLIError(f"--config {path}: key {odd[0]!r} is not a flag name; keys are flag names without '--'")
     actions = {action.dest: action for action in parser._actions}
     unknown = sorted(set(values) - set(actions) - {"help"})
     if unknown:
@@ -410,8 +427,31 @@ def _validate_backbone(args: argparse.Namespace) -> None:
         if value is not None and not value > 0:
             raise CLIError(f"--{name} must be positive, got {value}")
     threshold = args.success_reward_threshold
-    if threshold is not None and threshold != threshold:
-        raise CLIError("--success_reward_threshold must be a number, got nan")
+    if threshold is not None and not 0.0 < threshold <= 1.0:
+        raise CLIError(
+            f"--success_reward_threshold must lie in (0, 1], got {threshold}: the verifier's reward is 0 or 1, so "
+            "at or below 0 every rollout counts as a success (P_acc 1) and above 1 none does"
+        )
+
+
+def setting_warnings(args: argparse.Namespace, uses_vllm: bool) -> list[str]:
+    """Legal settings that do not do what they look like they do: one warning line each (rank 0 prints them)."""
+    warnings = []
+    reward = args.rl_reward or "correctness"
+    if args.car_margin is not None and reward != "car":
+        warnings.append(f"--car_margin is read by --rl_reward car only; with --rl_reward {reward} it is unused")
+    if args.vllm_mode != "colocate" and not uses_vllm:
+        warnings.append(
+            f"--vllm_mode {args.vllm_mode} is unused: rollouts use transformers (vLLM is off: not installed, no "
+            "GPU, or --no-use_vllm)"
+        )
+    if args.distillation_weight == 0.0 and args.backbone == "sdpo" and not args.no_empirical_calibration:
+        warnings.append(
+            "--distillation_weight 0 trains the policy-gradient term alone, which never sees the CaOPD targets (the "
+            "rewritten confidence was not sampled): this run cannot calibrate; add --no_empirical_calibration or "
+            "raise the weight"
+        )
+    return warnings
 
 
 def _validate(args: argparse.Namespace) -> None:

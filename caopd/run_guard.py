@@ -156,14 +156,20 @@ def identity_problem(checkpoint: str | Path, current: dict[str, Any]) -> tuple[s
     return problem, warning
 
 
+# What torch.save's zip writer says when a write comes up short (it drops the errno of the full disk beneath).
+TORCH_SHORT_WRITES = ("unexpected pos", "PytorchStreamWriter failed writing file", "file write failed")
+
+
 def disk_full(error: BaseException) -> bool:
-    """Whether ``error`` (or what caused it) is a full disk or an exhausted quota."""
+    """Whether ``error`` (or what caused it) is a full disk or an exhausted quota; torch.save's short writes count."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
         if "No space left on device" in str(error) or "StorageFull" in str(error):
+            return True
+        if isinstance(error, RuntimeError) and any(sign in str(error) for sign in TORCH_SHORT_WRITES):
             return True
         error = error.__cause__ or error.__context__
     return False

@@ -97,6 +97,8 @@ CASES = [
     ("resume incomplete", "main.py", "--output_dir {tmp}/run --resume_from_checkpoint {tmp}/run/checkpoint-4",
      "it has no caopd_complete.json"),
     ("earlier checkpoints", "main.py", "--output_dir {tmp}/run", "already holds checkpoints (checkpoint-4)"),
+    ("a user's own folder", "main.py", "--output_dir {tmp}/users --dataset_name arithmetic --overwrite_output_dir",
+     "holds files this CLI did not write (adapter, config.json)"),
     ("model folder without config", "main.py", "--output_dir {tmp}/o --dataset_name arithmetic --model_name {tmp}",
      "has no config.json"),
     # ---- evaluation scripts
@@ -203,6 +205,17 @@ CASES = [
     ("prefix repeats", "bench/prefix.py", "--repeats 0", "--repeats"),
     ("prefix data", "bench/prefix.py", "--data_dir {tmp}/none", "has no tooluse_eval/"),
     # ---- typed values from YAML and JSON
+    ("text prompt for a built-in task", "main.py",
+     "--output_dir {tmp}/o --dataset_name arithmetic --train_data {tmp}/text_prompt.jsonl",
+     "row 0: 'prompt' must be chat messages"),
+    ("sdpo threshold below 0", "main.py", "--output_dir {tmp}/o --backbone sdpo --success_reward_threshold -0.5",
+     "--success_reward_threshold must lie in (0, 1]"),
+    ("yaml integer key", "main.py", "--config {tmp}/int_key.yaml", "key 5 is not a flag name"),
+    ("yaml null key", "main.py", "--config {tmp}/null_key.yaml", "key None is not a flag name"),
+    ("yaml infinite seed", "main.py", "--config {tmp}/inf_seed.yaml", "seed=inf is not valid"),
+    ("yaml steps true", "main.py", "--config {tmp}/steps_bool.yaml", "max_steps=True is not valid"),
+    ("yaml steps fraction", "main.py", "--config {tmp}/steps_fraction.yaml", "expected a whole number, got 1.9"),
+    ("yaml alias bomb", "main.py", "--config {tmp}/alias_bomb.yaml", "72 YAML aliases"),
     ("yaml quoted false keeps checkpoints", "main.py", "--config {tmp}/quoted_false.yaml",
      "already holds checkpoints (checkpoint-4)"),
     ("yaml boolean not a boolean", "main.py", "--config {tmp}/yes_please.yaml",
@@ -363,6 +376,10 @@ def _write_inputs(tmp: Path) -> None:
     (tmp / "items.json").write_text(json.dumps(items))
     (tmp / "large_one_item.json").write_text(json.dumps(items[:1]))
     (tmp / "run" / "checkpoint-4").mkdir(parents=True)  # a checkpoint whose write was cut short
+    (tmp / "run" / "caopd_config.yaml").write_text("flags: {}\n")  # by an earlier run of this CLI
+    (tmp / "users" / "adapter").mkdir(parents=True)  # a user's own folder, with names a run would write
+    (tmp / "users" / "config.json").write_text("{}")
+    (tmp / "users" / "adapter" / "notes.txt").write_text("my own notes")
     (tmp / "results").mkdir()
     (tmp / "results" / "inference.json").write_text("[]")
     (tmp / "mine" / "train").mkdir(parents=True)
@@ -383,6 +400,13 @@ def _write_typed_inputs(tmp: Path) -> None:
         "count_fraction": f"output_dir: {tmp}/o\nnum_generations: 2.5\n",
         "nan_rate": f"output_dir: {tmp}/o\nlearning_rate: .nan\n",
         "report_list": f"output_dir: {tmp}/o\nreport_to: [tensorboard]\n",
+        "int_key": f"output_dir: {tmp}/o\n5: 1\n",
+        "null_key": f"output_dir: {tmp}/o\n~: 1\n",
+        "inf_seed": f"output_dir: {tmp}/o\nseed: .inf\n",
+        "steps_bool": f"output_dir: {tmp}/o\nmax_steps: true\n",
+        "steps_fraction": f"output_dir: {tmp}/o\nmax_steps: 1.9\n",
+        "alias_bomb": "a: &a [x, x, x, x, x, x, x, x, x]\n"
+        + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)),
     }
     for name, text in configs.items():
         (tmp / f"{name}.yaml").write_text(text)
@@ -395,6 +419,7 @@ def _write_typed_inputs(tmp: Path) -> None:
             "golden_response": ["Action: search"],
         },
         "science_messages": {"prompt": [{"role": "user", "content": 5}], "answer": "A"},
+        "text_prompt": {"prompt": "What is 2 + 2?", "demonstration": "Answer: 4", "ground_truth": "4"},
     }
     for name, row in rows.items():
         (tmp / f"{name}.jsonl").write_text(json.dumps(row) + "\n")

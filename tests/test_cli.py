@@ -6,7 +6,7 @@ from conftest import ROOT
 from transformers import AutoModelForCausalLM
 
 import main
-from caopd.cli import build_parser, parse_args
+from caopd.cli import build_parser, parse_args, setting_warnings
 from caopd.run_config import RUN_CONFIG_NAME
 
 FIXTURE = str(ROOT / "tests" / "fixtures" / "tooluse_rows.jsonl")
@@ -91,6 +91,23 @@ def test_yaml_values_are_typed_strictly(capsys, tmp_path):
         assert message in _error(capsys, ["--config", str(config)])
     config.write_text("output_dir: o\nsave_total_limit: -1\n")  # would delete every checkpoint if taken
     assert "save_total_limit=-1 is not valid: must be a positive integer" in _error(capsys, ["--config", str(config)])
+
+
+@pytest.mark.parametrize(
+    ("flags", "uses_vllm", "expected"),
+    [
+        (["--backbone", "grpo", "--car_margin", "0.3"], False, "--car_margin is read by --rl_reward car only"),
+        (["--backbone", "grpo", "--rl_reward", "car", "--car_margin", "0.3"], False, None),
+        (["--vllm_mode", "server"], False, "--vllm_mode server is unused"),
+        (["--vllm_mode", "server"], True, None),
+        (["--backbone", "sdpo", "--distillation_weight", "0"], False, "this run cannot calibrate"),
+        (["--backbone", "sdpo", "--distillation_weight", "0", "--no_empirical_calibration"], False, None),
+    ],
+)
+def test_settings_that_do_nothing_are_warned_about(flags, uses_vllm, expected):
+    args = parse_args(["--output_dir", "unused", *flags])
+    warnings = setting_warnings(args, uses_vllm)
+    assert (warnings == []) if expected is None else (len(warnings) == 1 and expected in warnings[0])
 
 
 def test_scheduler_arguments_reach_the_trainer():

@@ -79,3 +79,20 @@ def test_continual_trains_science_from_the_tool_use_model_and_evaluates_both(tmp
     trained = {json.loads(line)["prompt"][-1]["content"] for line in open(out / "data" / "science_train.jsonl")}
     tested = {json.loads(line)["prompt"][-1]["content"] for line in open(out / "data" / "science_test.jsonl")}
     assert trained and tested and not trained & tested  # no question both trained on and evaluated
+
+
+def test_a_stage_cut_short_resumes_only_under_the_command_it_began_with(tmp_path):
+    """A stage that failed (a kill, say) left no done-marker; re-running it with another command (another learning
+    rate) would resume its checkpoints under new settings, so it is refused; the same command runs again."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from stages import run_stage
+
+    failing = [sys.executable, "-c", "import sys; sys.exit(3)", "--learning_rate", "3e-4"]
+    with pytest.raises(SystemExit, match="failed with exit code 3"):
+        run_stage("train_x", failing, tmp_path, force=False)
+    changed = [*failing[:-1], "1e-4"]
+    with pytest.raises(SystemExit, match="was begun \\(and cut short\\) with another command"):
+        run_stage("train_x", changed, tmp_path, force=False)
+    fixed = [sys.executable, "-c", "pass", "--learning_rate", "3e-4"]
+    assert run_stage("train_x", fixed, tmp_path, force=True) is not None  # --force starts it over
+    assert run_stage("train_x", fixed, tmp_path, force=False) is None  # done: skipped

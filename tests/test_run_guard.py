@@ -7,8 +7,10 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 from caopd.atomic import write_set_atomically, write_text_atomically
 from caopd.checkpoints import write_marker
@@ -110,6 +112,10 @@ def test_a_full_disk_is_recognised_through_the_errors_that_wrap_it():
         assert disk_full(outer)
     assert disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
     assert not disk_full(OSError(errno.ENOENT, "No such file"))
+    if Path("/dev/full").exists():  # every write there fails as on a full disk: torch.save says "unexpected pos"
+        with pytest.raises(RuntimeError) as short_write:
+            torch.save({"w": torch.zeros(100_000)}, "/dev/full")
+        assert disk_full(short_write.value)
 
 
 def test_outputs_get_the_users_permissions(tmp_path):

@@ -127,6 +127,23 @@ def require_columns(rows: Dataset, columns: tuple[str, ...], source: str, hint: 
         raise TaskDataError(f"{source} has no rows")
 
 
+def require_chat_prompts(rows: Dataset, source: str) -> None:
+    """Every prompt is chat messages (role and content text), as the chat template and the teacher's context need;
+    a ``TaskDataError`` names the first row that is not (text, say, where messages belong)."""
+    for index, prompt in enumerate(rows["prompt"]):
+        if isinstance(prompt, list) and prompt and all(_is_message(message) for message in prompt):
+            continue
+        shown = type(prompt).__name__ if not isinstance(prompt, str) else f"text {prompt[:40]!r}"
+        raise TaskDataError(
+            f"{source}: row {index}: 'prompt' must be chat messages like "
+            f'[{{"role": "user", "content": "..."}}], got {shown}; wrap a text prompt as one user message'
+        )
+
+
+def _is_message(message: Any) -> bool:
+    return isinstance(message, dict) and all(isinstance(message.get(key), str) for key in ("role", "content"))
+
+
 def canonical_dataset(prompts: list, demonstrations: list[str], ground_truths: list) -> Dataset:
     """Assemble the canonical columns; ground truths are JSON-encoded here, once."""
     return Dataset.from_dict(
