@@ -45,8 +45,9 @@ from stages import run_plan
 from caopd.atomic import write_text_atomically
 from caopd.checks import non_negative_int, positive_float, positive_int
 from caopd.confidence import CONFIDENCE_READINGS, reading_summary
-from caopd.metric_script import read_items, reread_confidences
+from caopd.metric_script import reread_confidences
 from caopd.metrics import calibration_metrics
+from caopd.result_files import read_items
 from caopd.tasks.arithmetic import LEVELS, generate_questions
 
 # Arm -> (label, main.py flags that make it; None: the untrained model). Only these flags differ between arms.

@@ -42,6 +42,16 @@ def scored_items(items: Sequence[Any], source: str) -> list[tuple[Any, bool, flo
     return scored
 
 
+def question_mismatch(small: Sequence[dict[str, Any]], large: Sequence[dict[str, Any]]) -> int | None:
+    """The first item_id whose question (the item's ``prompt``, as the eval scripts write it) differs between the
+    two files, or None: matching ids alone do not show that both models answered the same questions."""
+    asked = {item["item_id"]: item["prompt"] for item in large if "prompt" in item and "item_id" in item}
+    for item in small:
+        if item.get("item_id") in asked and "prompt" in item and item["prompt"] != asked[item["item_id"]]:
+            return item["item_id"]
+    return None
+
+
 def accuracy_by_item(items: Sequence[tuple[Any, bool, float]]) -> dict[Any, float]:
     """The mean correctness of each item_id over its samples."""
     verdicts: dict[Any, list[bool]] = defaultdict(list)

@@ -198,6 +198,7 @@ def _metrics(task_name: str, args: argparse.Namespace, items: list[dict], sampli
         [i["correct"] for i in items], [i["confidence"] for i in items], args.n_bins, args.n_bootstrap, args.seed
     )
     metrics |= reading_summary([i["confidence_out_of_range"] for i in items], args.confidence_reading)
+    metrics["task"] = task_name
     metrics["length_cut_share"] = sum(i["cut_by_length"] for i in items) / len(items)
     if hasattr(args, "tooluse_match"):
         metrics["tooluse_match"] = args.tooluse_match

@@ -12,7 +12,6 @@ import json
 import sys
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from caopd.atomic import output_file_problem, write_text_atomically
@@ -27,28 +26,11 @@ from caopd.confidence import (
     reading_summary,
 )
 from caopd.metrics import calibration_metrics
+from caopd.result_files import read_items
 from caopd.verifiers import TOOLUSE_MATCHES
 
 Judge = Callable[[str, Any], bool]
 GoldenCheck = Callable[[Any], str | None]
-
-
-def read_items(path: str, flag: str = "--input") -> list[dict[str, Any]]:
-    """The items of an inference file (a JSON list, or an object with ``items``); ``ValueError`` says what is wrong."""
-    try:
-        payload = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ValueError(f"{flag} {path}: cannot read it ({err.strerror})") from err
-    except (json.JSONDecodeError, RecursionError) as err:
-        raise ValueError(f"{flag} {path}: not valid JSON, or nested too deeply ({err})") from err
-    items = payload.get("items") if isinstance(payload, dict) else payload
-    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
-        raise ValueError(
-            f"{flag} {path}: expected a JSON list of items (objects, as in an eval script's inference.json)"
-        )
-    if not items:
-        raise ValueError(f"{flag} {path}: no items")
-    return items
 
 
 def reread_confidences(items: list[Any], reading: str) -> list[Any]:

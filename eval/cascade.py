@@ -20,14 +20,16 @@ from caopd.cascade import (
     accuracy_by_item,
     cheapest_matching,
     large_accuracy_on,
+    question_mismatch,
     route,
     scored_items,
     without_confidence,
 )
 from caopd.checks import finite_float, non_negative_float, probability
 from caopd.confidence import CONFIDENCE_READINGS, DEFAULT_READING, READING_HELP
-from caopd.metric_script import read_items, reread_confidences
+from caopd.metric_script import reread_confidences
 from caopd.plots import routing_png
+from caopd.result_files import read_items
 
 SEMANTICS = """
 Semantics: every item of a small model's inference file is one query. At threshold t the small model answers it
@@ -98,8 +100,15 @@ def routing(args: argparse.Namespace) -> dict:
     }
     small = {label: scored_items(raw[label], path) for label, path in zip(labels, args.small, strict=True)}
     if args.large is not None:
-        large = accuracy_by_item(scored_items(_read_items(args.large, "--large"), args.large))
+        large_items = _read_items(args.large, "--large")
+        large = accuracy_by_item(scored_items(large_items, args.large))
         for label, path in zip(labels, args.small, strict=True):
+            differing = question_mismatch(raw[label], large_items)
+            if differing is not None:
+                raise RoutingInputError(
+                    f"{path}: item_id {differing} asks another question than in {args.large}; evaluate both models "
+                    "on the same data (same --data, --split and --question_seed)"
+                )
             missing = {item_id for item_id, _, _ in small[label]} - set(large)
             if missing:
                 raise RoutingInputError(

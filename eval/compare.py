@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from caopd.atomic import output_file_problem, write_set_atomically
 from caopd.plots import reliability_png, selective_png
+from caopd.result_files import read_metrics
 
 COLUMNS = (
     ("accuracy", "acc"),
@@ -92,12 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for label, path in zip(labels, args.metrics, strict=True):
         try:
-            runs[label] = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, RecursionError) as err:
-            print(f"error: {path}: cannot read metrics ({err})", file=sys.stderr)
-            return 2
-        if "bin_stats" not in runs[label]:
-            print(f"error: {path}: not a metrics file (no bin_stats)", file=sys.stderr)
+            runs[label] = read_metrics(path)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
             return 2
     if args.output_selective_png and (old := [label for label, m in runs.items() if "selective_accuracy" not in m]):
         print(
@@ -109,6 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"warning: the runs' confidences were read under different readings ({', '.join(sorted(readings))}); "
             "re-score them under one (--confidence_reading of eval/run_eval_*.py)",
+            file=sys.stderr,
+        )
+    tasks = {m["task"] for m in runs.values() if m.get("task")}
+    if len(tasks) > 1:
+        print(
+            f"warning: the runs were evaluated on different tasks ({', '.join(sorted(tasks))}); their rows are not "
+            "comparable",
             file=sys.stderr,
         )
     table = markdown_table(runs)

@@ -149,7 +149,19 @@ CASES = [
      "invalid choice: 'x'"),
     # ---- comparison and routing
     ("compare missing", "eval/compare.py", "{tmp}/none.json --output_md {tmp}/c.md --output_png {tmp}/c.png",
-     "cannot read metrics"),
+     "none.json: cannot read it"),
+    ("compare a JSON string", "eval/compare.py", "{tmp}/string.json --output_md {tmp}/c.md --output_png {tmp}/c.png",
+     "not a metrics file (expected a JSON object, got str)"),
+    ("compare bins without keys", "eval/compare.py",
+     "{tmp}/keyless_bins.json --output_md {tmp}/c.md --output_png {tmp}/c.png", "bin_stats[0] needs a whole 'count'"),
+    ("compare a text metric", "eval/compare.py",
+     "{tmp}/text_metric.json --output_md {tmp}/c.md --output_png {tmp}/c.png", "metric 'ece' must be a number"),
+    ("cascade a list as item id", "eval/cascade.py",
+     "--small {tmp}/list_id.json --large_accuracy 0.9 --cost_ratio 10 --output_json {tmp}/r.json "
+     "--output_png {tmp}/r.png", "item 0: 'item_id' must be a whole number, 0 or more, got [1]"),
+    ("cascade other questions", "eval/cascade.py",
+     "--small {tmp}/items_with_prompts.json --large {tmp}/other_questions.json --cost_ratio 10 "
+     "--output_json {tmp}/r.json --output_png {tmp}/r.png", "item_id 0 asks another question"),
     ("compare not metrics", "eval/compare.py", "{tmp}/mapping.json --output_md {tmp}/c.md --output_png {tmp}/c.png",
      "not a metrics file"),
     ("compare output is a folder", "eval/compare.py", "{tmp}/mapping.json --output_md {tmp} --output_png {tmp}/c.png",
@@ -375,6 +387,14 @@ def _write_inputs(tmp: Path) -> None:
         item["correct"], item["confidence"] = True, 0.5
     (tmp / "items.json").write_text(json.dumps(items))
     (tmp / "large_one_item.json").write_text(json.dumps(items[:1]))
+    (tmp / "list_id.json").write_text(json.dumps([{**items[0], "item_id": [1]}]))
+    for name, question in (("items_with_prompts", "Q"), ("other_questions", "another question")):
+        asked = [{**item, "prompt": [{"role": "user", "content": question}]} for item in items]
+        (tmp / f"{name}.json").write_text(json.dumps(asked))
+    (tmp / "string.json").write_text('"hello"')
+    good_bin = {"bin_lower": 0.0, "bin_upper": 1.0, "count": 1, "accuracy": 1.0, "mean_confidence": 0.5}
+    (tmp / "keyless_bins.json").write_text(json.dumps({"bin_stats": [{}]}))
+    (tmp / "text_metric.json").write_text(json.dumps({"bin_stats": [good_bin], "ece": "low"}))
     (tmp / "run" / "checkpoint-4").mkdir(parents=True)  # a checkpoint whose write was cut short
     (tmp / "run" / "caopd_config.yaml").write_text("flags: {}\n")  # by an earlier run of this CLI
     (tmp / "users" / "adapter").mkdir(parents=True)  # a user's own folder, with names a run would write

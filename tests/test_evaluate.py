@@ -88,11 +88,11 @@ def test_compare_writes_a_table_and_an_overlaid_diagram(tmp_path):
     from caopd.metrics import calibration_metrics
 
     paths = []
-    for name, confidence, reading in (("base", 0.9, "percent"), ("caopd", 0.5, "paper")):
+    for name, confidence, reading, task in (("base", 0.9, "percent", "science"), ("caopd", 0.5, "paper", "tooluse")):
         path = tmp_path / name / "metrics.json"
         path.parent.mkdir()
         metrics = calibration_metrics([True, False, True, False], [confidence] * 4, n_bootstrap=10)
-        metrics |= {"confidence_reading": reading, "confidence_out_of_range_share": 0.25}
+        metrics |= {"confidence_reading": reading, "confidence_out_of_range_share": 0.25, "task": task}
         path.write_text(json.dumps(metrics))
         paths.append(str(path))
     command = [sys.executable, str(ROOT / "eval" / "compare.py"), *paths]
@@ -104,6 +104,7 @@ def test_compare_writes_a_table_and_an_overlaid_diagram(tmp_path):
     assert table[3].startswith("| caopd | 0.500") and "| 0.000 [" in table[3]  # CaOPD-like run: ECE 0
     assert "| out of range | reading |" in table[0] and table[3].endswith("| 0.250 | paper | 4 |")
     assert "warning: the runs' confidences were read under different readings (paper, percent)" in result.stderr
+    assert "warning: the runs were evaluated on different tasks (science, tooluse)" in result.stderr
     assert Image.open(tmp_path / "c.png").format == "PNG"
 
 
