@@ -20,28 +20,28 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from caopd.backends import BackendError, resolve_bf16, resolve_use_vllm
-from caopd.checkpoints import CheckpointError, checkpoint_problem, checkpoint_step, latest_complete
+from caopd.backends import resolve_bf16, resolve_use_vllm
+from caopd.checkpoints import checkpoint_problem, checkpoint_step, latest_complete
 from caopd.cli import CLIError, backbone_settings, gradient_accumulation_steps, parse_args, setting_warnings
 from caopd.models import ModelResolutionError, resolve_model_name
-from caopd.prompt_lengths import PromptLengthError, check_prompt_lengths
+from caopd.prompt_lengths import check_prompt_lengths
 from caopd.prompts import encode_chat_prompts, thinking_mode
 from caopd.rewards import RLCR_CONFIG
 from caopd.run_config import RUN_CONFIG_NAME, resolved_config, write_yaml_atomically
 from caopd.run_guard import (
     LOCK_NAME,
     RunLock,
-    RunLockError,
     disk_full,
     identity_problem,
     run_identity,
     stopped_line,
     where_to_resume,
 )
-from caopd.tasks import TaskDataError, get_task
+from caopd.tasks import get_task
 from caopd.tasks.base import require_chat_prompts
 from caopd.tasks.custom import resolve_equivalence
 from caopd.teacher import TEACHER_DIR
+from caopd.user_errors import USER_ERRORS
 from distil_config import DistilConfig, RLConfig, SDPODistilConfig, teacher_prompt_limit, vllm_context_length
 from distil_trainer import DistilTrainer
 from grpo_trainer import RLTrainer
@@ -52,16 +52,6 @@ BACKBONES = {
     "sdpo": (SDPODistilConfig, SDPODistilTrainer),
     "grpo": (RLConfig, RLTrainer),
 }
-
-USER_ERRORS = (
-    CLIError,
-    TaskDataError,
-    ModelResolutionError,
-    BackendError,
-    PromptLengthError,
-    CheckpointError,
-    RunLockError,
-)
 
 
 def check_reporting(report_to: str) -> None:

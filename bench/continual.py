@@ -20,6 +20,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from experiment_scale import ARMS, SHARED, Scale, compare_stage, experiment_main, split_rows
 
+from caopd.user_errors import one_line_errors
+
 DOMAINS = ("tooluse", "science")
 
 
@@ -68,4 +70,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(one_line_errors(main))

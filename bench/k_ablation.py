@@ -24,6 +24,7 @@ from stages import run_plan
 
 from caopd.atomic import write_text_atomically
 from caopd.checks import positive_int
+from caopd.user_errors import one_line_errors
 
 BINS = 10
 
@@ -112,4 +113,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(one_line_errors(main))

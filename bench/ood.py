@@ -19,6 +19,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from experiment_scale import ARMS, SHARED, Scale, compare_stage, experiment_main
 
+from caopd.user_errors import one_line_errors
+
 
 def plan(args: argparse.Namespace, scale: Scale, out: Path) -> list[tuple[str, list[str]]]:
     arms = args.arms
@@ -38,4 +40,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(one_line_errors(main))

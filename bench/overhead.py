@@ -40,6 +40,7 @@ import caopd.step
 from caopd.checks import non_negative_int, positive_float, positive_int
 from caopd.cli import parse_args
 from caopd.tasks import get_task
+from caopd.user_errors import one_line_errors
 from main import BACKBONES, build_config, load_model_and_tokenizer
 
 CAOPD_WORK = ("share_records", "calibrate", "mark_confidence_tokens", "record_caopd_metrics")
@@ -185,4 +186,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(one_line_errors(main))

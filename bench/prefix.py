@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from caopd.checks import positive_int
+from caopd.user_errors import one_line_errors
 
 SHAPES = {
     "arithmetic": {"questions": 2, "k": 8, "completion": 40, "micro_batch": 8},
@@ -208,4 +209,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(one_line_errors(main))

@@ -32,6 +32,7 @@ from caopd.confidence import parse_confidence
 from caopd.generation import generate_with_shared_prefill
 from caopd.models import resolve_model_name
 from caopd.tasks.arithmetic import LEVELS, generate_questions, verify_arithmetic
+from caopd.user_errors import one_line_errors
 
 
 def sample_completions(model, tokenizer, prompts: list, k: int, max_new_tokens: int) -> list[str]:
@@ -149,4 +150,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(one_line_errors(main))

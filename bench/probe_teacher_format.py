@@ -34,6 +34,7 @@ from caopd.checks import positive_int
 from caopd.models import resolve_model_name
 from caopd.targets import format_confidence, teacher_context
 from caopd.tasks.arithmetic import generate_questions
+from caopd.user_errors import one_line_errors
 from distil_config import DistilConfig
 
 PROBE_P_ACC = 0.625
@@ -108,4 +109,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(one_line_errors(main))

@@ -49,6 +49,7 @@ from caopd.metric_script import reread_confidences
 from caopd.metrics import calibration_metrics
 from caopd.result_files import read_items
 from caopd.tasks.arithmetic import LEVELS, generate_questions
+from caopd.user_errors import one_line_errors
 
 # Arm -> (label, main.py flags that make it; None: the untrained model). Only these flags differ between arms.
 ARM_FLAGS: dict[str, tuple[str, list[str] | None]] = {
@@ -419,4 +420,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(one_line_errors(main))

@@ -40,6 +40,7 @@ from caopd.checks import non_negative_int, positive_int
 from caopd.confidence import parse_confidence
 from caopd.rollout_log import read_rollout_rows
 from caopd.tasks.arithmetic import parse_answer
+from caopd.user_errors import one_line_errors
 
 ARMS = ("sdpo", "caopd_sdpo")
 # Settings compared (main.py flags added to an arm's own); all but the flags named are bench/reproduce.py's.
@@ -198,4 +199,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(one_line_errors(main))

@@ -26,6 +26,7 @@ import reproduce
 
 from caopd.atomic import write_text_atomically
 from caopd.checks import non_negative_int
+from caopd.user_errors import one_line_errors
 
 METRICS = {
     "accuracy": "acc",
@@ -124,4 +125,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(one_line_errors(main))

@@ -215,6 +215,8 @@ CASES = [
     ("memory length", "bench/memory.py", "--length 0", "--length"),
     ("overhead pairs", "bench/overhead.py", "--pairs 0", "--pairs"),
     ("prefix repeats", "bench/prefix.py", "--repeats 0", "--repeats"),
+    ("overhead unknown model", "bench/overhead.py", "--model_name {tmp}/no_model --output_dir {tmp}/ov",
+     "cannot load model"),
     ("prefix data", "bench/prefix.py", "--data_dir {tmp}/none", "has no tooluse_eval/"),
     # ---- typed values from YAML and JSON
     ("text prompt for a built-in task", "main.py",

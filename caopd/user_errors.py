@@ -1,0 +1,37 @@
+"""The errors that mean bad input (a flag, a file, a model, a checkpoint, a busy folder), not a defect: every entry
+point, the bench scripts included, reports them as one ``error:`` line instead of a traceback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from caopd.backends import BackendError
+from caopd.checkpoints import CheckpointError
+from caopd.cli import CLIError
+from caopd.models import ModelResolutionError
+from caopd.prompt_lengths import PromptLengthError
+from caopd.run_guard import RunLockError
+from caopd.tasks import TaskDataError
+
+USER_ERRORS = (
+    CLIError,
+    TaskDataError,
+    ModelResolutionError,
+    BackendError,
+    PromptLengthError,
+    CheckpointError,
+    RunLockError,
+)
+
+
+def one_line_errors(main: Callable[[], int | None]) -> int | None:
+    """Run a script's ``main``: bad input ends in one ``error:`` line (exit 2), Ctrl-C in one line (exit 130)."""
+    try:
+        return main()
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stopped by Ctrl-C; run the same command again to go on", file=sys.stderr)
+        return 130
