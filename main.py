@@ -33,7 +33,9 @@ from caopd.run_guard import (
     RunLock,
     disk_full,
     identity_problem,
+    ignore_further_interrupts,
     run_identity,
+    signal_handlers_kept,
     stopped_line,
     where_to_resume,
 )
@@ -386,8 +388,14 @@ def _step(progress: dict) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Train; every stop ends in one line. The signal handlers in force before are back when it returns."""
+    with signal_handlers_kept():
+        return _train_and_report(argv)
+
+
+def _train_and_report(argv: list[str] | None) -> int:
     message, code, progress, args = None, 2, {}, None
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a scheduler's stop: the same clean line as Ctrl-C
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # a scheduler's stop: the same clean line as Ctrl-C
     try:
         args = parse_args(argv)
         if args.print_vllm_max_model_len:
@@ -397,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         message = f"error: {err}"
     except KeyboardInterrupt as interrupt:
+        ignore_further_interrupts()
         cause = str(interrupt) or "SIGINT"
         code = 143 if cause == "SIGTERM" else 130
         message = stopped_line(cause, _step(progress), args.output_dir) if args else f"stopped by {cause}"
@@ -404,8 +413,6 @@ def main(argv: list[str] | None = None) -> int:
         if not disk_full(err) or args is None:
             raise
         message = f"error: the disk is full ({err}); free some space, then {where_to_resume(args.output_dir)}"
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     # The trainer sits in reference cycles, so its DDP wrapper (which holds the gloo process group) would otherwise
     # outlive run() until interpreter shutdown, where destroying gloo's pending work can abort the finished process
     # (SIGABRT, "terminate called without an active exception"). Collect it while the interpreter is whole, and

@@ -24,6 +24,7 @@ from datasets import Dataset
 from transformers import AutoTokenizer
 
 from caopd.atomic import output_folder_problem, write_set_atomically
+from caopd.checkpoints import checkpoint_step
 from caopd.checks import finite_float, non_negative_int, positive_int
 from caopd.confidence import CONFIDENCE_READINGS, DEFAULT_READING, READING_HELP, read_confidence, reading_summary
 from caopd.generation import MODEL_SETTABLE, generate, resolve_sampling
@@ -32,6 +33,7 @@ from caopd.models import ModelResolutionError, resolve_model_name
 from caopd.plots import reliability_png, selective_png
 from caopd.prompt_lengths import OVERLONG_CHOICES, check_prompt_lengths
 from caopd.prompts import encode_chat_prompts
+from caopd.run_guard import ignore_further_interrupts, signal_handlers_kept
 from caopd.tasks import Task, TaskDataError, get_task
 from caopd.tasks.arithmetic import SPLITS, generate_questions
 from caopd.tasks.custom import VERIFIER_HELP
@@ -140,6 +142,12 @@ def _validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--num_questions must be a positive integer, got {args.num_questions}")
     if args.output_dir is not None and Path(args.output_dir).is_file():
         raise ValueError(f"--output_dir {args.output_dir} is a file; give a folder")
+    inside = args.output_dir is not None and _inside_a_checkpoint(Path(args.output_dir))
+    if inside:
+        raise ValueError(
+            f"--output_dir {args.output_dir} lies inside the training checkpoint {inside}, which the run deletes when "
+            "it keeps only its newest checkpoints; write the results beside it"
+        )
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be positive, got {args.limit}")
     if args.num_samples is not None and args.num_samples < 1:
@@ -166,6 +174,12 @@ def parse_evaluation_args(task_name: str, argv: list[str] | None = None) -> argp
 
 
 def evaluate(task_name: str, argv: list[str] | None = None) -> int:
+    """Evaluate as the flags say; bad input ends in one error line and Ctrl-C in one stop line."""
+    with signal_handlers_kept():
+        return _evaluate_and_report(task_name, argv)
+
+
+def _evaluate_and_report(task_name: str, argv: list[str] | None) -> int:
     try:
         args = parse_evaluation_args(task_name, argv)
         task = get_task(task_name, getattr(args, "verifier", None), getattr(args, "tooluse_match", "sequence"))
@@ -186,6 +200,10 @@ def evaluate(task_name: str, argv: list[str] | None = None) -> int:
     except (ValueError, TaskDataError, ModelResolutionError, OSError) as err:
         print(f"error: {_user_message(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        ignore_further_interrupts()
+        print("stopped by Ctrl-C; no result was written or replaced: run the same command again", file=sys.stderr)
+        return 130
     print(
         f"{task_name}: accuracy {metrics['accuracy']:.3f}  ECE {metrics['ece']:.3f}  Brier {metrics['brier_score']:.3f}"
         f"  SPR {metrics['spr']:.3f}  OCG {metrics['overconfidence_gap']:+.3f}  -> {output}"
@@ -297,7 +315,20 @@ def _load_rows(task: Task, args: argparse.Namespace) -> Dataset:
 
 
 def _default_output(requested: str, resolved: str, task: str) -> str:
-    """Beside a local checkpoint; under ./eval_<task>/<name> for hub ids and the embedded model."""
-    if os.path.isdir(requested):
+    """In a local model folder (``<model>/eval_<task>``), beside a training checkpoint (``checkpoint-N`` folders are
+    deleted as a run rotates them: ``eval_<task>_checkpoint-N`` next to it); under ./eval_<task>/<name> for hub ids
+    and the embedded model."""
+    folder = Path(requested)
+    if folder.is_dir():
+        if _inside_a_checkpoint(folder):
+            return str(folder.parent / f"eval_{task}_{folder.name}")
         return os.path.join(requested, f"eval_{task}")
     return os.path.join(f"eval_{task}", Path(resolved).name)
+
+
+def _inside_a_checkpoint(path: Path) -> str | None:
+    """The training checkpoint folder (``checkpoint-N``) that ``path`` is or lies in, or None."""
+    for part in (path.resolve(), *path.resolve().parents):
+        if checkpoint_step(part) is not None:
+            return str(part)
+    return None

@@ -13,11 +13,14 @@ it ends with when it is stopped.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import signal
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +184,26 @@ def where_to_resume(output_dir: str | Path) -> str:
     if latest is None:
         return "no complete checkpoint was written yet: start the run again"
     return f"the newest complete checkpoint is {latest.name}: resume with --resume_from_checkpoint latest"
+
+
+@contextlib.contextmanager
+def signal_handlers_kept() -> Iterator[None]:
+    """Whatever a stop changes (``ignore_further_interrupts``), the SIGINT and SIGTERM handlers in force before are
+    back afterwards: an entry point called in-process (tests, notebooks) leaves its caller's handlers as they were."""
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            with contextlib.suppress(ValueError):
+                signal.signal(signum, handler)
+
+
+def ignore_further_interrupts() -> None:
+    """Once a stop is under way, a second Ctrl-C (or SIGTERM) waits for it instead of raising in its clean-up."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread: nothing to change
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def stopped_line(cause: str, step: int | None, output_dir: str | Path) -> str:

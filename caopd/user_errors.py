@@ -11,7 +11,7 @@ from caopd.checkpoints import CheckpointError
 from caopd.cli import CLIError
 from caopd.models import ModelResolutionError
 from caopd.prompt_lengths import PromptLengthError
-from caopd.run_guard import RunLockError
+from caopd.run_guard import RunLockError, ignore_further_interrupts, signal_handlers_kept
 from caopd.tasks import TaskDataError
 
 USER_ERRORS = (
@@ -27,11 +27,17 @@ USER_ERRORS = (
 
 def one_line_errors(main: Callable[[], int | None]) -> int | None:
     """Run a script's ``main``: bad input ends in one ``error:`` line (exit 2), Ctrl-C in one line (exit 130)."""
+    with signal_handlers_kept():
+        return _reported(main)
+
+
+def _reported(main: Callable[[], int | None]) -> int | None:
     try:
         return main()
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        ignore_further_interrupts()
         print("stopped by Ctrl-C; run the same command again to go on", file=sys.stderr)
         return 130

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import signal
 import socket
 import sys
 import time
@@ -97,6 +98,8 @@ CASES = [
     ("resume incomplete", "main.py", "--output_dir {tmp}/run --resume_from_checkpoint {tmp}/run/checkpoint-4",
      "it has no caopd_complete.json"),
     ("earlier checkpoints", "main.py", "--output_dir {tmp}/run", "already holds checkpoints (checkpoint-4)"),
+    ("eval into a checkpoint", "eval_arithmetic.py", "--model_path {model} --output_dir {tmp}/run/checkpoint-4/ev",
+     "lies inside the training checkpoint"),
     ("a user's own folder", "main.py", "--output_dir {tmp}/users --dataset_name arithmetic --overwrite_output_dir",
      "holds files this CLI did not write (adapter, config.json)"),
     ("model folder without config", "main.py", "--output_dir {tmp}/o --dataset_name arithmetic --model_name {tmp}",
@@ -567,7 +570,9 @@ def test_a_verifier_that_fails_on_model_output_stops_training_in_one_line(tmp_pa
     assert "it must return True or False for any text" in last
 
 
-def test_an_interrupted_evaluation_leaves_earlier_results_and_no_half_file(tmp_path, saved_tiny, monkeypatch):
+def test_an_interrupted_evaluation_leaves_earlier_results_and_no_half_file(tmp_path, saved_tiny, monkeypatch, capsys):
+    """Ctrl-C while an evaluation replaces earlier results: one stop line, exit 130, the earlier results intact,
+    and the caller's signal handlers as they were."""
     from caopd import evaluation
 
     output = tmp_path / "eval"
@@ -579,8 +584,10 @@ def test_an_interrupted_evaluation_leaves_earlier_results_and_no_half_file(tmp_p
 
     monkeypatch.setattr(evaluation, "generate", killed)
     argv = ["--model_path", str(saved_tiny), "--num_questions", "2", "--output_dir", str(output), "--overwrite"]
-    with pytest.raises(KeyboardInterrupt):
-        evaluation.evaluate("arithmetic", argv)
+    handler = signal.getsignal(signal.SIGINT)
+    assert evaluation.evaluate("arithmetic", argv) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("stopped by Ctrl-C; no result was written")
+    assert signal.getsignal(signal.SIGINT) is handler
     assert sorted(path.name for path in output.iterdir()) == ["inference.json"]
     assert (output / "inference.json").read_text() == "[1]"  # replaced only when the new results are complete
 

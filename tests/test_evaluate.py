@@ -189,3 +189,15 @@ def test_eval_custom_bad_data_or_spec_is_one_line(argv, message, tmp_path):
     result = _evaluate("eval_custom.py", *env_argv)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "e").exists()
+
+
+def test_results_of_a_checkpoint_go_beside_it_not_into_it(tmp_path):
+    """A run deletes its older checkpoint-N folders: the default output of one lies next to it."""
+    from caopd.evaluation import _default_output
+
+    checkpoint = tmp_path / "run" / "checkpoint-4"
+    checkpoint.mkdir(parents=True)
+    assert _default_output(str(checkpoint), str(checkpoint), "science") == str(
+        checkpoint.parent / "eval_science_checkpoint-4"
+    )
+    assert _default_output(str(tmp_path / "run"), "x", "science") == str(tmp_path / "run" / "eval_science")

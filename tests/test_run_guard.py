@@ -144,3 +144,16 @@ def test_a_set_of_outputs_is_replaced_together_or_not_at_all(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["inference.json", "metrics.json"]  # no temporaries
     assert (tmp_path / "inference.json").read_text() == "old inference"
     assert (tmp_path / "metrics.json").read_text() == "old metrics"
+
+
+def test_a_second_interrupt_during_the_stop_is_ignored_and_handlers_come_back():
+    import signal
+
+    from caopd.run_guard import ignore_further_interrupts, signal_handlers_kept
+
+    before = signal.getsignal(signal.SIGINT)
+    with signal_handlers_kept():
+        ignore_further_interrupts()
+        os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C while the first stop cleans up: nothing raised
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) is before
