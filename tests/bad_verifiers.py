@@ -28,3 +28,24 @@ def fails_on_model_output(response, answer):
 def never(response, reference):
     """An --equivalence that matches nothing, not even a text with itself."""
     return False
+
+
+def sleeps_on_model_output(response, answer):
+    """Passes the start-up check on the demonstration, then hangs (a network call without a timeout, say)."""
+    import time
+
+    if "Answer:" not in response:
+        time.sleep(3600)
+    return True
+
+
+def exits(response, answer):
+    import os
+
+    os._exit(0)
+
+
+def sys_exits(response, answer):
+    import sys
+
+    sys.exit(0)

@@ -570,6 +570,42 @@ def test_a_verifier_that_fails_on_model_output_stops_training_in_one_line(tmp_pa
     assert "it must return True or False for any text" in last
 
 
+def test_a_verifier_is_stopped_when_it_hangs_or_ends_the_process(monkeypatch):
+    """A user's verifier under a time limit, with exits turned into errors: one line each, in about a second."""
+    from caopd.tasks.base import TaskDataError
+    from caopd.tasks.custom import resolve_verifier
+
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    monkeypatch.setenv("CAOPD_VERIFIER_TIMEOUT_S", "0.5")
+    started = time.monotonic()
+    with pytest.raises(TaskDataError, match=r"took over 0\.5 s on one response"):
+        resolve_verifier("bad_verifiers:sleeps_on_model_output")("no answer here", "4")
+    assert time.monotonic() - started < 5
+    assert resolve_verifier("bad_verifiers:sleeps_on_model_output")("Answer: 4", "4")  # alarm cleared after
+    for name in ("exits", "sys_exits"):
+        with pytest.raises(TaskDataError, match="tried to end the process"):
+            resolve_verifier(f"bad_verifiers:{name}")("Answer: 4", "4")
+    monkeypatch.setenv("CAOPD_VERIFIER_TIMEOUT_S", "soon")
+    with pytest.raises(TaskDataError, match="give a positive number of seconds"):
+        resolve_verifier("bad_verifiers:works")("Answer: 4", "4")
+
+
+def test_a_verifier_that_hangs_in_training_stops_the_run_in_one_line(tmp_path, saved_tiny, capsys, monkeypatch):
+    import main
+
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    monkeypatch.setenv("CAOPD_VERIFIER_TIMEOUT_S", "1")
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"question": "What is 2 + 2?", "answer": "4"}) + "\n")
+    flags = ["--model_name", str(saved_tiny), "--dataset_name", "custom", "--train_data", str(data), "--no_wandb"]
+    flags += ["--verifier", "bad_verifiers:sleeps_on_model_output", "--output_dir", str(tmp_path / "run")]
+    flags += ["--max_steps", "1", "--num_prompts_per_batch", "1", "--num_generations", "2", "--backbone", "sdpo"]
+    flags += ["--per_device_train_batch_size", "2", "--max_completion_length", "16", "--max_prompt_length", "256"]
+    assert main.main(flags) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error: --verifier bad_verifiers:sleeps_on_model_output took over 1 s on one response" in last
+
+
 def test_an_interrupted_evaluation_leaves_earlier_results_and_no_half_file(tmp_path, saved_tiny, monkeypatch, capsys):
     """Ctrl-C while an evaluation replaces earlier results: one stop line, exit 130, the earlier results intact,
     and the caller's signal handlers as they were."""

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
-from collections.abc import Callable, Hashable
+import signal
+import threading
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -28,6 +32,9 @@ from caopd.verifiers import extract_choice, tool_call_key, verify_mcq, verify_to
 _ANSWER_LABEL = re.compile(r"^[ \t*_#>]{0,8}(?:final )?answer[ \t*_]{0,4}:", re.IGNORECASE | re.MULTILINE)
 _NUMBER = re.compile(r"[-+]?\d{1,30}(?:[.,]\d{1,30})?(?:[eE][-+]?\d{1,3})?")
 VERIFIER_HELP = "exact_match, numeric, mcq_letter, regex:PATTERN, tooluse, or module:function"
+# Seconds per call of a user's module:function verifier: one that hangs stops the run here (CAOPD_VERIFIER_TIMEOUT_S).
+VERIFIER_TIMEOUT_ENV = "CAOPD_VERIFIER_TIMEOUT_S"
+DEFAULT_VERIFIER_TIMEOUT_S = 30.0
 REGEX_TIMEOUT_S = 2.0  # per response: a pattern that backtracks catastrophically on long output stops here
 AnswerKey = Callable[[str], Hashable | None]
 Equivalence = Callable[[str, str], bool]
@@ -140,12 +147,72 @@ def resolve_verifier(spec: str, flag: str = "--verifier") -> Verifier:
     return _checked(function, spec, flag)
 
 
+class _VerifierTimeout(BaseException):
+    """Raised into a verifier that overran its time (a BaseException, so its own ``except Exception`` lets it by)."""
+
+
+class _VerifierExit(BaseException):
+    """Raised in place of ``os._exit`` inside a verifier: ending the process would leave no model and a stale lock."""
+
+
+@contextmanager
+def _guarded_call(seconds: float) -> Iterator[None]:
+    """A verifier call under a time limit (SIGALRM; only in the main thread, where signals arrive) and with
+    ``os._exit`` turned into an exception."""
+    hard_exit = os._exit
+
+    def refuse_exit(code: int) -> None:
+        raise _VerifierExit(code)
+
+    os._exit = refuse_exit
+    timed = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+    if timed:
+
+        def expire(_signum, _frame) -> None:
+            raise _VerifierTimeout
+
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        os._exit = hard_exit
+        if timed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+
+def verifier_timeout() -> float:
+    """The time limit of one verifier call: ``CAOPD_VERIFIER_TIMEOUT_S`` seconds, 30 by default."""
+    value = os.environ.get(VERIFIER_TIMEOUT_ENV)
+    try:
+        seconds = DEFAULT_VERIFIER_TIMEOUT_S if value is None else float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise TaskDataError(f"{VERIFIER_TIMEOUT_ENV}={value!r}: give a positive number of seconds")
+    return seconds
+
+
 def _checked(function: Callable[[str, Any], Any], spec: str, flag: str) -> Verifier:
-    """Your function, made to fail in one clear line: when it raises, or returns something other than a bool."""
+    """Your function, made to fail in one clear line: when it raises, exits, overruns ``verifier_timeout()`` or
+    returns something other than a bool."""
 
     def verify(response: str, answer: Any) -> bool:
+        seconds = verifier_timeout()
         try:
-            verdict = function(response, answer)
+            with _guarded_call(seconds):
+                verdict = function(response, answer)
+        except _VerifierTimeout as err:
+            raise TaskDataError(
+                f"{flag} {spec} took over {seconds:g} s on one response (starting {response[:60]!r}); a verifier is "
+                f"called for every rollout and must return promptly: make it faster (or raise {VERIFIER_TIMEOUT_ENV})"
+            ) from err
+        except (SystemExit, _VerifierExit) as err:
+            raise TaskDataError(
+                f"{flag} {spec} tried to end the process (exit code {err.args[0] if err.args else None}); a verifier "
+                "must return True or False"
+            ) from err
         except Exception as err:
             raise TaskDataError(
                 f"{flag} {spec} raised {type(err).__name__}: {err} (response starting {response[:60]!r}); "
