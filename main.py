@@ -21,7 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from caopd.backends import resolve_bf16, resolve_use_vllm
-from caopd.checkpoints import checkpoint_problem, checkpoint_step, latest_complete
+from caopd.checkpoints import checkpoint_problem, checkpoint_step, latest_complete, sampling_divergence
 from caopd.cli import CLIError, backbone_settings, gradient_accumulation_steps, parse_args, setting_warnings
 from caopd.models import ModelResolutionError, resolve_model_name
 from caopd.prompt_lengths import check_prompt_lengths
@@ -410,9 +410,13 @@ def _train_and_report(argv: list[str] | None) -> int:
         code = 143 if cause == "SIGTERM" else 130
         message = stopped_line(cause, _step(progress), args.output_dir) if args else f"stopped by {cause}"
     except Exception as err:
-        if not disk_full(err) or args is None:
+        diverged = sampling_divergence(err, _step(progress), args.output_dir) if args else None
+        if diverged:
+            message = f"error: {diverged}"
+        elif disk_full(err) and args is not None:
+            message = f"error: the disk is full ({err}); free some space, then {where_to_resume(args.output_dir)}"
+        else:
             raise
-        message = f"error: the disk is full ({err}); free some space, then {where_to_resume(args.output_dir)}"
     # The trainer sits in reference cycles, so its DDP wrapper (which holds the gloo process group) would otherwise
     # outlive run() until interpreter shutdown, where destroying gloo's pending work can abort the finished process
     # (SIGABRT, "terminate called without an active exception"). Collect it while the interpreter is whole, and

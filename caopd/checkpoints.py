@@ -118,6 +118,29 @@ def rotate(output_dir: str | Path, keep: int | None) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights became non-finite (a learning rate far too large): the run stops before saving."""
+
+
+def sampling_divergence(error: BaseException, step: int | None, output_dir: str) -> str | None:
+    """The divergence line for torch's sampling error on non-finite probabilities (weights a huge step made
+    non-finite, sampled from before any loss could show it), or None for any other error."""
+    if not (isinstance(error, RuntimeError) and "probability tensor contains" in str(error)):
+        return None
+    at = f" at step {step + 1}" if step is not None else ""
+    return (
+        f"training diverged{at}: the model's next-token probabilities are not finite (sampling failed); "
+        f"{_newest_sound(output_dir)}, with a lower --learning_rate (or --max_grad_norm)"
+    )
+
+
+def _newest_sound(output_dir: str) -> str:
+    latest, _ = latest_complete(output_dir)
+    if latest is None:
+        return "no checkpoint was saved: start again"
+    return f"the newest sound checkpoint is {latest.name}: resume from it (--resume_from_checkpoint latest)"
+
+
 class CompleteCheckpoints:
     """The Trainer side of complete checkpoints, mixed in before a ``transformers.Trainer`` subclass.
 
@@ -132,7 +155,25 @@ class CompleteCheckpoints:
     def _save_extra(self, checkpoint: str) -> None:
         """Write what the subclass keeps beside the Trainer's files (every process calls it)."""
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """The Trainer's step, stopped before the optimizer uses a non-finite loss (every process agrees)."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._stop_if_diverged(not bool(torch.isfinite(loss.detach()).all()), "the loss is not finite")
+        return loss
+
+    def _stop_if_diverged(self, here: bool, what: str) -> None:
+        """Raise ``TrainingDiverged`` on every process when ``here`` holds on any one."""
+        flag = torch.tensor(float(here), device=self.accelerator.device)
+        if self.accelerator.reduce(flag, reduction="sum").item() > 0:
+            raise TrainingDiverged(
+                f"training diverged at step {self.state.global_step + 1}: {what}; {_newest_sound(self.args.output_dir)}"
+                ", with a lower --learning_rate (or --max_grad_norm)"
+            )
+
     def _save_checkpoint(self, model, trial) -> None:
+        trainable = [getattr(p, "ds_tensor", p) for p in model.parameters() if p.requires_grad]
+        finite = all(bool(torch.isfinite(p.detach()).all()) for p in trainable)
+        self._stop_if_diverged(not finite, "weights became non-finite and were not saved")
         run_dir = self._get_output_dir(trial=trial)
         checkpoint = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
         if self.args.should_save:

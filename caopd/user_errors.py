@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 
 from caopd.backends import BackendError
-from caopd.checkpoints import CheckpointError
+from caopd.checkpoints import CheckpointError, TrainingDiverged
 from caopd.cli import CLIError
 from caopd.models import ModelResolutionError
 from caopd.prompt_lengths import PromptLengthError
@@ -22,6 +22,7 @@ USER_ERRORS = (
     PromptLengthError,
     CheckpointError,
     RunLockError,
+    TrainingDiverged,
 )
 
 

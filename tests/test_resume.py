@@ -123,3 +123,31 @@ def test_the_rollout_log_holds_each_step_once_after_a_resume_or_a_fresh_start(mo
     # A fresh run in the same folder starts a new log instead of appending to the old run's.
     toy_trainer(tiny_model(tokenizer), tokenizer, tmp_path, max_steps=1).train()
     assert _logged_steps(tmp_path) == [0] * per_step
+
+
+@pytest.mark.parametrize("backbone", ["sdft", "grpo"])
+def test_a_non_finite_loss_stops_the_step_before_the_optimizer_and_saves_nothing(model, tokenizer, tmp_path, backbone):
+    from caopd.checkpoints import TrainingDiverged
+
+    trainer = toy_trainer(model, tokenizer, tmp_path, backbone=backbone, save_strategy="steps", save_steps=1)
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    compute_loss = trainer.compute_loss
+    trainer.compute_loss = lambda *args, **kwargs: compute_loss(*args, **kwargs) * float("nan")
+    with pytest.raises(TrainingDiverged, match="diverged at step 1: the loss is not finite; no checkpoint was saved"):
+        trainer.train()
+    assert not list(tmp_path.glob("checkpoint-*"))
+    assert all(torch.equal(p, before[name]) for name, p in trainer.model.named_parameters())
+
+
+def test_non_finite_weights_are_never_saved_and_sampling_on_them_is_named(model, tokenizer, tmp_path):
+    from caopd.checkpoints import TrainingDiverged, sampling_divergence
+
+    trainer = toy_trainer(model, tokenizer, tmp_path, save_strategy="steps", save_steps=1)
+    next(p for p in trainer.model.parameters() if p.requires_grad).data[0] = float("inf")
+    with pytest.raises(TrainingDiverged, match="weights became non-finite and were not saved"):
+        trainer._save_checkpoint(trainer.model, None)
+    assert not list(tmp_path.glob("checkpoint-*"))
+    error = RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
+    line = sampling_divergence(error, 3, str(tmp_path))
+    assert line.startswith("training diverged at step 4: the model's next-token probabilities are not finite")
+    assert sampling_divergence(RuntimeError("CUDA out of memory"), 3, str(tmp_path)) is None
