@@ -53,6 +53,7 @@ VARIANTS: dict[str, list[str]] = {
         *("--distillation_weight", "0.5"),
     ],
     "topk_lr3e-4": ["--distillation_mode", "topk_logits", "--learning_rate", "3e-4"],
+    "topk_lr1e-4": ["--distillation_mode", "topk_logits", "--learning_rate", "1e-4"],
 }
 # Logged metric -> column; a run whose trainer did not log one shows "-".
 LOGGED = {
@@ -163,7 +164,8 @@ def markdown_table(rows: list[dict]) -> str:
 def _cell(value: float | None) -> str:
     if value is None:
         return "-"
-    return str(value) if isinstance(value, int) else f"{value:.3f}"
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 1)
+    return str(int(value)) if whole else f"{value:.3f}"
 
 
 def report(out: Path, runs: dict[str, list[dict]]) -> str:

@@ -136,13 +136,20 @@ def run_identity(args: Any, model_location: str) -> dict[str, Any]:
 
 def identity_problem(checkpoint: str | Path, current: dict[str, Any]) -> tuple[str | None, str | None]:
     """(why this run cannot resume ``checkpoint``, a warning about what changed soundly); None where there is none.
-    Checkpoints of versions that did not record their settings are not checked."""
+    Checkpoints of versions that did not record their settings are not checked; a record that is there but does not
+    read (damaged) refuses the resume, since nothing then shows the settings match."""
+    record = Path(checkpoint) / IDENTITY_NAME
+    if not record.exists():
+        return None, None
     try:
-        recorded = json.loads((Path(checkpoint) / IDENTITY_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None, None
+        recorded = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:
+        recorded = err
     if not isinstance(recorded, dict):
-        return None, None
+        return (
+            f"{record} (the settings of the run that wrote {Path(checkpoint).name}) is damaged ({recorded!s:.80}); "
+            "resume from another checkpoint, or start a new run"
+        ), None
     changed = [name for name in MUST_MATCH if name in recorded and recorded[name] != current.get(name)]
     problem = None
     if changed:

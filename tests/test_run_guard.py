@@ -88,6 +88,10 @@ def test_resume_settings_that_must_match_are_named_and_k_may_change(tmp_path):
     assert problem is None and "num_generations 8 -> 4" in warning
     older = _checkpoint(tmp_path / "checkpoint-2", None)  # written before settings were recorded: not checked
     assert identity_problem(older, {"model": "other"}) == (None, None)
+    for garbage in ("x" * 40, "[1, 2]"):  # a damaged record (same size garbage passes the completion marker)
+        (checkpoint / IDENTITY_NAME).write_text(garbage)
+        problem, _ = identity_problem(checkpoint, {**recorded, "backbone": "grpo"})
+        assert "caopd_run.json (the settings of the run that wrote checkpoint-1) is damaged" in problem
 
 
 def test_a_stopped_run_says_where_to_resume(tmp_path):
