@@ -21,7 +21,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from caopd.backends import resolve_bf16, resolve_use_vllm
-from caopd.checkpoints import checkpoint_problem, checkpoint_step, latest_complete, sampling_divergence
+from caopd.checkpoints import (
+    checkpoint_damage,
+    checkpoint_problem,
+    checkpoint_step,
+    latest_sound,
+    sampling_divergence,
+)
 from caopd.cli import CLIError, backbone_settings, gradient_accumulation_steps, parse_args, setting_warnings
 from caopd.models import ModelResolutionError, resolve_model_name
 from caopd.prompt_lengths import check_prompt_lengths
@@ -189,17 +195,17 @@ def resume_argument(args: argparse.Namespace, identity: dict | None = None) -> s
         _start_over_in(args.output_dir, args.overwrite_output_dir)
         return None
     if value == "latest":
-        latest, skipped = latest_complete(args.output_dir)
-        if skipped and int(os.environ.get("RANK", "0")) == 0:
-            names = ", ".join(path.name for path in skipped)
-            print(f"warning: --resume_from_checkpoint latest skips incomplete checkpoint(s) {names}", file=sys.stderr)
+        latest, passed = latest_sound(args.output_dir)
+        if passed and int(os.environ.get("RANK", "0")) == 0:
+            for folder, reason in passed:
+                print(f"warning: --resume_from_checkpoint latest passes over {folder.name}: {reason}", file=sys.stderr)
         if latest is None:
-            found = f" ({len(skipped)} incomplete)" if skipped else ""
+            found = f" ({len(passed)} incomplete or damaged)" if passed else ""
             raise CLIError(
                 f"--resume_from_checkpoint latest: no complete checkpoint-* folder in {args.output_dir}{found}"
             )
         value = str(latest)
-    problem = checkpoint_problem(value)
+    problem = checkpoint_problem(value) or checkpoint_damage(value)
     if problem:
         raise CLIError(
             f"--resume_from_checkpoint {value}: cannot resume from it: {problem}; resume from an earlier checkpoint "

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import torch
@@ -80,6 +81,61 @@ def checkpoint_problem(checkpoint: str | Path) -> str | None:
             except (SafetensorError, OSError) as err:
                 return f"{name} does not load ({err})"
     return None
+
+
+def checkpoint_damage(checkpoint: str | Path) -> str | None:
+    """What in a complete checkpoint is damaged, or None: every JSON file parses, every torch file passes its zip
+    checksums, every safetensors tensor is finite. Same-size garbage passes the completion marker; not these."""
+    folder = Path(checkpoint)
+    for path in sorted(folder.rglob("*")):
+        name = str(path.relative_to(folder))
+        if not path.is_file() or path.name == MARKER:
+            continue
+        if path.suffix == ".json":
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError, RecursionError) as err:
+                return f"{name} does not parse as JSON ({type(err).__name__})"
+        elif path.suffix in (".pt", ".pth", ".bin"):
+            problem = _torch_file_damage(path)
+            if problem:
+                return f"{name} {problem}"
+        elif path.suffix == ".safetensors":
+            try:
+                with safe_open(str(path), framework="pt") as tensors:
+                    for key in tensors.keys():
+                        tensor = tensors.get_tensor(key)
+                        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                            return f"{name} holds non-finite values in {key}"
+            except (SafetensorError, OSError) as err:
+                return f"{name} does not load ({err})"
+    return None
+
+
+def _torch_file_damage(path: Path) -> str | None:
+    try:
+        if not zipfile.is_zipfile(path):
+            return "is not a torch save file"
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError) as err:
+        return f"does not read ({err})"
+    return f"is damaged (its part {bad} fails its checksum)" if bad else None
+
+
+def latest_sound(output_dir: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest checkpoint that is complete and undamaged, and the newer ones passed over with the reason."""
+    passed = []
+    for folder in sorted(
+        (path for path in Path(output_dir).glob("checkpoint-*") if checkpoint_step(path) is not None),
+        key=checkpoint_step,
+        reverse=True,
+    ):
+        reason = checkpoint_problem(folder) or checkpoint_damage(folder)
+        if reason is None:
+            return folder, passed
+        passed.append((folder, reason))
+    return None, passed
 
 
 def latest_complete(output_dir: str | Path) -> tuple[Path | None, list[Path]]:

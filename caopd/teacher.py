@@ -91,6 +91,11 @@ class FP32TeacherEMA(TrainerCallback):
         """Start the shadows from ``state`` (a saved shadow) or, with None, from the teacher's current weights."""
         self.shadows = {}
         for name, _, teacher in self._pairs():
+            if state is not None and name in state and state[name].shape != teacher.shape:
+                raise CheckpointError(
+                    f"the saved fp32 teacher holds {name} in shape {tuple(state[name].shape)}, the model in "
+                    f"{tuple(teacher.shape)}: resume from a checkpoint of this model"
+                )
             if teacher.dtype == torch.float32:
                 self.shadows[name] = teacher  # an fp32 teacher is its own shadow
                 if state is not None and name in state:
@@ -247,6 +252,13 @@ def _load_full_state(teacher: torch.nn.Module, state: dict, directory: Path, par
             f"{unexpected[:3]}): resume with the same --model_name and LoRA settings as the original run"
         )
     for name, parameter in parameters.items():
+        expected = tuple(getattr(parameter, "ds_shape", parameter.shape))
+        if tuple(state[name].shape) != expected:
+            raise CheckpointError(
+                f"the teacher saved in {directory} holds {name} in shape {tuple(state[name].shape)}, the model in "
+                f"{expected}: resume with the same --model_name as the original run, or from another checkpoint"
+            )
+    for name, parameter in parameters.items():
         if partitioned:
             import deepspeed
 
@@ -269,6 +281,12 @@ def _restore_adapter(directory: Path, student: torch.nn.Module, ema: FP32Adapter
             f"the teacher adapter in {directory} does not match this run's LoRA settings; resume with the same "
             "--lora_r and LoRA settings as the original run"
         )
+    for key, value in ema.shadow_weights.items():
+        if tuple(weights[key].shape) != tuple(value.shape) or tuple(shadows[key].shape) != tuple(value.shape):
+            raise CheckpointError(
+                f"the teacher adapter in {directory} holds {key} in shape {tuple(weights[key].shape)}, this run's in "
+                f"{tuple(value.shape)}: resume with the same --lora_r and LoRA settings as the original run"
+            )
     active = student.active_adapter
     set_peft_model_state_dict(student, weights, adapter_name=TEACHER_DIR)
     student.set_adapter(active)

@@ -83,7 +83,7 @@ def _kill_then_resume(tiny, output, stage, step, processes, per_device):
 def test_killed_while_writing_a_checkpoint_resumes_to_the_same_final_state(tmp_path, tiny, never_killed, stage):
     resumed = _kill_then_resume(tiny, tmp_path, stage, 2, SINGLE, 2)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "skips incomplete checkpoint(s) checkpoint-2" in resumed.stderr  # named in one warning line
+    assert "latest passes over checkpoint-2: " in resumed.stderr  # named, with its reason, in one warning line
     assert _final_state(tmp_path) == never_killed["one"]
 
 

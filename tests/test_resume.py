@@ -151,3 +151,34 @@ def test_non_finite_weights_are_never_saved_and_sampling_on_them_is_named(model,
     line = sampling_divergence(error, 3, str(tmp_path))
     assert line.startswith("training diverged at step 4: the model's next-token probabilities are not finite")
     assert sampling_divergence(RuntimeError("CUDA out of memory"), 3, str(tmp_path)) is None
+
+
+def test_damaged_checkpoints_are_named_and_latest_falls_back_to_a_sound_one(model, tokenizer, tmp_path):
+    """Same-size garbage passes the completion marker; the content checks catch it in JSON, torch and safetensors
+    files (non-finite weights under an intact header too), and `latest` resumes from the newest sound checkpoint."""
+    from safetensors.torch import save_file
+
+    from caopd.checkpoints import checkpoint_damage, latest_sound
+
+    trainer = toy_trainer(model, tokenizer, tmp_path, save_strategy="steps", save_steps=1, max_steps=3)
+    trainer.train()
+    assert checkpoint_damage(tmp_path / "checkpoint-3") is None
+
+    def same_size_garbage(path):
+        path.write_bytes(b"x" * path.stat().st_size)
+
+    same_size_garbage(tmp_path / "checkpoint-3" / "trainer_state.json")
+    assert checkpoint_damage(tmp_path / "checkpoint-3") == "trainer_state.json does not parse as JSON (JSONDecodeError)"
+    optimizer = tmp_path / "checkpoint-2" / "optimizer.pt"
+    data = bytearray(optimizer.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside a tensor
+    optimizer.write_bytes(bytes(data))
+    assert "optimizer.pt is damaged" in checkpoint_damage(tmp_path / "checkpoint-2")
+    latest, passed = latest_sound(tmp_path)
+    assert latest.name == "checkpoint-1" and [folder.name for folder, _ in passed] == ["checkpoint-3", "checkpoint-2"]
+    weights = next((tmp_path / "checkpoint-1").glob("*.safetensors"))
+    tensors = load_file(weights)
+    first = next(key for key, value in tensors.items() if value.is_floating_point())
+    tensors[first][0] = float("nan")
+    save_file(tensors, weights)
+    assert checkpoint_damage(tmp_path / "checkpoint-1") == f"{weights.name} holds non-finite values in {first}"

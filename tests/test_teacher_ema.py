@@ -140,3 +140,19 @@ def test_zero3_sdpo_run_writes_a_complete_checkpoint_with_its_teacher(tmp_path):
     assert checkpoint_problem(checkpoint) is None
     shards = sorted(path.name for path in (checkpoint / TEACHER_DIR).glob("ema_fp32*"))
     assert shards == ["ema_fp32.rank0-of-2.safetensors", "ema_fp32.rank1-of-2.safetensors"]
+
+
+def test_a_teacher_of_another_shape_is_refused_not_broadcast(model, tokenizer, tmp_path):
+    """A saved teacher whose tensors have other (even broadcastable) shapes names the tensor instead of being copied."""
+    from caopd.checkpoints import CheckpointError
+    from caopd.teacher import _load_full_state
+
+    trainer = toy_trainer(model, tokenizer, tmp_path, teacher_update_rate=0.5)
+    teacher = trainer.teacher_model
+    state = {name: p.detach().clone() for name, p in teacher.named_parameters()}
+    name = next(n for n, p in state.items() if p.dim() == 1)
+    before = state[name].clone()
+    state[name] = torch.full((1,), 7.0)  # one element: torch would broadcast it over the whole vector
+    with pytest.raises(CheckpointError, match=f"holds {name} in shape \\(1,\\)"):
+        _load_full_state(teacher, state, tmp_path, partitioned=False)
+    assert torch.equal(dict(teacher.named_parameters())[name].detach(), before)
