@@ -71,6 +71,7 @@ LOGGED = {
     "caopd/is_ratio_clipped_share": "IS clipped",
 }
 FROM_ROLLOUTS = ("answer", "conf format", "acc", "P_acc")
+COUNTS = ("step", "distilled", "no sibling")  # shown as whole numbers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,16 +157,15 @@ def markdown_table(rows: list[dict]) -> str:
     shown = [column for column in columns if any(row.get(column) is not None for row in rows)]
     lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     for row in rows:
-        cells = [_cell(row.get(column)) for column in shown]
+        cells = [_cell(row.get(column), column in COUNTS) for column in shown]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _cell(value: float | None) -> str:
+def _cell(value: float | None, count: bool) -> str:
     if value is None:
         return "-"
-    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 1)
-    return str(int(value)) if whole else f"{value:.3f}"
+    return str(round(value)) if count else f"{value:.3f}"
 
 
 def report(out: Path, runs: dict[str, list[dict]]) -> str:

@@ -42,9 +42,13 @@ T_95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 
 
 def build_parser() -> argparse.ArgumentParser:
+    own = {"-h", "--help", "--output_dir", "--seed", "--arms", "--rescore"}
+    passed = [
+        option for action in reproduce.build_parser()._actions for option in action.option_strings if option not in own
+    ]
     parser = argparse.ArgumentParser(
-        description="bench/reproduce.py once per seed; per-seed numbers and means with 95%% t-intervals. Flags not "
-        "listed here go to reproduce.py.",
+        description="bench/reproduce.py once per seed; per-seed numbers and means with 95%% t-intervals.",
+        epilog="Passed on to bench/reproduce.py unchanged (the same for every seed): " + ", ".join(passed),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--output_dir", default="outputs/seeds")
