@@ -8,10 +8,12 @@ cached as a regular safetensors checkpoint, so that everything downstream (TRL's
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -68,18 +70,23 @@ def _convert_embedded_model(target: Path) -> None:
         import gguf  # noqa: F401
     except ImportError as err:
         raise ModelResolutionError("Loading the embedded model needs the `gguf` package: `pip install gguf`.") from err
-    quantized = AutoModelForCausalLM.from_pretrained(source, gguf_file=EMBEDDED_GGUF_FILE)
-    tokenizer = with_published_tokens(AutoTokenizer.from_pretrained(source, gguf_file=EMBEDDED_GGUF_FILE))
-    config = AutoConfig.from_pretrained(source, gguf_file=EMBEDDED_GGUF_FILE)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config)
-    model.load_state_dict(quantized.state_dict())
-    model.generation_config = quantized.generation_config
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    except OSError as err:
+        raise ModelResolutionError(
+            f"the embedded model's cache {target.parent} cannot be written ({err.strerror or err}); set CAOPD_CACHE "
+            "to a writable folder"
+        ) from err
+    try:
+        quantized = AutoModelForCausalLM.from_pretrained(source, gguf_file=EMBEDDED_GGUF_FILE)
+        tokenizer = with_published_tokens(AutoTokenizer.from_pretrained(source, gguf_file=EMBEDDED_GGUF_FILE))
+        config = AutoConfig.from_pretrained(source, gguf_file=EMBEDDED_GGUF_FILE)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config)
+        model.load_state_dict(quantized.state_dict())
+        model.generation_config = quantized.generation_config
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         os.replace(staging, target)
@@ -134,11 +141,41 @@ def embedded_model_path() -> Path:
     """Path of the converted embedded model, converting it on first use (about 40 s on 2 cores) and correcting the
     tokenizer of a cache written before its special tokens were set."""
     target = cache_root() / "models" / "SmolLM2-135M-Instruct"
+    damage = _cache_damage(target) if target.is_dir() else None
+    if damage:
+        print(f"warning: the embedded model's cache {target} is damaged ({damage}); rebuilding it", file=sys.stderr)
+        _set_aside(target)
     if not (target / "config.json").is_file():
         _convert_embedded_model(target)
     if not has_published_tokens(target):
         _correct_cached_tokenizer(target)
     return target
+
+
+def _cache_damage(target: Path) -> str | None:
+    """What is wrong with a converted model in the cache (a file missing, weights cut short), or None."""
+    weights = target / "model.safetensors"
+    if not (target / "config.json").is_file() or not weights.is_file():
+        return "config.json or model.safetensors is missing"
+    try:
+        with open(weights, "rb") as handle:
+            header_length = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(header_length))
+        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+        return f"model.safetensors has no readable header ({type(err).__name__})"
+    expected = 8 + header_length + max(ends, default=0)
+    if weights.stat().st_size != expected:
+        return f"model.safetensors has {weights.stat().st_size} bytes, its header says {expected}"
+    return None
+
+
+def _set_aside(target: Path) -> None:
+    """Move a damaged cache out of the way (another process may have done so, or rebuilt it, already)."""
+    aside = target.with_name(f"{target.name}.damaged-{os.getpid()}")
+    with contextlib.suppress(OSError):
+        os.replace(target, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def resolve_model_name(name: str) -> str:

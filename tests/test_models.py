@@ -79,6 +79,7 @@ def test_an_older_cache_with_the_gguf_tokens_is_corrected_on_first_use(tmp_path,
     old.mkdir(parents=True)
     for name in ("config.json", "generation_config.json", "tokenizer.json", "chat_template.jinja"):
         shutil.copy(source / name, old / name)
+    (old / "model.safetensors").symlink_to(source / "model.safetensors")
     config = json.loads((source / "tokenizer_config.json").read_text())
     config.update(eos_token="<|im_start|>", eos_token_id=1, pad_token_id=None)  # what the GGUF file names
     config.pop("pad_token", None)
@@ -91,3 +92,32 @@ def test_an_older_cache_with_the_gguf_tokens_is_corrected_on_first_use(tmp_path,
     assert models.has_published_tokens(old)
     assert _token_names(AutoTokenizer.from_pretrained(old)) == PUBLISHED
     assert sorted(p.name for p in tmp_path.joinpath("models").iterdir()) == ["SmolLM2-135M-Instruct"]
+
+
+def test_a_damaged_cache_is_rebuilt_and_an_unwritable_one_named(tmp_path, monkeypatch, capsys):
+    import caopd.models as models
+
+    source = embedded_model_path()
+    target = tmp_path / "models" / "SmolLM2-135M-Instruct"
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{}")
+    (target / "model.safetensors").write_bytes((source / "model.safetensors").read_bytes()[:100_000])  # cut short
+    monkeypatch.setenv("CAOPD_CACHE", str(tmp_path))
+    rebuilt = []
+
+    def convert(folder):
+        rebuilt.append(folder)
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+
+    monkeypatch.setattr(models, "_convert_embedded_model", convert)
+    monkeypatch.setattr(models, "has_published_tokens", lambda _: True)
+    assert embedded_model_path() == target and rebuilt == [target]
+    assert "model.safetensors has 100000 bytes, its header says" in capsys.readouterr().err
+    assert sorted(p.name for p in target.parent.iterdir()) == ["SmolLM2-135M-Instruct"]  # the damaged copy is gone
+
+    monkeypatch.undo()  # the real conversion: a cache root that is a file stops it before any loading
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ModelResolutionError, match=r"cache .* cannot be written .* set CAOPD_CACHE"):
+        models._convert_embedded_model(blocker / "models" / "SmolLM2-135M-Instruct")
