@@ -36,6 +36,7 @@ from caopd.rewards import RLCR_CONFIG
 from caopd.run_config import RUN_CONFIG_NAME, resolved_config, write_yaml_atomically
 from caopd.run_guard import (
     LOCK_NAME,
+    STOP_SIGNALS,
     RunLock,
     disk_full,
     identity_problem,
@@ -401,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train_and_report(argv: list[str] | None) -> int:
     message, code, progress, args = None, 2, {}, None
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # a scheduler's stop: the same clean line as Ctrl-C
+    for signum in STOP_SIGNALS:  # a scheduler's stop, a closed terminal: the same clean line as Ctrl-C
+        signal.signal(signum, _raise_interrupt)
     try:
         args = parse_args(argv)
         if args.print_vllm_max_model_len:
@@ -413,7 +415,7 @@ def _train_and_report(argv: list[str] | None) -> int:
     except KeyboardInterrupt as interrupt:
         ignore_further_interrupts()
         cause = str(interrupt) or "SIGINT"
-        code = 143 if cause == "SIGTERM" else 130
+        code = 128 + getattr(signal.Signals, cause, signal.SIGINT).value
         message = stopped_line(cause, _step(progress), args.output_dir) if args else f"stopped by {cause}"
     except Exception as err:
         diverged = sampling_divergence(err, _step(progress), args.output_dir) if args else None

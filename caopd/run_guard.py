@@ -7,7 +7,7 @@ it ends with when it is stopped.
 - ``run_identity`` / ``identity_problem``: the settings a checkpoint's run was started with are written into every
   checkpoint (``caopd_run.json``); a resume under another model, backbone, task, data, LoRA layout or reward is
   refused with the settings named; another K is allowed with a warning.
-- ``stopped_line`` and ``disk_full``: Ctrl-C, SIGTERM and a full disk end in one line that says where the run
+- ``stopped_line`` and ``disk_full``: Ctrl-C, SIGTERM, SIGHUP and a full disk end in one line that says where the run
   stopped and how to resume.
 """
 
@@ -193,11 +193,15 @@ def where_to_resume(output_dir: str | Path) -> str:
     return f"the newest complete checkpoint is {latest.name}: resume with --resume_from_checkpoint latest"
 
 
+# Signals that stop a run with its one stop line: Ctrl-C, a scheduler's stop, a closed terminal.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 @contextlib.contextmanager
 def signal_handlers_kept() -> Iterator[None]:
-    """Whatever a stop changes (``ignore_further_interrupts``), the SIGINT and SIGTERM handlers in force before are
+    """Whatever a stop changes (``ignore_further_interrupts``), the handlers of SIGINT and STOP_SIGNALS before are
     back afterwards: an entry point called in-process (tests, notebooks) leaves its caller's handlers as they were."""
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, *STOP_SIGNALS)}
     try:
         yield
     finally:
@@ -208,7 +212,7 @@ def signal_handlers_kept() -> Iterator[None]:
 
 def ignore_further_interrupts() -> None:
     """Once a stop is under way, a second Ctrl-C (or SIGTERM) waits for it instead of raising in its clean-up."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, *STOP_SIGNALS):
         with contextlib.suppress(ValueError):  # not the main thread: nothing to change
             signal.signal(signum, signal.SIG_IGN)
 

@@ -222,6 +222,14 @@ CASES = [
      "cannot load model"),
     ("prefix data", "bench/prefix.py", "--data_dir {tmp}/none", "has no tooluse_eval/"),
     # ---- typed values from YAML and JSON
+    ("data with a byte-order mark", "main.py", "--output_dir {tmp}/o --dataset_name custom --verifier exact_match "
+     "--train_data {tmp}/bom.jsonl", "starts with a byte-order mark"),
+    ("data with NaN", "main.py", "--output_dir {tmp}/o --dataset_name custom --verifier numeric "
+     "--train_data {tmp}/nan.jsonl", "line 1 is not JSON (NaN is not a JSON number)"),
+    ("data with 1e400", "main.py", "--output_dir {tmp}/o --dataset_name custom --verifier numeric "
+     "--train_data {tmp}/huge.jsonl", "line 1 is not JSON (1e400 is too large for a number)"),
+    ("data not UTF-8", "main.py", "--output_dir {tmp}/o --dataset_name custom --verifier exact_match "
+     "--train_data {tmp}/latin1.jsonl", "not UTF-8 text"),
     ("text prompt for a built-in task", "main.py",
      "--output_dir {tmp}/o --dataset_name arithmetic --train_data {tmp}/text_prompt.jsonl",
      "row 0: 'prompt' must be chat messages"),
@@ -372,6 +380,11 @@ CASES = [
 def _write_inputs(tmp: Path) -> None:
     """The files the cases read, each wrong in its own way (and a few good ones)."""
     (tmp / "garbage.jsonl").write_text("this is not JSON\n{\n")
+    row = '{"question": "What is 2 + 2?", "answer": %s}\n'
+    (tmp / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + (row % '"4"').encode())
+    (tmp / "nan.jsonl").write_text(row % "NaN")
+    (tmp / "huge.jsonl").write_text(row % "1e400")
+    (tmp / "latin1.jsonl").write_bytes((row % '"caf\xe9"').encode("latin-1"))
     (tmp / "no_answer.jsonl").write_text(json.dumps({"question": "What is 2 + 2?"}) + "\n")
     (tmp / "blank.jsonl").write_text(json.dumps({"question": "  ", "answer": "4"}) + "\n")
     (tmp / "ok.jsonl").write_text(json.dumps({"question": "What is 2 + 2?", "answer": "4"}) + "\n")
@@ -473,6 +486,8 @@ def _write_pathological_inputs(tmp: Path) -> None:
 def _write_earlier_runs(tmp: Path) -> None:
     """Output folders of other runs: a live run's lock, complete checkpoints of a run with other settings, markers
     that list no files, list a file outside, or do not parse."""
+    import torch
+
     from caopd.checkpoints import MARKER, write_marker
     from caopd.run_guard import IDENTITY_NAME, LOCK_NAME
     from caopd.teacher import TEACHER_DIR
@@ -482,7 +497,7 @@ def _write_earlier_runs(tmp: Path) -> None:
     (tmp / "locked" / LOCK_NAME).write_text(json.dumps(holder))
     checkpoint = tmp / "other_run" / "checkpoint-2"
     (checkpoint / TEACHER_DIR).mkdir(parents=True)
-    (checkpoint / TEACHER_DIR / "weights.bin").write_bytes(b"0")
+    torch.save({"w": torch.zeros(1)}, checkpoint / TEACHER_DIR / "weights.bin")
     (checkpoint / IDENTITY_NAME).write_text(
         json.dumps({"model": "someone/else", "backbone": "sdft", "use_peft": False})
     )

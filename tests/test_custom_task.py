@@ -94,3 +94,12 @@ def test_the_readme_example_verifier(monkeypatch):
     verify = resolve_verifier("capitals_verifier:names_the_city")
     assert verify("The capital city of Peru is Lima.\nConfidence: 0.9", "Lima")
     assert not verify("The capital city of Peru is Limassol.", "Lima")
+
+
+def test_the_same_question_with_two_answers_is_warned_about(tmp_path, capsys):
+    from caopd.tasks import get_task
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"question": "What is 2 + 2?", "answer": "4"}\n{"question": "What is 2 + 2?", "answer": "5"}\n')
+    assert len(get_task("custom", "exact_match", "sequence").load(str(rows))) == 2  # legal: kept
+    assert "1 question(s) appear with different answers (e.g. 'What is 2 + 2?')" in capsys.readouterr().err

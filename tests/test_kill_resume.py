@@ -88,7 +88,7 @@ def test_killed_while_writing_a_checkpoint_resumes_to_the_same_final_state(tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+@pytest.mark.parametrize(("name", "code"), [("SIGTERM", 143), ("SIGINT", 130), ("SIGHUP", 129)])
 def test_a_stop_signal_ends_in_one_line_saying_where_to_resume(tmp_path, tiny, never_killed, name, code):
     stopped = _launch(
         SINGLE,

@@ -91,13 +91,40 @@ def _said_what_is_ignored(rows: Dataset, path: str) -> Dataset:
     return rows
 
 
+def _strict_json(text: str) -> Any:
+    """``json.loads`` without Python's extensions: NaN and Infinity, and numbers too large for a float, are refused
+    (``ValueError``) instead of becoming answers no verifier can match."""
+
+    def refuse_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON number")
+
+    def finite_float(literal: str) -> float:
+        value = float(literal)
+        if value in (float("inf"), float("-inf")):
+            raise ValueError(f"{literal} is too large for a number")
+        return value
+
+    return json.loads(text, parse_constant=refuse_constant, parse_float=finite_float)
+
+
 def _check_json_rows(location: Path) -> None:
     """A JSON list of objects or JSON Lines of objects, or a ``TaskDataError`` naming the first bad line."""
-    text = location.read_text(encoding="utf-8")
+    try:
+        text = location.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise TaskDataError(f"cannot read {location}: not UTF-8 text (byte {err.start}); save it as UTF-8") from err
+    if text.startswith("\ufeff"):
+        raise TaskDataError(
+            f"cannot read {location}: it starts with a byte-order mark (UTF-8 with BOM); save it as plain UTF-8"
+        )
     if location.suffix == ".json":
         try:
-            whole = json.loads(text)
-        except (json.JSONDecodeError, RecursionError):
+            whole = _strict_json(text)
+        except ValueError as err:
+            if not isinstance(err, json.JSONDecodeError):
+                raise TaskDataError(f"cannot read {location}: {err}") from err
+            whole = None  # perhaps JSON Lines in a .json file: checked line by line below
+        except RecursionError:
             whole = None  # perhaps JSON Lines in a .json file: checked line by line below
         else:
             if not isinstance(whole, list) or not all(isinstance(row, dict) for row in whole):
@@ -107,11 +134,11 @@ def _check_json_rows(location: Path) -> None:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as err:
+            row = _strict_json(line)
+        except (ValueError, RecursionError) as err:
+            reason = getattr(err, "msg", None) or str(err) or "nested too deeply"
             raise TaskDataError(
-                f"cannot read {location}: line {number} is not JSON ({getattr(err, 'msg', 'nested too deeply')}); "
-                "fix or remove that line"
+                f"cannot read {location}: line {number} is not JSON ({reason}); fix or remove that line"
             ) from err
         if not isinstance(row, dict):
             raise TaskDataError(f"cannot read {location}: line {number} is not a JSON object (one row per line)")

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import sys
 import threading
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
@@ -238,6 +239,7 @@ def load_custom(path: str | None, confidence_instruction: bool = True) -> Datase
                 f"{path} lacks column '{column}' (it has: {', '.join(rows.column_names)}); own-task rows need "
                 "'question' (text or chat messages) and 'answer', optionally 'demonstration'"
             )
+    _warn_of_conflicting_answers(rows[question_column], rows["answer"], path)
     prompts, demonstrations, answers = [], [], []
     for index, row in enumerate(rows):
         question, answer = row[question_column], row["answer"]
@@ -272,6 +274,24 @@ def load_custom(path: str | None, confidence_instruction: bool = True) -> Datase
         feedback = [value if isinstance(value, str) else None for value in rows["feedback"]]
         rows_out = rows_out.add_column("feedback", feedback)
     return rows_out
+
+
+def _warn_of_conflicting_answers(questions: list, answers: list, path: str) -> None:
+    """One warning line when the same question comes with different answers: legal, but the verifier then marks
+    one of them wrong, and P_acc of that question is halved by the data, not the model."""
+    seen: dict[str, str] = {}
+    conflicting = set()
+    for question, answer in zip(questions, answers, strict=True):
+        key, value = json.dumps(question, sort_keys=True), json.dumps(answer, sort_keys=True)
+        if seen.setdefault(key, value) != value:
+            conflicting.add(key)
+    if conflicting:
+        example = json.loads(next(iter(sorted(conflicting))))
+        print(
+            f"warning: {path}: {len(conflicting)} question(s) appear with different answers "
+            f"(e.g. {str(example)[:60]!r}); each rollout is judged against its own row's answer",
+            file=sys.stderr,
+        )
 
 
 def _is_message(message: Any) -> bool:
