@@ -29,6 +29,8 @@ from caopd.checkpoints import (
     sampling_divergence,
 )
 from caopd.cli import CLIError, backbone_settings, gradient_accumulation_steps, parse_args, setting_warnings
+from caopd.last_line import end_with
+from caopd.launch import PEER_LOST_EXIT
 from caopd.models import ModelResolutionError, resolve_model_name
 from caopd.prompt_lengths import check_prompt_lengths
 from caopd.prompts import encode_chat_prompts, thinking_mode
@@ -41,6 +43,7 @@ from caopd.run_guard import (
     disk_full,
     identity_problem,
     ignore_further_interrupts,
+    peer_lost,
     run_identity,
     signal_handlers_kept,
     stopped_line,
@@ -421,6 +424,10 @@ def _train_and_report(argv: list[str] | None) -> int:
         diverged = sampling_divergence(err, _step(progress), args.output_dir) if args else None
         if diverged:
             message = f"error: {diverged}"
+        elif peer_lost(err) and args is not None:
+            ignore_further_interrupts()  # the launcher is stopping this process too
+            message = stopped_line("the loss of another process of this run", _step(progress), args.output_dir)
+            code = PEER_LOST_EXIT
         elif disk_full(err) and args is not None:
             message = f"error: the disk is full ({err}); free some space, then {where_to_resume(args.output_dir)}"
         else:
@@ -432,8 +439,7 @@ def _train_and_report(argv: list[str] | None) -> int:
     progress.clear()
     gc.collect()
     if message is not None:
-        if int(os.environ.get("RANK", "0")) == 0 or message.startswith("error:"):
-            print(message, file=sys.stderr)
+        end_with(message)
         return code
     return 0
 

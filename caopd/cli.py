@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from caopd.checks import (
     probability,
 )
 from caopd.confidence import CONFIDENCE_READINGS, DEFAULT_READING, READING_HELP
+from caopd.last_line import end_with, rank
 from caopd.prompt_lengths import OVERLONG_CHOICES
 from caopd.targets import TEACHER_MODES, closing_instruction
 from caopd.tasks import TASK_NAMES
@@ -99,8 +101,22 @@ TEMPLATE_FIELDS = {
 }
 
 
+class _RankZeroParser(argparse.ArgumentParser):
+    """argparse, speaking once for all processes of a launch: usage and help from rank 0 alone, and a bad flag's
+    line said as a run's last line is (``caopd.last_line``)."""
+
+    def _print_message(self, message: str, file=None) -> None:
+        if rank() == 0:
+            super()._print_message(message, file)
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        end_with(f"error: {message}")
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _RankZeroParser(
         prog="accelerate launch main.py",
         description="Calibration-Aware On-Policy Distillation (CaOPD) on TRL's self-distillation trainer.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

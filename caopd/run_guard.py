@@ -185,6 +185,20 @@ def disk_full(error: BaseException) -> bool:
     return False
 
 
+# How a collective ends when another process of the launch has gone: gloo's TCP transport, NCCL's error, a store.
+PEER_LOST_SIGNS = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "remote process exited")
+
+
+def peer_lost(error: BaseException) -> bool:
+    """Whether ``error`` is a collective that failed because another process of the launch has ended (killed,
+    stopped or failed): this process then stops too, with a line, instead of a communication traceback."""
+    import torch.distributed
+
+    if isinstance(error, torch.distributed.DistBackendError):
+        return True
+    return isinstance(error, RuntimeError) and any(sign in str(error) for sign in PEER_LOST_SIGNS)
+
+
 def where_to_resume(output_dir: str | Path) -> str:
     """The resume advice: the newest complete checkpoint, or that there is none yet."""
     latest, _ = latest_complete(output_dir) if Path(output_dir).is_dir() else (None, [])

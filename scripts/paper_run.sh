@@ -15,7 +15,8 @@
 # so they win over the values set here. When CONFIG is set, only --config, --output_dir and the extra
 # arguments are passed: the YAML supplies everything else. The training data comes from
 # data/prepare_<task>.py (default path data/<task>/train); point TRAIN_DATA elsewhere to use another copy.
-# LAUNCH_ARGS: extra `accelerate launch` arguments (run_multinode.sh passes the node rank and address).
+# LAUNCH_ARGS: extra `accelerate launch` arguments (python -m caopd.launch takes the same; run_multinode.sh passes
+# the node rank and address).
 # DRY_RUN=1 prints the command (shell-quoted) and exits without launching it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -110,7 +111,7 @@ else
 fi
 
 # shellcheck disable=SC2206  # LAUNCH_ARGS is a list of words on purpose
-CMD=(accelerate launch --config_file "$ACCELERATE_CONFIG" --num_processes "$NUM_GPUS" $LAUNCH_ARGS
+CMD=(python -m caopd.launch --config_file "$ACCELERATE_CONFIG" --num_processes "$NUM_GPUS" $LAUNCH_ARGS
   main.py "${ARGS[@]}" --output_dir "$OUTPUT_DIR" "$@")
 echo "[paper_run] $(printf '%q ' "${CMD[@]}")"
 if [[ "$DRY_RUN" == 1 ]]; then

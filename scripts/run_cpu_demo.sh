@@ -46,7 +46,7 @@ if [[ "$NUM_PROCESSES" -gt 1 ]]; then
 else
   LAUNCH=(--num_processes 1 --cpu)
 fi
-CMD=(accelerate launch "${LAUNCH[@]}" --mixed_precision no --dynamo_backend no main.py
+CMD=(python -m caopd.launch "${LAUNCH[@]}" --mixed_precision no --dynamo_backend no main.py
   --backbone "$BACKBONE"
   --model_name smollm2
   --dataset_name arithmetic

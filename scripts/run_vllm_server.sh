@@ -119,7 +119,7 @@ else
   )
 fi
 ARGS+=(--use_vllm --vllm_mode server --vllm_server_host "$VLLM_HOST" --vllm_server_port "$VLLM_PORT")
-CMD=(accelerate launch --config_file "$ACCELERATE_CONFIG" --num_processes "$NUM_TRAIN_GPUS"
+CMD=(python -m caopd.launch --config_file "$ACCELERATE_CONFIG" --num_processes "$NUM_TRAIN_GPUS"
   main.py "${ARGS[@]}" --output_dir "$OUTPUT_DIR" "$@")
 
 # The server's context: what this run needs, computed by main.py from the same flags (CONFIG included).

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from accelerate.commands.launch import launch_command_parser
 from conftest import ROOT, SHARED_DATA, covers
 from tiny_model import save_tiny_model
 
@@ -65,7 +66,7 @@ def test_cpu_demo_script_trains_one_step(tmp_path, backbone):
     env = {"SKIP_SETUP": "1", "MAX_STEPS": "1", "SAVE_STEPS": "1", "OUTPUT_DIR": str(out), "BACKBONE": backbone}
     finished = _bash("scripts/run_cpu_demo.sh", env, "--model_name", str(model), "--save_rollouts")
     assert finished.returncode == 0, finished.stderr[-3000:]
-    assert "[run_cpu_demo] accelerate launch" in finished.stdout
+    assert "[run_cpu_demo] python -m caopd.launch" in finished.stdout
     assert_logged_p_acc_is_the_rollouts(out)
     assert (out / "model.safetensors").is_file() and (out / "checkpoint-1" / "teacher").is_dir()
     assert f"backbone: {backbone}" in (out / "caopd_config.yaml").read_text()
@@ -126,6 +127,8 @@ def test_gpu_run_scripts_build_a_command_main_accepts(script, env, expected):
     finished = _bash(script, {"DRY_RUN": "1", "NUM_GPUS": "8", **env}, "--max_steps", "5")
     assert finished.returncode == 0, finished.stderr[-2000:]
     command = _launched(finished.stdout, "[paper_run] ")
+    assert command[:3] == ["python", "-m", "caopd.launch"]  # accelerate launch's flags, ending in the run's own line
+    launch_command_parser().parse_args(command[3:])
     args = _main_args(command)
     for name, value in expected.items():
         assert getattr(args, name) == value
