@@ -20,7 +20,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from caopd.backends import resolve_bf16, resolve_use_vllm
+from caopd.backends import check_vllm_server, resolve_bf16, resolve_use_vllm
 from caopd.checkpoints import (
     checkpoint_damage,
     checkpoint_problem,
@@ -121,6 +121,7 @@ def build_config(args: argparse.Namespace, world_size: int):
         "vllm_mode": args.vllm_mode,
         "vllm_server_host": args.vllm_server_host,
         "vllm_server_port": args.vllm_server_port,
+        "vllm_server_timeout": args.vllm_server_timeout,
         "vllm_gpu_memory_utilization": args.vllm_gpu_memory_utilization,
         **_rl_reward_defaults(args),
         **backbone_settings(args),
@@ -327,6 +328,8 @@ def train(args: argparse.Namespace, progress: dict) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         for warning in setting_warnings(args, bool(getattr(config, "use_vllm", False))):
             print(f"warning: {warning}", file=sys.stderr)
+    if getattr(config, "use_vllm", False) and args.vllm_mode == "server" and int(os.environ.get("RANK", "0")) == 0:
+        check_vllm_server(args.vllm_server_host, args.vllm_server_port, args.vllm_server_timeout)  # TRL's main process
     identity = run_identity(args, resolve_model_name(args.model_name))
     resume = resume_argument(args, identity)
     task = get_task(args.dataset_name, args.verifier, args.tooluse_match)

@@ -8,6 +8,9 @@ busy node, so the range is read from TRL's own metadata and checked at start-up 
 from __future__ import annotations
 
 import importlib.util
+import time
+import urllib.error
+import urllib.request
 from importlib.metadata import PackageNotFoundError, requires, version
 
 import torch
@@ -75,3 +78,34 @@ def resolve_bf16(requested: bool | None, gpu_available: bool | None = None) -> b
     if requested and not gpu:
         raise BackendError("--bf16 needs a GPU; on CPU leave it off (--no-bf16)")
     return requested
+
+
+def check_vllm_server(host: str, port: int, timeout: float) -> None:
+    """Raise BackendError unless the vLLM server answers its health check within ``timeout`` seconds.
+
+    TRL's client waits for the server too, but each of its requests has no time limit of its own: a host that
+    accepts the connection and never replies (a wrong port, a half-started server) would hold the run forever.
+    Here every request is bounded by the time left, so a run without its server stops in ``timeout`` seconds, with
+    the flags to check.
+    """
+    url = f"http://{host}:{port}/health/"
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise BackendError(
+                f"--vllm_mode server: no vLLM server answered at {url} within {timeout:g} s ({last}); start it "
+                "(scripts/run_vllm_server.sh), check --vllm_server_host and --vllm_server_port, or raise "
+                "--vllm_server_timeout"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=min(left, 10.0)) as response:
+                if response.status == 200:
+                    return
+                last = f"HTTP {response.status}"
+        except urllib.error.HTTPError as err:
+            last = f"HTTP {err.code}"
+        except (OSError, ValueError) as err:  # refused, unreachable, timed out, a malformed host
+            last = str(getattr(err, "reason", err))
+        time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))

@@ -303,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     vllm.add_argument("--vllm_mode", default="colocate", choices=("colocate", "server"))
     vllm.add_argument("--vllm_server_host", default="0.0.0.0")
     vllm.add_argument("--vllm_server_port", type=port, default=8000)
+    vllm.add_argument(
+        "--vllm_server_timeout",
+        type=positive_float,
+        default=240.0,
+        help="seconds to wait for the vLLM server (--vllm_mode server) to answer before stopping with a message",
+    )
     vllm.add_argument("--vllm_gpu_memory_utilization", type=probability, default=0.3)
     vllm.add_argument(
         "--print_vllm_max_model_len",
