@@ -183,9 +183,28 @@ class SDPODistilConfig(CaOPDFields, SDPOConfig):
 
     def __post_init__(self):
         self._check_caopd_fields()
+        self._check_group_size()
         super().__post_init__()
         self._derive_caopd_lengths()
         self.max_reprompt_len = self.max_teacher_prompt_length  # TRL's name for the teacher prompt's limit
+
+    def _check_group_size(self) -> None:
+        """One rollout per question leaves SDPO nothing to learn from: TRL's trainer would run every step with its
+        distillation inactive (a warning per step) or a policy term whose group advantage is undefined (NaN)."""
+        if self.num_generations >= 2:
+            return
+        if self.dont_reprompt_on_self_success:
+            raise ValueError(
+                f"num_generations={self.num_generations} under the sdpo backbone: its teacher is shown a successful "
+                "sibling rollout of the same question, and one rollout has none, so no step would distil; use 2 or "
+                "more (the paper: 8), or --no-dont_reprompt_on_self_success to let a rollout be its own demonstration"
+            )
+        if self.distillation_weight < 1.0:
+            raise ValueError(
+                f"num_generations={self.num_generations} under the sdpo backbone with distillation_weight "
+                f"{self.distillation_weight}: the policy term's group advantage needs 2 or more rollouts per "
+                "question; use 2 or more, or distillation_weight 1"
+            )
 
 
 @dataclass

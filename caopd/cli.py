@@ -473,6 +473,11 @@ def setting_warnings(args: argparse.Namespace, uses_vllm: bool) -> list[str]:
             "rewritten confidence was not sampled): this run cannot calibrate; add --no_empirical_calibration or "
             "raise the weight"
         )
+    if args.num_generations == 1 and args.backbone != "grpo" and not args.no_empirical_calibration:
+        warnings.append(
+            "--num_generations 1: P_acc from one rollout is 0 or 1, so CaOPD teaches confidence 0.00 or 1.00 only; "
+            "the paper samples 8"
+        )
     return warnings
 
 

@@ -1,12 +1,14 @@
 """The CLI: flags and YAML, one clear message per user error, and an end-to-end run that saves a loadable model."""
 
+import argparse
+
 import pytest
 import yaml
 from conftest import ROOT
 from transformers import AutoModelForCausalLM
 
 import main
-from caopd.cli import build_parser, parse_args, setting_warnings
+from caopd.cli import CLIError, build_parser, parse_args, setting_warnings
 from caopd.run_config import RUN_CONFIG_NAME
 
 FIXTURE = str(ROOT / "tests" / "fixtures" / "tooluse_rows.jsonl")
@@ -211,3 +213,54 @@ def test_resume_under_other_settings_is_refused_or_warned(capsys, tmp_path):
     lora += ["--dataset_name", "science"]
     message = _error(capsys, lora)
     assert "use_peft: False then, True now" in message and "dataset_name: 'tooluse' then, 'science' now" in message
+
+
+def _combinations() -> list[tuple[str, str]]:
+    """(flag, backbone) for every backbone-specific flag given to a backbone that does not have it."""
+    from caopd.cli import BACKBONE_SETTINGS, DISTILLATION_ONLY, SDFT_ONLY
+
+    owners = {name: backbones for name, (_, backbones, _) in BACKBONE_SETTINGS.items()}
+    owners |= dict.fromkeys(SDFT_ONLY, ("sdft",)) | dict.fromkeys(DISTILLATION_ONLY, ("sdft", "sdpo"))
+    backbones = ("sdft", "sdpo", "grpo")
+    return [(name, backbone) for name, have in owners.items() for backbone in backbones if backbone not in have]
+
+
+def _given(name: str) -> list[str]:
+    """The flag with a legal value other than its default."""
+    action = next(action for action in build_parser()._actions if action.dest == name)
+    if action.nargs == 0:
+        return [action.option_strings[0]]
+    if action.choices:
+        return [action.option_strings[0], next(str(c) for c in action.choices if c != action.default)]
+    if action.option_strings[0].startswith("--no-"):
+        return [action.option_strings[0]]
+    if name in ("rl_reward", "equivalence"):
+        return [action.option_strings[0], {"rl_reward": "rlcr", "equivalence": "exact"}[name]]
+    if action.type is None:
+        return [action.option_strings[0], "x"]
+    for sample in ("0.5", "3"):
+        try:
+            action.type(sample)
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            continue
+        return [action.option_strings[0], sample]
+    raise AssertionError(f"no sample value for --{name}")
+
+
+@pytest.mark.parametrize(("name", "backbone"), _combinations(), ids=[f"{n}-{b}" for n, b in _combinations()])
+def test_a_flag_the_backbone_does_not_have_is_refused_by_name(name, backbone):
+    with pytest.raises(CLIError) as refused:
+        parse_args(["--output_dir", "o", "--backbone", backbone, *_given(name)])
+    assert f"--{name}" in str(refused.value) and backbone in str(refused.value)
+
+
+def test_one_rollout_per_question(tmp_path, capsys):
+    """SDPO could never distil (no sibling to show) and GRPO has no advantage: both refused; on SDFT CaOPD's
+    P_acc is 0 or 1, legal but worth a warning."""
+    flags = ["--output_dir", str(tmp_path / "o"), "--no_wandb", "--num_generations", "1", "--backbone"]
+    assert "one rollout has none, so no step would distil" in _error(capsys, [*flags, "sdpo"])
+    without_self = [*flags, "sdpo", "--no-dont_reprompt_on_self_success", "--distillation_weight", "0.5"]
+    assert "group advantage needs 2 or more" in _error(capsys, without_self)
+    assert "GRPO requires at least 2 generations" in _error(capsys, [*flags, "grpo"])
+    args = parse_args([*flags, "sdft"])
+    assert any("P_acc from one rollout is 0 or 1" in warning for warning in setting_warnings(args, False))
