@@ -228,6 +228,10 @@ CASES = [
      "--train_data {tmp}/nan.jsonl", "line 1 is not JSON (NaN is not a JSON number)"),
     ("data with 1e400", "main.py", "--output_dir {tmp}/o --dataset_name custom --verifier numeric "
      "--train_data {tmp}/huge.jsonl", "line 1 is not JSON (1e400 is too large for a number)"),
+    ("data with a raw NUL", "main.py", "--output_dir {tmp}/o --dataset_name custom --verifier exact_match "
+     "--train_data {tmp}/nul.jsonl", "line 1 is not JSON (Invalid control character at column 44: '\\x00' unescaped"),
+    ("data with a huge row", "main.py", "--output_dir {tmp}/o --dataset_name custom --verifier exact_match "
+     "--train_data {tmp}/long.jsonl", "line 2 is 1,000,038 characters long, more than a row may be (1,000,000"),
     ("data not UTF-8", "main.py", "--output_dir {tmp}/o --dataset_name custom --verifier exact_match "
      "--train_data {tmp}/latin1.jsonl", "not UTF-8 text"),
     ("text prompt for a built-in task", "main.py",
@@ -384,6 +388,8 @@ def _write_inputs(tmp: Path) -> None:
     (tmp / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + (row % '"4"').encode())
     (tmp / "nan.jsonl").write_text(row % "NaN")
     (tmp / "huge.jsonl").write_text(row % "1e400")
+    (tmp / "nul.jsonl").write_text(row % '"4\x00"')
+    (tmp / "long.jsonl").write_text(row % '"4"' + row % json.dumps("x" * 1_000_000))
     (tmp / "latin1.jsonl").write_bytes((row % '"caf\xe9"').encode("latin-1"))
     (tmp / "no_answer.jsonl").write_text(json.dumps({"question": "What is 2 + 2?"}) + "\n")
     (tmp / "blank.jsonl").write_text(json.dumps({"question": "  ", "answer": "4"}) + "\n")

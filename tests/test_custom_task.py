@@ -103,3 +103,15 @@ def test_the_same_question_with_two_answers_is_warned_about(tmp_path, capsys):
     rows.write_text('{"question": "What is 2 + 2?", "answer": "4"}\n{"question": "What is 2 + 2?", "answer": "5"}\n')
     assert len(get_task("custom", "exact_match", "sequence").load(str(rows))) == 2  # legal: kept
     assert "1 question(s) appear with different answers (e.g. 'What is 2 + 2?')" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_an_escaped_nul_in_the_text_is_warned_about(tmp_path, capsys, suffix):
+    from caopd.tasks import get_task
+
+    row = {"question": "What is 2\u0000+ 2?", "answer": "4"}
+    rows = tmp_path / f"rows{suffix}"
+    rows.write_text(json.dumps(row) + "\n" if suffix == ".jsonl" else json.dumps([row]))
+    assert len(get_task("custom", "exact_match", "sequence").load(str(rows))) == 1  # legal: kept
+    where = "line 1" if suffix == ".jsonl" else "row 1"
+    assert f"{where} holds a NUL character (\\u0000) in its text" in capsys.readouterr().err

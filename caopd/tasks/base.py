@@ -107,6 +107,36 @@ def _strict_json(text: str) -> Any:
     return json.loads(text, parse_constant=refuse_constant, parse_float=finite_float)
 
 
+# The longest row read, in characters: about 250k tokens, far beyond any context trained here (the paper's runs
+# hold 2k + 8k). Tokenizing a much longer row takes gigabytes before the length check could refuse it.
+MAX_ROW_CHARS = 1_000_000
+
+
+def _check_row(location: Path, where: str, row: Any, size: int) -> None:
+    """One parsed row: an object, not longer than MAX_ROW_CHARS; a NUL character in its text is warned about."""
+    if not isinstance(row, dict):
+        raise TaskDataError(f"cannot read {location}: {where} is not a JSON object (one row per line)")
+    if size > MAX_ROW_CHARS:
+        raise TaskDataError(
+            f"cannot read {location}: {where} is {size:,} characters long, more than a row may be ({MAX_ROW_CHARS:,}, "
+            "about 250k tokens); shorten it or leave it out"
+        )
+    if _holds_nul(row):
+        print(
+            f"warning: {location}: {where} holds a NUL character (\\u0000) in its text, usually a sign of a damaged "
+            "file; it is passed to the tokenizer as it is",
+            file=sys.stderr,
+        )
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(item) for item in value.values())
+    return isinstance(value, list) and any(_holds_nul(item) for item in value)
+
+
 def _check_json_rows(location: Path) -> None:
     """A JSON list of objects or JSON Lines of objects, or a ``TaskDataError`` naming the first bad line."""
     try:
@@ -127,8 +157,11 @@ def _check_json_rows(location: Path) -> None:
         except RecursionError:
             whole = None  # perhaps JSON Lines in a .json file: checked line by line below
         else:
-            if not isinstance(whole, list) or not all(isinstance(row, dict) for row in whole):
+            if not isinstance(whole, list):
                 raise TaskDataError(f"cannot read {location}: expected a JSON list of objects (rows) or JSON Lines")
+            for number, row in enumerate(whole, start=1):
+                size = len(json.dumps(row, ensure_ascii=False)) if len(text) > MAX_ROW_CHARS else 0
+                _check_row(location, f"row {number}", row, size)
             return
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -136,12 +169,15 @@ def _check_json_rows(location: Path) -> None:
         try:
             row = _strict_json(line)
         except (ValueError, RecursionError) as err:
-            reason = getattr(err, "msg", None) or str(err) or "nested too deeply"
+            reason = str(err) or "nested too deeply"
+            if isinstance(err, json.JSONDecodeError):
+                reason = f"{err.msg} column {err.colno}"
+                if "control character" in err.msg:
+                    reason += f": {line[err.pos]!r} unescaped in a string"
             raise TaskDataError(
                 f"cannot read {location}: line {number} is not JSON ({reason}); fix or remove that line"
             ) from err
-        if not isinstance(row, dict):
-            raise TaskDataError(f"cannot read {location}: line {number} is not a JSON object (one row per line)")
+        _check_row(location, f"line {number}", row, len(line))
 
 
 def require_columns(rows: Dataset, columns: tuple[str, ...], source: str, hint: str) -> None:
