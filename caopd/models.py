@@ -62,9 +62,9 @@ def _gguf_directory() -> Path:
 
 
 def _convert_embedded_model(target: Path) -> None:
-    """Dequantize the GGUF file into a safetensors checkpoint at ``target`` (written atomically)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
+    """Dequantize the GGUF file into a safetensors checkpoint at ``target``, written into a folder of its own and
+    renamed into place: processes that convert at once (the ranks of a launch) each publish a whole model, and the
+    first rename wins."""
     source = _gguf_directory()
     try:
         import gguf  # noqa: F401
@@ -79,16 +79,7 @@ def _convert_embedded_model(target: Path) -> None:
             "to a writable folder"
         ) from err
     try:
-        quantized = AutoModelForCausalLM.from_pretrained(source, gguf_file=EMBEDDED_GGUF_FILE)
-        tokenizer = with_published_tokens(AutoTokenizer.from_pretrained(source, gguf_file=EMBEDDED_GGUF_FILE))
-        config = AutoConfig.from_pretrained(source, gguf_file=EMBEDDED_GGUF_FILE)
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        model = AutoModelForCausalLM.from_config(config)
-        model.load_state_dict(quantized.state_dict())
-        model.generation_config = quantized.generation_config
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        _write_converted_model(source, staging)
         os.replace(staging, target)
     except OSError:
         # Another process (e.g. a second rank of the same launch) finished the same conversion first.
@@ -98,6 +89,22 @@ def _convert_embedded_model(target: Path) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _write_converted_model(source: Path, folder: Path) -> None:
+    """The GGUF model in ``source``, dequantized, saved with its tokenizer into ``folder``."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    quantized = AutoModelForCausalLM.from_pretrained(source, gguf_file=EMBEDDED_GGUF_FILE)
+    tokenizer = with_published_tokens(AutoTokenizer.from_pretrained(source, gguf_file=EMBEDDED_GGUF_FILE))
+    config = AutoConfig.from_pretrained(source, gguf_file=EMBEDDED_GGUF_FILE)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(quantized.state_dict())
+    model.generation_config = quantized.generation_config
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def with_published_tokens(tokenizer):

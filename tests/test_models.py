@@ -1,7 +1,12 @@
 """Model name resolution: the embedded model, local folders, clear errors."""
 
-import pytest
+import subprocess
+import sys
 
+import pytest
+from conftest import ROOT
+
+import caopd.models as models
 from caopd.models import ModelResolutionError, embedded_model_path, resolve_model_name
 
 
@@ -121,3 +126,22 @@ def test_a_damaged_cache_is_rebuilt_and_an_unwritable_one_named(tmp_path, monkey
     blocker.write_text("not a folder")
     with pytest.raises(ModelResolutionError, match=r"cache .* cannot be written .* set CAOPD_CACHE"):
         models._convert_embedded_model(blocker / "models" / "SmolLM2-135M-Instruct")
+
+
+@pytest.mark.slow
+def test_processes_building_the_cache_at_once_each_get_a_whole_model(tmp_path):
+    """The ranks of a launch resolve the embedded model at the same instant into an empty cache."""
+    from tiny_model import save_tiny_model
+
+    source = save_tiny_model(tmp_path / "source")
+    (tmp_path / "barrier").mkdir()
+    script = [sys.executable, str(ROOT / "tests" / "mp_cache_build.py"), str(tmp_path / "cache"), str(source)]
+    script += [str(tmp_path / "barrier"), "2"]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    processes = [subprocess.Popen(script, **pipes) for _ in range(2)]
+    results = [process.communicate(timeout=300) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], [err[-2000:] for _, err in results]
+    target = tmp_path / "cache" / "models" / "SmolLM2-135M-Instruct"
+    assert {out.strip() for out, _ in results} == {str(target)}
+    assert sorted(path.name for path in target.parent.iterdir()) == [target.name]  # no staging folder left
+    assert models.has_published_tokens(target)
