@@ -231,7 +231,7 @@ CASES = [
     ("data with a raw NUL", "main.py", "--output_dir {tmp}/o --dataset_name custom --verifier exact_match "
      "--train_data {tmp}/nul.jsonl", "line 1 is not JSON (Invalid control character at column 44: '\\x00' unescaped"),
     ("data with a huge row", "main.py", "--output_dir {tmp}/o --dataset_name custom --verifier exact_match "
-     "--train_data {tmp}/long.jsonl", "line 2 is 1,000,038 characters long, more than a row may be (1,000,000"),
+     "--train_data {tmp}/long.jsonl", "line 2 is 1,000,044 characters long, more than a row may be (1,000,000"),
     ("data not UTF-8", "main.py", "--output_dir {tmp}/o --dataset_name custom --verifier exact_match "
      "--train_data {tmp}/latin1.jsonl", "not UTF-8 text"),
     ("text prompt for a built-in task", "main.py",
