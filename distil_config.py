@@ -112,9 +112,24 @@ class CaOPDFields(ConfidenceReadingField):
         },
     )
 
+    chunked_loss: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute the loss over chunks of completion positions from the final hidden states, so that no "
+            "batch x length x vocabulary logits exist at once (caopd.chunked_loss); exact. Off by itself where it "
+            "cannot be exact or is not yet built (the SDPO backbone); the run config says why."
+        },
+    )
+    loss_chunk_size: int = field(
+        default=1024,
+        metadata={"help": "Completion positions per chunk of the chunked loss."},
+    )
+
     def _check_caopd_fields(self) -> None:
         """The checks every backbone's config runs before TRL's own."""
         self._check_reading()
+        if self.loss_chunk_size < 1:
+            raise ValueError(f"loss_chunk_size must be 1 or more, got {self.loss_chunk_size}")
         if self.teacher_model_kind not in TEACHER_KINDS:
             raise ValueError(
                 f"teacher_model_kind must be one of {', '.join(TEACHER_KINDS)}, got {self.teacher_model_kind!r}"

@@ -150,6 +150,8 @@ def _distillation_settings(args: argparse.Namespace) -> dict:
         "empirical_calibration": not args.no_empirical_calibration,
         "self_consistency": args.self_consistency,
         "equivalence": args.equivalence,
+        "chunked_loss": args.chunked_loss,
+        "loss_chunk_size": args.loss_chunk_size,
     }
     if args.num_loss_tokens_to_skip is not None:
         settings["num_loss_tokens_to_skip"] = args.num_loss_tokens_to_skip
@@ -372,6 +374,7 @@ def train(args: argparse.Namespace, progress: dict) -> None:
             "prompts_truncated": len(check.truncated),
             "thinking": thinking_mode(tokenizer, args.enable_thinking),
             "shared_prefix": trainer.shared_prefix_mode(),
+            "chunked_loss": trainer.loss_chunking_mode(),
         }
         write_yaml_atomically(resolved_config(args, derived, config.to_dict()), Path(args.output_dir) / RUN_CONFIG_NAME)
     trainer.run_identity = identity

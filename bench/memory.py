@@ -1,19 +1,24 @@
-"""Peak memory of one optimizer step against completion length, CaOPD beside SDFT, and what it means at paper scale.
+"""Peak memory and loss time of one optimizer step against completion length, the chunked loss beside the whole
+logits, and what it means at paper scale.
 
 Each measurement runs in a fresh process: a tiny random Llama with the real SmolLM2 tokenizer (vocabulary 49,152,
-hidden size 64), so that, as at paper scale, the completion's logits are the tensors that grow; the built-in
-arithmetic task; one question x K = 2 rollouts per step, one rollout per micro-batch (the paper's micro-batch 1),
-generation forced to the full length. The peak resident memory of the step (Linux ``VmHWM``, reset at step begin
-through ``/proc/self/clear_refs``) minus the memory before it is the step's memory. glibc is told to return large
-blocks to the system at once (``MALLOC_MMAP_THRESHOLD_``), so the peak is the tensors', not the allocator's cache.
+hidden size 64), so that, as at paper scale, the completion's logits are the tensors that grow; CaOPD on the SDFT
+backbone; the built-in arithmetic task; one question x K = 2 rollouts per step, one rollout per micro-batch (the
+paper's micro-batch 1), generation forced to the full length, the same seed (so the same batches) in every process.
+The peak resident memory of the step (Linux ``VmHWM``, reset at step begin through ``/proc/self/clear_refs``) minus
+the memory before it is the step's memory. glibc is told to return large blocks to the system at once
+(``MALLOC_MMAP_THRESHOLD_``), so the peak is the tensors', not the allocator's cache. The loss time is the step's
+loss forward and backward (``compute_loss`` and the backward), without the sampling.
 
 Printed: the step memory for completion lengths L, 2L and 4L, the growth ratios, the slope per completion token,
 and the slope in "vocabulary rows" (tensors of one vocabulary row per token, in the model's dtype, alive at the
-peak). That count carries to other vocabularies, and with it the script estimates the large tensors of one step at the
-paper's settings (Qwen3-8B, bf16, ZeRO-3 over 8 GPUs, micro-batch 1, 2k-token prompt, 8k-token completion); the
-docs/performance.md explains each row and says which rows rest on the measurement and which on formulas.
+peak), chunked (``--chunked_loss``, the default) and whole (``--no-chunked_loss``); the loss-time ratio of the two.
+The row count carries to other vocabularies, and with it the script estimates the large tensors of one step at the
+paper's settings (Qwen3-8B and Qwen3-32B, bf16, ZeRO-3 over 8 GPUs, micro-batch 1, 2k-token prompt, 8k-token
+completion) and says whether they fit 80 GB and 141 GB beside vLLM; docs/performance.md explains each row and says
+which rows rest on the measurement and which on formulas.
 
-    python bench/memory.py              # about 3 minutes on 2 CPU cores
+    python bench/memory.py              # about 4 minutes on 2 CPU cores
     python bench/memory.py --length 128 # L = 128, 256, 512
 """
 
@@ -24,6 +29,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,25 +41,19 @@ from caopd.user_errors import one_line_errors
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ARMS = ("caopd", "sdft")
+ARMS = ("chunked", "whole")
 MIB = 2**20
 GIB = 2**30
 
-# Qwen3-8B (config.json of the hub release) and the paper's run (Table 6 and scripts/paper_run.sh).
-PAPER = {
-    "parameters": 8.19e9,
-    "hidden": 4096,
-    "layers": 36,
-    "intermediate": 12288,
-    "kv_heads": 8,
-    "head_dim": 128,
-    "vocab": 151_936,
-    "gpus": 8,
-    "prompt": 2048,
-    "completion": 8192,
-    "gpu_memory_gib": 80,
-    "vllm_share": 0.3,
+# Qwen3 models (config.json of the hub releases) and the paper's run (Table 6 and scripts/paper_run.sh).
+MODELS = {
+    "Qwen3-8B": {"parameters": 8.19e9, "hidden": 4096, "layers": 36, "intermediate": 12288, "kv_heads": 8},
+    "Qwen3-32B": {"parameters": 32.8e9, "hidden": 5120, "layers": 64, "intermediate": 25600, "kv_heads": 8},
 }
+PAPER = {
+    "head_dim": 128, "vocab": 151_936, "gpus": 8, "prompt": 2048, "completion": 8192, "vllm_share": 0.3, "chunk": 1024,
+}  # fmt: skip
+GPUS_GIB = {"80 GB (H100)": 80, "141 GB (H200)": 141}
 
 
 def _memory_kib(field: str) -> int:
@@ -63,7 +63,7 @@ def _memory_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def measure(arm: str, length: int, dtype: str) -> dict[str, float]:
+def measure(arm: str, length: int, dtype: str, chunk: int) -> dict[str, float]:
     """One optimizer step of ``arm`` with completions of ``length`` tokens; memory in this (fresh) process."""
     import torch
     from transformers import AutoTokenizer, TrainerCallback
@@ -78,7 +78,7 @@ def measure(arm: str, length: int, dtype: str) -> dict[str, float]:
     flags += ["--max_steps", "1", "--num_prompts_per_batch", "1", "--num_generations", "2", "--no_wandb"]
     flags += ["--per_device_train_batch_size", "1", "--max_completion_length", str(length), "--warmup_steps", "0"]
     flags += ["--max_prompt_length", "512", "--save_steps", str(10**9)]
-    flags += ["--no_empirical_calibration"] if arm == "sdft" else []
+    flags += ["--no-chunked_loss"] if arm == "whole" else ["--loss_chunk_size", str(chunk)]
     args = parse_args(flags)
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_path(), padding_side="left", truncation_side="left")
     model = tiny_random_model(tokenizer, hidden_size=64, num_attention_heads=4, num_key_value_heads=2)
@@ -108,20 +108,36 @@ def measure(arm: str, length: int, dtype: str) -> dict[str, float]:
 
     trainer._prepare_training_batch = prepare_and_measure
     trainer.add_callback(PeakOfStep())
+    loss_seconds = []
+    for owner, name in ((trainer, "compute_loss"), (trainer.accelerator, "backward")):
+        setattr(owner, name, _timed(getattr(owner, name), loss_seconds))
     trainer.train()
     return {
         "arm": arm,
         "length": length,
         "completion_tokens": completion_lengths[0],
         "step_mib": (result["peak_kib"] - result["before_kib"]) / 1024,
+        "loss_s": sum(loss_seconds),
+        "chunking": trainer.loss_chunking_mode(),
         "vocab": len(tokenizer),
         "element_bytes": torch.tensor([], dtype=getattr(torch, dtype)).element_size(),
     }
 
 
-def run_measurement(arm: str, length: int, dtype: str) -> dict[str, float]:
+def _timed(function, seconds: list[float]):
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - started)
+
+    return timed
+
+
+def run_measurement(arm: str, length: int, dtype: str, chunk: int) -> dict[str, float]:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-    command = [sys.executable, __file__, "--dtype", dtype, "--measure", arm, str(length)]
+    command = [sys.executable, __file__, "--dtype", dtype, "--measure", arm, str(length), str(chunk)]
     finished = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     if finished.returncode != 0:
         raise SystemExit(f"error: measuring {arm} at {length} tokens failed:\n{finished.stderr[-3000:]}")
@@ -135,23 +151,23 @@ def slope(points: list[tuple[float, float]]) -> float:
     return sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
 
 
-def paper_scale_rows(vocab_rows: float) -> list[tuple[str, float, str]]:
-    """(tensor, GiB per GPU, basis) at the paper's settings; vocab_rows is the measured rows per completion token."""
-    p = PAPER
-    shard = p["parameters"] / p["gpus"]
+def paper_scale_rows(model: str, vocab_rows: float, chunk_rows: float) -> list[tuple[str, float, str]]:
+    """(tensor, GiB per GPU, basis) for ``model`` at the paper's settings: ``vocab_rows`` is the measured vocabulary
+    rows per completion token, ``chunk_rows`` the rows one loss chunk holds at once (0 for the whole loss)."""
+    p, m = PAPER, MODELS[model]
+    shard = m["parameters"] / p["gpus"]
     tokens = p["prompt"] + p["completion"]
-    logits_row = p["completion"] * p["vocab"] * 2  # one bf16 tensor [completion, vocab]
-    layer_recompute = tokens * (2 * p["hidden"] + 2 * p["kv_heads"] * p["head_dim"] + 3 * p["intermediate"]) * 2
+    row = p["vocab"] * 2  # one bf16 vocabulary row
+    layer_recompute = tokens * (2 * m["hidden"] + 2 * m["kv_heads"] * p["head_dim"] + 3 * m["intermediate"]) * 2
+    logits = (max(vocab_rows, 0.0) * p["completion"] + chunk_rows) * row
     return [
         ("student weights, bf16, ZeRO-3 shard", shard * 2 / GIB, "formula"),
         ("gradients, bf16, ZeRO-3 shard", shard * 2 / GIB, "formula"),
         ("fp32 master weights + AdamW moments, shard", shard * 12 / GIB, "formula"),
         ("EMA teacher, bf16, ZeRO-3 shard", shard * 2 / GIB, "formula"),
-        ("logits and loss temporaries (student + teacher)", vocab_rows * logits_row / GIB, "measured slope"),
-        ("of which one [8192 x 151,936] bf16 tensor", logits_row / GIB, "formula"),
-        ("checkpointed layer inputs (gradient checkpointing)", p["layers"] * tokens * p["hidden"] * 2 / GIB, "formula"),
+        ("logits and loss temporaries (student + teacher)", logits / GIB, "measured rows"),
+        ("checkpointed layer inputs (gradient checkpointing)", m["layers"] * tokens * m["hidden"] * 2 / GIB, "formula"),
         ("one layer's activations while it is recomputed", layer_recompute / GIB, "formula"),
-        ("vLLM colocate (weights + KV cache)", p["gpu_memory_gib"] * p["vllm_share"], "setting"),
     ]
 
 
@@ -163,11 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="weights and logits (the paper: bf16)"
     )
-    parser.add_argument("--measure", nargs=2, metavar=("ARM", "LENGTH"), help=argparse.SUPPRESS)
+    parser.add_argument("--measure", nargs=3, metavar=("ARM", "LENGTH", "CHUNK"), help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.measure:
-        arm, length = options.measure
-        print(json.dumps(measure(arm, int(length), options.dtype)))
+        arm, length, chunk = options.measure
+        print(json.dumps(measure(arm, int(length), options.dtype, int(chunk))))
         return 0
     if options.length < 16:
         parser.error(
@@ -177,36 +193,53 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("this benchmark reads Linux's /proc/self/status and /proc/self/clear_refs")
 
     lengths = [options.length, 2 * options.length, 4 * options.length]
-    results = {arm: [run_measurement(arm, length, options.dtype) for length in lengths] for arm in ARMS}
-    vocab, element = results["caopd"][0]["vocab"], results["caopd"][0]["element_bytes"]
+    chunk = options.length // 4  # a quarter of the shortest completion: every length runs several chunks
+    results = {arm: [run_measurement(arm, length, options.dtype, chunk) for length in lengths] for arm in ARMS}
+    vocab, element = results["chunked"][0]["vocab"], results["chunked"][0]["element_bytes"]
     print(
         f"\nPeak memory of one optimizer step above the memory before it "
-        f"(tiny Llama in {options.dtype}, vocabulary {vocab}):"
+        f"(CaOPD on SDFT, tiny Llama in {options.dtype}, vocabulary {vocab}, loss chunks of {chunk} tokens):"
     )
-    print(f"{'arm':<6} {'L':>6} {'tokens':>7} {'step MiB':>9} {'x of L':>7}")
+    print(f"{'loss':<8} {'L':>6} {'tokens':>7} {'step MiB':>9} {'x of L':>7} {'loss s':>7}")
     rows_per_token = {}
     for arm in ARMS:
         first = results[arm][0]["step_mib"]
         for entry in results[arm]:
             print(
-                f"{arm:<6} {entry['length']:>6} {entry['completion_tokens']:>7} {entry['step_mib']:>9.1f}"
-                f" {entry['step_mib'] / first:>7.2f}"
+                f"{arm:<8} {entry['length']:>6} {entry['completion_tokens']:>7} {entry['step_mib']:>9.1f}"
+                f" {entry['step_mib'] / first:>7.2f} {entry['loss_s']:>7.3f}"
             )
-        per_token = slope([(e["completion_tokens"], e["step_mib"] * MIB) for e in results[arm]])
+        points = [(e["completion_tokens"], e["step_mib"] * MIB) for e in results[arm]]
+        per_token = slope(points)
         rows_per_token[arm] = per_token / (vocab * element)
         print(
-            f"{arm:<6} slope {per_token / 1024:.1f} KiB per completion token"
+            f"{arm:<8} slope {per_token / 1024:.1f} KiB per completion token"
             f" = {rows_per_token[arm]:.2f} vocabulary rows of {element} bytes"
         )
-    print(f"\nCaOPD / SDFT step memory at 4L: {results['caopd'][-1]['step_mib'] / results['sdft'][-1]['step_mib']:.3f}")
+    print(f"chunked: {results['chunked'][0]['chunking']}")
+    longest = {arm: results[arm][-1] for arm in ARMS}
+    print(
+        f"\nChunked / whole at 4L: step memory {longest['chunked']['step_mib'] / longest['whole']['step_mib']:.3f}, "
+        f"loss time {longest['chunked']['loss_s'] / longest['whole']['loss_s']:.3f}"
+    )
 
-    print("\nEstimated at the paper's settings (Qwen3-8B, bf16, ZeRO-3 over 8 GPUs, micro-batch 1, 2k + 8k tokens):")
-    total = 0.0
-    for name, gib, basis in paper_scale_rows(rows_per_token["caopd"]):
-        if not name.startswith("of which"):
-            total += gib
-        print(f"  {name:<52} {gib:>6.1f} GiB  ({basis})")
-    print(f"  {'sum (ZeRO-3 gathering buffers and fragmentation not counted)':<52} {total:>6.1f} GiB of 80")
+    for model in MODELS:
+        print(
+            f"\nEstimated at the paper's settings ({model}, bf16, ZeRO-3 over 8 GPUs, micro-batch 1, 2k + 8k tokens):"
+        )
+        for arm in ARMS:
+            # a chunk holds, for its tokens, what the whole loss holds for every token (an upper bound)
+            chunk_rows = rows_per_token["whole"] * PAPER["chunk"] if arm == "chunked" else 0.0
+            rows = paper_scale_rows(model, rows_per_token[arm], chunk_rows)
+            total = sum(gib for _, gib, _ in rows)
+            print(f"  {arm} loss:")
+            for name, gib, basis in rows:
+                print(f"    {name:<52} {gib:>6.1f} GiB  ({basis})")
+            print(f"    {'sum (ZeRO-3 buffers and fragmentation not counted)':<52} {total:>6.1f} GiB")
+            for gpu, size in GPUS_GIB.items():
+                vllm = size * PAPER["vllm_share"]
+                verdict = "fits" if total + vllm <= size else "does not fit"
+                print(f"    with vLLM colocate at 0.3 of {gpu}: {total + vllm:.1f} GiB, {verdict}")
     return 0
 
 

@@ -114,13 +114,13 @@ def time_backbone(backbone: str, flags: list[str], seed: int) -> list[dict[str, 
     stopwatch.wrap(trainer, "sample_rollouts", "sample")
     for method in CAOPD_WORK:
         stopwatch.wrap(trainer, method, "caopd")
-    stopwatch.wrap(caopd.step, "loss_parts", "split")
+    stopwatch.wrap(caopd.step, "per_token_divergence_by_row", "split")
     alternate = AlternateArms(trainer, stopwatch, seed, backbone)
     trainer.add_callback(alternate)
     try:
         trainer.train()
     finally:
-        caopd.step.loss_parts = caopd.loss_parts.loss_parts
+        caopd.step.per_token_divergence_by_row = caopd.loss_parts.per_token_divergence_by_row
     return alternate.records
 
 

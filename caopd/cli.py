@@ -85,6 +85,8 @@ DISTILLATION_ONLY = {
     "no_empirical_calibration": False,
     "self_consistency": False,
     "equivalence": "task",
+    "chunked_loss": True,
+    "loss_chunk_size": 1024,
 }
 SDFT_ONLY = {"teacher_context_mode": "the teacher's context mode", "teacher_instruction": "the teacher's closing"}
 CHOICES = {
@@ -295,6 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
     peft.add_argument("--lora_r", type=positive_int, default=16)
     peft.add_argument("--lora_alpha", type=positive_int, default=32)
     peft.add_argument("--lora_dropout", type=probability, default=0.05)
+
+    memory = parser.add_argument_group("loss memory")
+    memory.add_argument(
+        "--chunked_loss",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compute the loss over chunks of completion positions, never the whole logits (exact; SDFT backbone)",
+    )
+    memory.add_argument("--loss_chunk_size", type=positive_int, default=1024, help="completion positions per chunk")
 
     vllm = parser.add_argument_group("generation backend")
     vllm.add_argument(

@@ -3,8 +3,9 @@ CaOPD wrote P_acc, and at every other completion token (the reasoning).
 
 TRL's trainers compute the per-token divergence inside their loss and return only its mean, so the split is computed
 beside it for logging: the same TRL functions on the same logits, without gradients, one sequence at a time (no
-batch x length x vocabulary temporaries beyond TRL's own). It is the divergence before any importance-sampling
-ratio; the two parts are token means over the positions the loss counts.
+batch x length x vocabulary temporaries beyond TRL's own); the chunked loss (``caopd.chunked_loss``) has the
+per-token divergence already and splits it directly. It is the divergence before any importance-sampling ratio; the
+two parts are token means over the positions the loss counts.
 """
 
 from __future__ import annotations
@@ -44,30 +45,24 @@ def per_token_divergence(
 
 
 @torch.no_grad()
-def loss_parts(
-    args: Any,
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    completion_ids: torch.Tensor,
-    loss_mask: torch.Tensor,
-    confidence_mask: torch.Tensor,
+def per_token_divergence_by_row(
+    args: Any, student_logits: torch.Tensor, teacher_logits: torch.Tensor, completion_ids: torch.Tensor
 ) -> torch.Tensor:
-    """``[confidence sum, confidence tokens, reasoning sum, reasoning tokens]`` of the per-token divergence over the
-    positions ``loss_mask`` counts (sums, so that processes can add theirs before dividing)."""
-    confidence = loss_mask * confidence_mask
-    reasoning = loss_mask * (1 - confidence_mask)
-    totals = torch.zeros(4, dtype=torch.float64, device=student_logits.device)
-    for row in range(student_logits.size(0)):
-        rows = slice(row, row + 1)
-        divergence = per_token_divergence(
-            args, student_logits[rows].detach(), teacher_logits[rows], completion_ids[rows]
-        ).double()
-        totals += torch.stack(
-            [
-                (divergence * confidence[rows]).sum(),
-                confidence[rows].sum().double(),
-                (divergence * reasoning[rows]).sum(),
-                reasoning[rows].sum().double(),
-            ]
-        )
-    return totals
+    """``per_token_divergence`` without gradients, one sequence at a time (no batch-wide temporaries)."""
+    rows = [
+        per_token_divergence(args, student_logits[row : row + 1].detach(), teacher_logits[row : row + 1], ids)
+        for row, ids in enumerate(completion_ids.split(1))
+    ]
+    return torch.cat(rows)
+
+
+@torch.no_grad()
+def loss_parts(divergence: torch.Tensor, loss_mask: torch.Tensor, confidence_mask: torch.Tensor) -> torch.Tensor:
+    """``[confidence sum, confidence tokens, reasoning sum, reasoning tokens]`` of the per-token ``divergence`` over
+    the positions ``loss_mask`` counts (sums, so that processes can add theirs before dividing)."""
+    divergence = divergence.double()
+    confidence = (loss_mask * confidence_mask).double()
+    reasoning = (loss_mask * (1 - confidence_mask)).double()
+    return torch.stack(
+        [(divergence * confidence).sum(), confidence.sum(), (divergence * reasoning).sum(), reasoning.sum()]
+    )

@@ -16,6 +16,8 @@ Everything else a CaOPD run needs beside TRL's trainer is here too, so that both
 - the distillation loss split into the confidence positions and the rest (``caopd.loss_parts``), and the student's
   entropy, as metrics;
 - the shared-prefix forward (``caopd.shared_prefix``);
+- the loss over chunks of completion positions from the hidden states, never the whole logits
+  (``caopd.chunked_loss``; the SDFT backbone);
 - the EMA teacher averaged in fp32, saved in every checkpoint and restored on resume (``caopd.teacher``).
 """
 
@@ -23,15 +25,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
 from accelerate.utils import gather_object, is_peft_model
+from trl.experimental.sdft.loss_utils import apply_importance_sampling_clipping
 from trl.trainer.utils import entropy_from_logits, pad, selective_log_softmax
 
+from caopd.chunked_loss import (
+    CompletionStates,
+    chunked_per_token,
+    chunking_problem,
+    hidden_states_as_logits,
+)
 from caopd.confidence import parse_confidence
 from caopd.groups import RolloutRecord, local_records, step_statistics
-from caopd.loss_parts import loss_parts
+from caopd.loss_parts import loss_parts, per_token_divergence, per_token_divergence_by_row
 from caopd.prompts import end_of_turn_token
 from caopd.rollout_log import RolloutLog, RolloutLogTrimCallback
 from caopd.self_consistency import teacher_anchored_references
@@ -81,6 +91,7 @@ class CaOPDStep:
         if args.empirical_calibration:
             self._reserve_room_for_confidence()
         self.shares_prefix = self.shared_prefix_mode() == "on"
+        self.chunks_loss = self.loss_chunking_mode() == "on"
         if self.shares_prefix:
             for model in self._forwarded_models():
                 enable_shared_prefix(model)
@@ -210,9 +221,44 @@ class CaOPDStep:
         """Whether the shared-prefix forward runs, and why not when it does not (recorded in the run config)."""
         return sharing_mode(self.args.shared_prefix, *self._forwarded_models())
 
+    # The backbones whose whole loss the chunked path computes (SDPO's policy term still takes whole logits).
+    CHUNKED_LOSS_BACKBONE = False
+
+    def loss_chunking_mode(self) -> str:
+        """Whether the loss runs over chunks of completion positions (``caopd.chunked_loss``), and why not when it
+        does not (recorded in the run config)."""
+        if not self.args.chunked_loss:
+            return "off (--no-chunked_loss)"
+        if not self.CHUNKED_LOSS_BACKBONE:
+            return "off (not yet on this backbone)"
+        if getattr(self, "use_teacher_server", False):
+            return "off (the teacher's log-probs come from the vLLM server)"
+        for model in self._forwarded_models():
+            problem = chunking_problem(model)
+            if problem:
+                return f"off ({problem})"
+        return "on"
+
     def _forward_logits(self, model, input_ids, attention_mask, logits_to_keep):
         """TRL's forward for the student and the teacher, with each distinct prompt computed once where that is on
-        (``caopd.shared_prefix``: same logits, loss and gradients)."""
+        (``caopd.shared_prefix``: same logits, loss and gradients). With the chunked loss, the final hidden states
+        in place of the logits (``caopd.chunked_loss.CompletionStates``)."""
+        if not getattr(self, "_states_for_loss", False):
+            return self._forward_outputs(model, input_ids, attention_mask, logits_to_keep)
+        with hidden_states_as_logits(model) as head:
+            hidden = self._forward_outputs(model, input_ids, attention_mask, logits_to_keep)
+        return CompletionStates(hidden, head)
+
+    def _compute_teacher_student_logits(self, model, teacher_model, inputs):
+        """TRL's student and teacher forward for the loss; with the chunked loss, their hidden states (other
+        forwards, such as TRL's rollout log-probs, keep their logits)."""
+        self._states_for_loss = self.chunks_loss
+        try:
+            return super()._compute_teacher_student_logits(model, teacher_model, inputs)
+        finally:
+            self._states_for_loss = False
+
+    def _forward_outputs(self, model, input_ids, attention_mask, logits_to_keep):
         if self.shares_prefix:
             logits = shared_prefix_logits(
                 model, input_ids, attention_mask, logits_to_keep, "logits_to_keep" in self.model_kwarg_keys
@@ -229,6 +275,8 @@ class CaOPDStep:
         TRL's ``entropy_from_logits`` works through the positions in chunks (fused on GPU), so the metric adds no
         full-vocabulary temporaries: at vocab 151,936 and 8,192 tokens one fp32 copy of the logits is 4.6 GiB.
         """
+        if isinstance(distillation_logits.student_logits, CompletionStates):  # the forward gave hidden states
+            return self._chunked_self_distillation_loss(model, inputs, distillation_logits)
         mode = "train" if model.training else "eval"
         student, mask = distillation_logits.student_logits, distillation_logits.loss_mask
         with torch.no_grad():
@@ -236,24 +284,54 @@ class CaOPDStep:
             mean_entropy = (entropy.float() * mask).sum() / mask.sum().clamp(min=1)
         self._metrics[mode]["entropy"].append(self.accelerator.gather(mean_entropy.reshape(1)).mean().item())
         if "confidence_mask" in inputs:
-            parts = loss_parts(
-                self.args,
-                student,
-                distillation_logits.teacher_logits,
-                distillation_logits.completion_ids,
-                mask,
-                inputs["confidence_mask"],
+            divergence = per_token_divergence_by_row(
+                self.args, student, distillation_logits.teacher_logits, distillation_logits.completion_ids
             )
-            conf_sum, conf_count, reason_sum, reason_count = self.accelerator.reduce(parts).tolist()
-            if conf_count:
-                self._metrics[mode]["caopd/loss_confidence"].append(conf_sum / conf_count)
-            if reason_count:
-                self._metrics[mode]["caopd/loss_reasoning"].append(reason_sum / reason_count)
-        inputs = self._neutral_ratio_where_unsampled(inputs, student, mask)
+            self._log_loss_parts(mode, divergence, mask, inputs["confidence_mask"])
+        if inputs.get("old_per_token_logps") is not None and self.args.distillation_is_clip is not None:
+            with torch.no_grad():
+                current = selective_log_softmax(student.detach(), inputs["completion_ids"])
+            inputs = self._neutral_ratio_where_unsampled(inputs, current, mask)
         return super()._compute_self_distillation_loss(model, inputs, distillation_logits)
 
+    def _chunked_self_distillation_loss(self, model, inputs, distillation_logits) -> torch.Tensor:
+        """TRL's self-distillation loss (``_compute_self_distillation_loss``: per-token divergence, the clipped
+        rollout importance ratio, the mean over each sequence's loss tokens and over sequences) and the same
+        metrics, from the hidden states chunk by chunk (``caopd.chunked_loss``)."""
+        mode = "train" if model.training else "eval"
+        student, teacher = distillation_logits.student_logits, distillation_logits.teacher_logits
+        mask, ids = distillation_logits.loss_mask, distillation_logits.completion_ids
+        if mask.sum() == 0:
+            self._log_self_distillation_metric(mode, 0.0)
+            return student.hidden.sum() * 0.0  # attached to the student graph: zero gradients, not none
+        chunk = self.args.loss_chunk_size
+        divergence = partial(per_token_divergence, self.args)
+        per_token_loss, current, entropy = chunked_per_token(divergence, student, teacher, ids, chunk)
+        mean_entropy = (entropy.float() * mask).sum() / mask.sum().clamp(min=1)
+        self._metrics[mode]["entropy"].append(self.accelerator.gather(mean_entropy.reshape(1)).mean().item())
+        if "confidence_mask" in inputs:
+            self._log_loss_parts(mode, per_token_loss.detach(), mask, inputs["confidence_mask"])
+        old = self._neutral_ratio_where_unsampled(inputs, current, mask).get("old_per_token_logps")
+        if self.args.distillation_is_clip is not None and old is not None:
+            per_token_loss = apply_importance_sampling_clipping(
+                per_token_loss, current, old, self.args.distillation_is_clip
+            )
+        loss = ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+        mean_loss = (per_token_loss * mask).sum() / mask.sum().clamp(min=1.0)
+        self._log_self_distillation_metric(mode, self.accelerator.gather(mean_loss.detach()).mean().item())
+        return loss
+
+    def _log_loss_parts(self, mode: str, divergence: torch.Tensor, mask: torch.Tensor, confidence: torch.Tensor):
+        """The Eq. 7 split of the per-token divergence, as token means over every process (``caopd.loss_parts``)."""
+        parts = loss_parts(divergence, mask, confidence)
+        conf_sum, conf_count, reason_sum, reason_count = self.accelerator.reduce(parts).tolist()
+        if conf_count:
+            self._metrics[mode]["caopd/loss_confidence"].append(conf_sum / conf_count)
+        if reason_count:
+            self._metrics[mode]["caopd/loss_reasoning"].append(reason_sum / reason_count)
+
     def _neutral_ratio_where_unsampled(
-        self, inputs: dict[str, Any], student_logits, loss_mask: torch.Tensor
+        self, inputs: dict[str, Any], current: torch.Tensor, loss_mask: torch.Tensor
     ) -> dict[str, Any]:
         """The inputs with the rollout log-probs set to the current ones at tokens never sampled: TRL's clipped ratio
         exp(current - old) is then exactly 1 there, and unchanged at the sampled tokens. The ratio at the sampled
@@ -261,8 +339,6 @@ class CaOPDStep:
         old = inputs.get("old_per_token_logps")
         if old is None or self.args.distillation_is_clip is None:
             return inputs  # no correction: the step is on-policy (TRL keeps no rollout log-probs) or it is off
-        with torch.no_grad():
-            current = selective_log_softmax(student_logits.detach(), inputs["completion_ids"])
         sampled = inputs.get("sampled_mask")
         sampled = torch.ones_like(loss_mask) if sampled is None else sampled
         self._record_importance_ratio(current, old, loss_mask * sampled)

@@ -27,21 +27,32 @@ def test_memory_table_and_estimate_are_computed_from_the_measurements():
     finished = _run("bench/memory.py", "--length", "16")
     assert finished.returncode == 0, finished.stderr[-2000:]
     lines = finished.stdout.splitlines()
-    for arm in ("caopd", "sdft"):
-        rows = [line.split() for line in lines if line.startswith(arm) and "slope" not in line]
+    rows_per_token = {}
+    for arm in ("chunked", "whole"):
+        rows = [line.split() for line in lines if line.startswith(arm) and "slope" not in line and ":" not in line]
         assert [int(row[1]) for row in rows] == [16, 32, 64]
-        steps = [float(row[3]) for row in rows]
-        assert steps[0] > 16 * 49152 * 2 / 2**20  # at least one bf16 logits row per completion token
         assert [float(row[4]) for row in rows] == [ratio_of_printed(row[3], rows[0][3], digits=2) for row in rows]
-    rows_per_token = float(next(line for line in lines if line.startswith("caopd") and "slope" in line).split()[8])
-    estimate = {line[:54].strip(): float(line[54:].split()[0]) for line in lines if " GiB  (" in line}
-    one_tensor = 8192 * 151_936 * 2 / 2**30
-    assert estimate["logits and loss temporaries (student + teacher)"] == pytest.approx(
-        rows_per_token * one_tensor, abs=0.06 * one_tensor
-    )
-    total = float(next(line for line in lines if line.strip().startswith("sum")).split("GiB")[0].split()[-1])
-    parts = [gib for name, gib in estimate.items() if not name.startswith("of which")]
-    assert total == pytest.approx(sum(parts), abs=0.05 * len(parts))
+        slope_line = next(line for line in lines if line.startswith(arm) and "slope" in line).split()
+        rows_per_token[arm] = float(slope_line[slope_line.index("vocabulary") - 1].lstrip("="))
+    assert "chunked: on" in lines
+    whole_steps = [float(line.split()[3]) for line in lines if line.startswith("whole") and "slope" not in line]
+    assert whole_steps[0] > 16 * 49152 * 2 / 2**20  # the whole loss holds at least one bf16 logits row per token
+    estimates, model, arm = {}, None, None
+    for line in lines:
+        if line.startswith("Estimated at the paper's settings ("):
+            model = line.split("(")[1].split(",")[0]
+        elif line.strip() in ("chunked loss:", "whole loss:"):
+            arm = line.strip().split()[0]
+        elif " GiB  (" in line:
+            estimates[model, arm, line[:56].strip()] = float(line[56:].split()[0])
+    row = 151_936 * 2 / 2**30
+    for model in ("Qwen3-8B", "Qwen3-32B"):
+        logits = "logits and loss temporaries (student + teacher)"
+        assert estimates[model, "whole", logits] == pytest.approx(rows_per_token["whole"] * 8192 * row, abs=0.06)
+        chunked = (max(rows_per_token["chunked"], 0) * 8192 + rows_per_token["whole"] * 1024) * row
+        assert estimates[model, "chunked", logits] == pytest.approx(chunked, abs=0.06)
+    verdicts = [line.rsplit(",", 1)[1].strip() for line in lines if "with vLLM colocate at 0.3 of" in line]
+    assert len(verdicts) == 8 and set(verdicts) <= {"fits", "does not fit"}  # 2 models x 2 losses x 80 and 141 GB
 
 
 def test_memory_extrapolation_scales_the_measured_rows():

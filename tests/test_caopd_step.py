@@ -11,7 +11,7 @@ from trl.experimental.sdft.sdft_trainer import DistillationLogits as SDFTLogits
 from trl.experimental.sdpo.sdpo_trainer import DistillationLogits as SDPOLogits
 from trl.trainer.utils import selective_log_softmax
 
-from caopd.loss_parts import loss_parts, per_token_divergence
+from caopd.loss_parts import loss_parts, per_token_divergence, per_token_divergence_by_row
 
 BACKBONES = ("sdft", "sdpo")
 
@@ -105,7 +105,7 @@ def test_loss_split_on_a_hand_built_batch():
 
     kl = [reverse_kl(student[0, i].tolist(), teacher[0, i].tolist()) for i in range(4)]
     args = SimpleNamespace(distillation_mode="full_logits", distillation_alpha=1.0)
-    totals = loss_parts(args, student, teacher, ids, loss_mask, confidence).tolist()
+    totals = loss_parts(per_token_divergence_by_row(args, student, teacher, ids), loss_mask, confidence).tolist()
     assert totals == pytest.approx([kl[2] + kl[3], 2, kl[1], 1])
 
 
