@@ -63,6 +63,11 @@ class RLTrainer(CompleteCheckpoints, GRPOTrainer):
         """Whether the policy and reference forwards compute each distinct prompt once (recorded in the run config)."""
         return sharing_mode(self.args.shared_prefix, *self._forwarded_models())
 
+    def loss_chunking_mode(self) -> str:
+        """Whether the loss runs over chunks of completion positions (recorded in the run config): not yet here,
+        TRL's policy log-probs take the whole logits."""
+        return "off (not yet on this backbone)"
+
     def _get_per_token_logps_and_entropies(
         self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False, **kwargs
     ):

@@ -59,10 +59,13 @@ def test_memory_extrapolation_scales_the_measured_rows():
     sys.path.insert(0, str(ROOT / "bench"))
     import memory
 
-    rows = dict((name, gib) for name, gib, _ in memory.paper_scale_rows(5.0))
-    one_tensor = rows["of which one [8192 x 151,936] bf16 tensor"]
-    assert one_tensor == pytest.approx(8192 * 151_936 * 2 / 2**30)
-    assert rows["logits and loss temporaries (student + teacher)"] == pytest.approx(5 * one_tensor)
+    one_tensor = 8192 * 151_936 * 2 / 2**30  # one [8192 x 151,936] bf16 tensor
+    logits = "logits and loss temporaries (student + teacher)"
+    whole = dict((name, gib) for name, gib, _ in memory.paper_scale_rows("Qwen3-8B", 5.0, 0.0))
+    assert whole[logits] == pytest.approx(5 * one_tensor)
+    chunked = dict((name, gib) for name, gib, _ in memory.paper_scale_rows("Qwen3-32B", 0.01, 5.0 * 1024))
+    assert chunked[logits] == pytest.approx(0.01 * one_tensor + 5 * one_tensor / 8)
+    assert chunked["fp32 master weights + AdamW moments, shard"] == pytest.approx(32.8e9 / 8 * 12 / 2**30)
     assert memory.slope([(1, 3.0), (2, 5.0), (4, 9.0)]) == pytest.approx(2.0)
 
 

@@ -228,6 +228,8 @@ def _combinations() -> list[tuple[str, str]]:
 def _given(name: str) -> list[str]:
     """The flag with a legal value other than its default."""
     action = next(action for action in build_parser()._actions if action.dest == name)
+    if isinstance(action, argparse.BooleanOptionalAction):  # the spelling that turns it from its default
+        return [action.option_strings[1] if action.default else action.option_strings[0]]
     if action.nargs == 0:
         return [action.option_strings[0]]
     if action.choices:

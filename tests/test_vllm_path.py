@@ -26,6 +26,7 @@ from transformers import AutoModelForCausalLM
 from vllm_doubles import Engine, StrictSamplingParams, VLLMValidationError
 from vllm_standin import FakeVLLMServer, install
 
+import caopd.step
 import main
 from caopd.targets import reserved_completion_tokens
 
@@ -138,9 +139,9 @@ def test_rollout_log_probs_are_kept_for_the_sampled_tokens(
     # rollout (tests/test_caopd_step.py checks the ratio); vLLM is asked for none of its own.
     corrections = []
     clip = sdft_trainer.apply_importance_sampling_clipping
-    monkeypatch.setattr(
-        sdft_trainer, "apply_importance_sampling_clipping", lambda *a, **k: corrections.append(1) or clip(*a, **k)
-    )
+    counted = lambda *a, **k: corrections.append(1) or clip(*a, **k)  # noqa: E731
+    monkeypatch.setattr(sdft_trainer, "apply_importance_sampling_clipping", counted)  # TRL's whole-logits loss
+    monkeypatch.setattr(caopd.step, "apply_importance_sampling_clipping", counted)  # the chunked loss
     trainer = vllm_trainer(
         disk_model,
         tokenizer,
