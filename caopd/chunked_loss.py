@@ -24,31 +24,28 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from torch.utils.checkpoint import checkpoint
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
 PerToken = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _output_head(model: torch.nn.Module) -> torch.nn.Module | None:
-    """The LM head of ``model`` through the wrappers around it (DDP, DeepSpeed, PEFT)."""
-    inner = model
-    while hasattr(inner, "module") and isinstance(inner.module, torch.nn.Module):
-        inner = inner.module
-    getter = getattr(inner, "get_output_embeddings", None)
-    return getter() if getter is not None else None
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` without accelerate's wrappers (DDP, DeepSpeed, FSDP); a PEFT model forwards what is asked of it."""
+    return extract_model_from_parallel(model, keep_torch_compile=False)
 
 
 def chunking_problem(model: torch.nn.Module) -> str | None:
     """Why the chunked loss cannot be exact for ``model`` (None when it can): its head must be a plain linear map
     without bias, applied to the final hidden states with nothing after it (no logit soft-capping)."""
-    head = _output_head(model)
+    inner = _unwrapped(model)
+    head = inner.get_output_embeddings()
     if not isinstance(head, torch.nn.Linear):
         return f"its output head is a {type(head).__name__}, not a linear layer"
     if head.bias is not None:
         return "its output head has a bias (the temperature could not move into the hidden states)"
-    config = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-    if config is not None:
+    if getattr(inner.config, "final_logit_softcapping", None) is not None:
         return "it soft-caps its logits after the head"
     return None
 
@@ -57,7 +54,7 @@ def chunking_problem(model: torch.nn.Module) -> str | None:
 def hidden_states_as_logits(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """While inside, the model's LM head returns its input: the forward's "logits" are the final hidden states.
     Yields the head, to be called on chunks of them afterwards."""
-    head = _output_head(model)
+    head = _unwrapped(model).get_output_embeddings()
     own = head.__dict__.get("forward")  # a forward set on the instance (accelerate's hooks) is put back as it was
     head.forward = _identity
     try:

@@ -80,6 +80,9 @@ def test_where_it_cannot_be_exact_it_is_off_and_says_why(tokenizer, tmp_path):
     model = tiny_model(tokenizer).float()
     model.lm_head.bias = torch.nn.Parameter(torch.zeros(model.lm_head.out_features))
     assert "bias" in chunking_problem(model)
+    capped = tiny_model(tokenizer)
+    capped.config.final_logit_softcapping = 30.0  # Gemma 2's: a tanh after the head
+    assert chunking_problem(capped) == "it soft-caps its logits after the head"
     trainer = toy_trainer(model, tokenizer, tmp_path)
     assert trainer.loss_chunking_mode().startswith("off (its output head has a bias")
     assert toy_trainer(tiny_model(tokenizer), tokenizer, tmp_path, chunked_loss=False).loss_chunking_mode() == (
