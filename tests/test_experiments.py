@@ -51,12 +51,12 @@ def test_ood_trains_on_tool_use_and_evaluates_on_science(tmp_path):
     model = save_tiny_model(tmp_path / "tiny")
     out = tmp_path / "ood"
     flags = ["--output_dir", str(out), "--cpu_scale", "--quick", "--model_name", str(model), "--max_steps", "1"]
-    finished = _run("ood.py", *flags)
+    finished = _run("ood.py", *flags, "--arms", "caopd")
     assert finished.returncode == 0, finished.stderr[-3000:]
     table = json.loads((out / "compare.json").read_text())
-    assert list(table) == ["base", "sdft", "caopd"]
-    for arm in ("sdft", "caopd"):
-        assert "dataset_name: tooluse" in (out / arm / "caopd_config.yaml").read_text()
+    assert list(table) == ["base", "caopd"]
+    assert "dataset_name: tooluse" in (out / "caopd" / "caopd_config.yaml").read_text()
+    for arm in ("base", "caopd"):
         metrics = json.loads((out / "eval" / arm / "metrics.json").read_text())
         assert metrics["settings"]["task"] == "science" and table[arm]["ece"]["value"] == metrics["ece"]
 

@@ -63,6 +63,26 @@ def test_target_checks(caopd, holds):
     assert [ok for _, ok, _ in reproduce.target_checks(runs)] == holds
 
 
+def test_all_eight_arms_plan_checked_stages_and_fourteen_checks(tmp_path):
+    """The whole plan's flags pass each stage's own parser, and the summary judges 6 directions per backbone and the
+    capability tax twice (the end-to-end run below trains two arms only: each backbone trains through main.py in its
+    own tests)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from stages import check_stage_flags
+
+    args = reproduce.build_parser().parse_args(["--output_dir", str(tmp_path)])
+    plan = reproduce.stages(args)
+    check_stage_flags(plan)
+    assert [name for name, _ in plan] == ["eval_base"] + [
+        f"{stage}_{arm}" for arm in reproduce.ARMS[1:] for stage in ("train", "eval")
+    ] + ["compare"]
+    runs = {arm: _metrics(0.4, 0.2, 0.05, 0.6, 0.45) for arm in reproduce.ARMS}
+    assert len(reproduce.target_checks(runs)) == 14
+
+
+ARMS_RUN = ["base", "sdft", "caopd"]
+
+
 @covers("bench/reproduce.py")
 def test_end_to_end_on_a_tiny_model_then_resume(tmp_path):
     from tiny_model import save_tiny_model
@@ -71,17 +91,18 @@ def test_end_to_end_on_a_tiny_model_then_resume(tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--output_dir", str(out)]
     command += ["--model_name", str(model_dir), "--max_steps", "1", "--num_generations", "2"]
-    command += ["--num_questions", "3", "--num_samples", "2", "--n_bootstrap", "0"]
+    command += ["--num_questions", "3", "--num_samples", "2", "--n_bootstrap", "0", "--arms", "sdft", "caopd"]
     first = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert first.returncode == 0, first.stderr[-3000:]
     summary = (out / "summary.md").read_text()
-    assert all(f"| {label} |" in summary for label in reproduce.LABELS.values())
-    assert summary.count("- [") == 14  # one line per check: 6 per backbone, the capability tax twice
+    labels = [reproduce.LABELS[arm] for arm in ARMS_RUN]
+    assert all(f"| {label} |" in summary for label in labels)
+    assert summary.count("- [") == 6  # one line per check of the SDFT backbone
     assert "| level | questions | base acc / conf |" in summary
     assert (out / "compare.png").stat().st_size > 0
     table = json.loads((out / "compare.json").read_text())
-    assert list(table) == list(reproduce.LABELS.values())
-    for arm, label in reproduce.LABELS.items():
+    assert list(table) == labels
+    for arm, label in zip(ARMS_RUN, labels):
         metrics = json.loads((out / "eval" / arm / "metrics.json").read_text())
         assert table[label]["ece"]["value"] == metrics["ece"]
     for arm, calibrated in (("sdft", False), ("caopd", True)):
@@ -91,12 +112,12 @@ def test_end_to_end_on_a_tiny_model_then_resume(tmp_path):
         assert rollout["teacher_context"].endswith(f"\n\n{reproduce.TEACHER_INSTRUCTION}\n")
         assert ("Note: The empirical confidence" in rollout["teacher_context"]) is calibrated
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 16
+    assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 2 * len(ARMS_RUN)
     changed = subprocess.run([*command, "--learning_rate", "1e-4"], capture_output=True, text=True, cwd=ROOT)
     assert changed.returncode != 0 and "stage train_sdft in" in changed.stderr and "another command" in changed.stderr
     rescored = subprocess.run([*command, "--rescore"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert rescored.returncode == 0, rescored.stderr[-2000:]
-    for arm in reproduce.LABELS:  # the evaluation read under the paper's reading: re-reading it changes nothing
+    for arm in ARMS_RUN:  # the evaluation read under the paper's reading: re-reading it changes nothing
         metrics = json.loads((out / "eval" / arm / "metrics.json").read_text())
         again = json.loads((out / "rescored" / "paper" / "eval" / arm / "metrics.json").read_text())
         assert metrics["confidence_reading"] == again["confidence_reading"] == "paper"
