@@ -44,8 +44,6 @@ def add_trainer_columns(dataset: Dataset, mode: str, instruction: str | None = N
 class DistilTrainer(CaOPDStep, CompleteCheckpoints, SDFTTrainer):
     """On-policy self-distillation (SDFT) with CaOPD's empirical-confidence targets."""
 
-    CHUNKED_LOSS_BACKBONE = True
-
     _tag_names: ClassVar[list[str]] = ["trl", "sdft", "caopd"]
     _name = "CaOPD"
     config_cls = DistilConfig

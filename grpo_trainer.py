@@ -64,9 +64,10 @@ class RLTrainer(CompleteCheckpoints, GRPOTrainer):
         return sharing_mode(self.args.shared_prefix, *self._forwarded_models())
 
     def loss_chunking_mode(self) -> str:
-        """Whether the loss runs over chunks of completion positions (recorded in the run config): not yet here,
-        TRL's policy log-probs take the whole logits."""
-        return "off (not yet on this backbone)"
+        """Whether the loss runs over chunks of completion positions (recorded in the run config): TRL's GRPO
+        computes its log-probs and entropies through its fused LM head (``trl.trainer.utils.add_fused_lm_head``), in
+        tiles, never the whole logits, and so does the shared-prefix forward here (``shared_prefix_logps``)."""
+        return "on (TRL's fused LM head)"
 
     def _get_per_token_logps_and_entropies(
         self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False, **kwargs

@@ -22,6 +22,7 @@ from trl.experimental.sdpo.sdpo_trainer import SuccessfulRolloutTeacherContextBu
 from trl.experimental.sdpo.teacher_sync import PEFTAdapterEMACallback, SyncTeacherModelCallback
 
 from caopd.checkpoints import CompleteCheckpoints
+from caopd.chunked_loss import CompletionStates
 from caopd.groups import success_rates
 from caopd.prompts import with_privileged_context
 from caopd.rewards import VerifierReward
@@ -186,7 +187,41 @@ class SDPODistilTrainer(CaOPDStep, CompleteCheckpoints, SDPOTrainer):
 
     def _compute_policy_loss(self, inputs, student_logits):
         """SDPO's policy-gradient term on the sampled tokens only: a rewritten confidence line was never sampled,
-        and the rollout's advantage says nothing about it (a wrong answer would push P_acc down)."""
+        and the rollout's advantage says nothing about it (a wrong answer would push P_acc down). With the chunked
+        loss, from the log-probs of the chunked pass the distillation term shares (``policy_loss_from_logps``)."""
         if "sampled_mask" in inputs:
             inputs = {**inputs, "completion_mask": inputs["completion_mask"] * inputs["sampled_mask"]}
+        if isinstance(student_logits, CompletionStates):
+            _, logps, _ = self.chunked_pass(student_logits, inputs["completion_ids"])
+            return self.policy_loss_from_logps(inputs, logps)
         return super()._compute_policy_loss(inputs, student_logits)
+
+    def policy_loss_from_logps(self, inputs: dict[str, Any], per_token_logps: torch.Tensor) -> torch.Tensor:
+        """TRL's ``SDPOTrainer._compute_policy_loss`` (the clipped importance-weighted advantage, aggregated by
+        ``loss_type``, its metric logged) from the student's per-token log-probs instead of its logits: TRL's takes
+        logits only, which the chunked loss never holds whole. tests/test_chunked_loss.py holds the two equal for
+        every loss type and importance-sampling level."""
+        mask = inputs["completion_mask"]
+        old = inputs.get("old_per_token_logps")
+        old = per_token_logps.detach() if old is None else old
+        advantages = inputs["advantages"]
+        advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
+        log_ratio = per_token_logps - old
+        if self.importance_sampling_level == "sequence":
+            log_ratio = (log_ratio * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)
+        ratio = torch.exp(log_ratio)
+        clipped = torch.clamp(ratio, 1 - self.epsilon_low, 1 + self.epsilon_high)
+        per_token_loss = -torch.min(ratio * advantages, clipped * advantages) * mask
+        if self.loss_type == "grpo":
+            loss = (per_token_loss.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+        elif self.loss_type in ("bnpo", "dapo"):
+            loss = per_token_loss.sum() / mask.sum().clamp(min=1.0)
+        elif self.loss_type == "dr_grpo":
+            loss = per_token_loss.sum() / (per_token_loss.size(0) * self.max_completion_length)
+        else:
+            raise ValueError(f"Unsupported loss_type: {self.loss_type}")
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["self_distillation/policy_loss"].append(
+            self.accelerator.gather(loss.detach()).mean().item()
+        )
+        return loss

@@ -73,10 +73,14 @@ def _identity(hidden: torch.Tensor) -> torch.Tensor:
 @dataclass
 class CompletionStates:
     """Final hidden states at the positions that predict the completion tokens, divided by the sampling
-    temperature (as TRL divides its logits), and the head that makes logits of them."""
+    temperature (as TRL divides its logits), and the head that makes logits of them. A student's states carry the
+    teacher's they are distilled towards (``teacher``) and, once computed, the chunked pass over both
+    (``per_token``: loss, log-probs, entropy), which the distillation and policy terms of one step share."""
 
     hidden: torch.Tensor
     head: torch.nn.Module
+    teacher: CompletionStates | None = None
+    per_token: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 def chunked_per_token(
@@ -85,38 +89,43 @@ def chunked_per_token(
     teacher: CompletionStates,
     completion_ids: torch.Tensor,
     chunk_size: int,
+    logps_with_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``per_token(student logits, teacher logits, completion ids)``, and without gradients the student's log-probs
-    of the completion ids and its entropy, ``[batch, length]`` each: computed ``chunk_size`` positions at a time,
-    the loss's chunks recomputed in the backward."""
-    losses, extras = [], []
+    """``per_token(student logits, teacher logits, completion ids)``, the student's log-probs of the completion ids
+    (with gradients where ``logps_with_grad``, for a policy term) and, without gradients, its entropy,
+    ``[batch, length]`` each: computed ``chunk_size`` positions at a time, each chunk recomputed in the backward."""
+    losses, logps, entropies = [], [], []
     for start in range(0, completion_ids.size(1), chunk_size):
         stop = start + chunk_size
-        chunk_extras: list[torch.Tensor] = []
-        losses.append(
-            checkpoint(
-                _chunk,
-                per_token,
-                student.head,
-                teacher.head,
-                student.hidden[:, start:stop],
-                teacher.hidden[:, start:stop],
-                completion_ids[:, start:stop],
-                chunk_extras,
-                use_reentrant=False,
-            )
+        first_run: list[torch.Tensor] = []
+        outputs = checkpoint(
+            _chunk,
+            per_token,
+            student.head,
+            teacher.head,
+            student.hidden[:, start:stop],
+            teacher.hidden[:, start:stop],
+            completion_ids[:, start:stop],
+            logps_with_grad,
+            first_run,
+            use_reentrant=False,
         )
-        extras.append(chunk_extras)
-    logps, entropy = (torch.cat(column, dim=1) for column in zip(*extras, strict=True))
-    return torch.cat(losses, dim=1), logps, entropy
+        losses.append(outputs[0])
+        logps.append(outputs[1] if logps_with_grad else first_run[1])
+        entropies.append(first_run[0])
+    return torch.cat(losses, dim=1), torch.cat(logps, dim=1), torch.cat(entropies, dim=1)
 
 
-def _chunk(per_token, student_head, teacher_head, student_hidden, teacher_hidden, ids, extras: list):
-    """One chunk's per-token loss; its log-probs and entropy go into ``extras`` on the first run only (the
-    backward's recompute needs the loss alone)."""
+def _chunk(per_token, student_head, teacher_head, student_hidden, teacher_hidden, ids, logps_with_grad, first_run):
+    """One chunk's differentiable outputs: the per-token loss, and the log-probs where ``logps_with_grad``. On the
+    first run only, the entropy and (otherwise) the log-probs go into ``first_run``, without gradients: the
+    backward's recompute needs the differentiable outputs alone."""
     student_logits = student_head(student_hidden)
     with torch.no_grad():
         teacher_logits = teacher_head(teacher_hidden)
-        if not extras:
-            extras += [selective_log_softmax(student_logits, ids), entropy_from_logits(student_logits)]
-    return per_token(student_logits, teacher_logits, ids)
+        if not first_run:
+            first_run.append(entropy_from_logits(student_logits))
+            if not logps_with_grad:
+                first_run.append(selective_log_softmax(student_logits, ids))
+    loss = per_token(student_logits, teacher_logits, ids)
+    return (loss, selective_log_softmax(student_logits, ids)) if logps_with_grad else (loss,)

@@ -17,7 +17,7 @@ Everything else a CaOPD run needs beside TRL's trainer is here too, so that both
   entropy, as metrics;
 - the shared-prefix forward (``caopd.shared_prefix``);
 - the loss over chunks of completion positions from the hidden states, never the whole logits
-  (``caopd.chunked_loss``; the SDFT backbone);
+  (``caopd.chunked_loss``; SDPO's policy term takes the same chunks' log-probs);
 - the EMA teacher averaged in fp32, saved in every checkpoint and restored on resume (``caopd.teacher``).
 """
 
@@ -221,16 +221,13 @@ class CaOPDStep:
         """Whether the shared-prefix forward runs, and why not when it does not (recorded in the run config)."""
         return sharing_mode(self.args.shared_prefix, *self._forwarded_models())
 
-    # The backbones whose whole loss the chunked path computes (SDPO's policy term still takes whole logits).
-    CHUNKED_LOSS_BACKBONE = False
-
     def loss_chunking_mode(self) -> str:
         """Whether the loss runs over chunks of completion positions (``caopd.chunked_loss``), and why not when it
         does not (recorded in the run config)."""
         if not self.args.chunked_loss:
             return "off (--no-chunked_loss)"
-        if not self.CHUNKED_LOSS_BACKBONE:
-            return "off (not yet on this backbone)"
+        if getattr(self.args, "distillation_weight", 1.0) == 0.0:
+            return "off (--distillation_weight 0: TRL's policy term alone, on its own forward)"
         if getattr(self, "use_teacher_server", False):
             return "off (the teacher's log-probs come from the vLLM server)"
         for model in self._forwarded_models():
@@ -254,9 +251,25 @@ class CaOPDStep:
         forwards, such as TRL's rollout log-probs, keep their logits)."""
         self._states_for_loss = self.chunks_loss
         try:
-            return super()._compute_teacher_student_logits(model, teacher_model, inputs)
+            logits = super()._compute_teacher_student_logits(model, teacher_model, inputs)
         finally:
             self._states_for_loss = False
+        if isinstance(logits.student_logits, CompletionStates):
+            logits.student_logits.teacher = logits.teacher_logits
+        return logits
+
+    def chunked_pass(self, student: CompletionStates, completion_ids: torch.Tensor):
+        """The per-token divergence, the student's log-probs (with gradients for SDPO's policy term) and its
+        entropy, from the hidden states chunk by chunk (``caopd.chunked_loss``); computed once per step and shared by
+        the distillation and policy terms."""
+        if student.per_token is None:
+            divergence = partial(per_token_divergence, self.args)
+            chunk = self.args.loss_chunk_size
+            policy_term = getattr(self.args, "distillation_weight", 1.0) < 1.0  # SDPO's, on the log-probs
+            student.per_token = chunked_per_token(
+                divergence, student, student.teacher, completion_ids, chunk, logps_with_grad=policy_term
+            )
+        return student.per_token
 
     def _forward_outputs(self, model, input_ids, attention_mask, logits_to_keep):
         if self.shares_prefix:
@@ -299,14 +312,13 @@ class CaOPDStep:
         rollout importance ratio, the mean over each sequence's loss tokens and over sequences) and the same
         metrics, from the hidden states chunk by chunk (``caopd.chunked_loss``)."""
         mode = "train" if model.training else "eval"
-        student, teacher = distillation_logits.student_logits, distillation_logits.teacher_logits
+        student = distillation_logits.student_logits
         mask, ids = distillation_logits.loss_mask, distillation_logits.completion_ids
         if mask.sum() == 0:
             self._log_self_distillation_metric(mode, 0.0)
             return student.hidden.sum() * 0.0  # attached to the student graph: zero gradients, not none
-        chunk = self.args.loss_chunk_size
-        divergence = partial(per_token_divergence, self.args)
-        per_token_loss, current, entropy = chunked_per_token(divergence, student, teacher, ids, chunk)
+        per_token_loss, current, entropy = self.chunked_pass(student, ids)
+        current = current.detach()
         mean_entropy = (entropy.float() * mask).sum() / mask.sum().clamp(min=1)
         self._metrics[mode]["entropy"].append(self.accelerator.gather(mean_entropy.reshape(1)).mean().item())
         if "confidence_mask" in inputs:

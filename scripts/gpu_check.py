@@ -117,10 +117,7 @@ def _loss_and_gradients(model, logits, ids, mask, keep: int):
     import torch
 
     logps = torch.log_softmax(logits, -1).gather(-1, ids[:, -keep:, None]).squeeze(-1)
-    loss = -(logps * mask[:, -keep:]).sum() / mask[:, -keep:].sum()
-    model.zero_grad()
-    loss.backward()
-    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+    return _gradients(model, -(logps * mask[:, -keep:]).sum() / mask[:, -keep:].sum())
 
 
 def shared_prefix_problem(model_dir: Path, device: str) -> str | None:
@@ -160,6 +157,67 @@ def shared_prefix_problem(model_dir: Path, device: str) -> str | None:
         print(f"[gpu_check] shared prefix, {attention}: relative differences {differences}")
         problems += [f"{attention} {name} {value:.2e}" for name, value in differences.items() if value > 1e-4]
     return f"differences above 1e-4: {', '.join(problems)}" if problems else None
+
+
+def chunked_loss_problem(model_dir: Path, device: str) -> str | None:
+    """The chunked distillation loss (``caopd.chunked_loss``) against TRL's on whole logits on ``device`` (fp32, no
+    TF32): TRL's top-k JSD with the tail bucket between the student and a perturbed teacher, over completions of
+    varying length in chunks of 5 positions; what differs beyond 1e-4 in the loss and the gradients."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.experimental.sdft.loss_utils import compute_topk_self_distillation_loss
+
+    from caopd.chunked_loss import CompletionStates, chunked_per_token, hidden_states_as_logits
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    generator = torch.Generator().manual_seed(0)
+    keep = 24
+    ids = torch.randint(3, 1000, (4, 40), generator=generator).to(device)
+    mask = torch.ones_like(ids[:, -keep:])
+    for row in range(4):
+        mask[row, keep - 5 * row :] = 0
+    student = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).train()
+    teacher = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    with torch.no_grad():
+        for parameter in teacher.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator).to(device) * 0.5)
+
+    def divergence(student_logits, teacher_logits, _ids):
+        return compute_topk_self_distillation_loss(
+            student_logits, teacher_logits, distillation_topk=20, distillation_alpha=0.5, distillation_add_tail=True
+        )
+
+    def completion_outputs(model):  # the positions that predict the completion, as TRL slices its logits
+        return model(input_ids=ids, use_cache=False).logits[:, -keep - 1 : -1]
+
+    def mean_over_mask(per_token):
+        return (per_token * mask).sum() / mask.sum()
+
+    with torch.no_grad():
+        teacher_logits = completion_outputs(teacher)
+        with hidden_states_as_logits(teacher) as teacher_head:
+            teacher_states = CompletionStates(completion_outputs(teacher), teacher_head)
+    whole_loss, whole_grads = _gradients(
+        student, mean_over_mask(divergence(completion_outputs(student), teacher_logits, ids))
+    )
+    with hidden_states_as_logits(student) as head:
+        states = CompletionStates(completion_outputs(student), head)
+    per_token, _, _ = chunked_per_token(divergence, states, teacher_states, ids[:, -keep:], 5)
+    chunked_loss, chunked_grads = _gradients(student, mean_over_mask(per_token))
+    differences = {
+        "loss": _relative(chunked_loss, whole_loss),
+        "gradients": max(_relative(chunked_grads[name], grad) for name, grad in whole_grads.items()),
+    }
+    print(f"[gpu_check] chunked loss: relative differences {differences}")
+    problems = [f"{name} {value:.2e}" for name, value in differences.items() if value > 1e-4]
+    return f"differences above 1e-4: {', '.join(problems)}" if problems else None
+
+
+def _gradients(model, loss):
+    """``loss`` detached and every parameter's gradient of it."""
+    model.zero_grad()
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     check(
         "shared-prefix: logits, loss and gradients equal the repeated-prefix forward (fp32, sdpa and eager)",
         shared_prefix_problem(model, "cuda" if on_gpu else "cpu"),
+    )
+
+    check(
+        "chunked loss: loss and gradients equal TRL's on whole logits (fp32, top-k JSD with tail, chunks of 5)",
+        chunked_loss_problem(model, "cuda" if on_gpu else "cpu"),
     )
 
     print("\n[gpu_check] summary")

@@ -2,7 +2,8 @@
 # Run after installing on a GPU machine (bash scripts/setup.sh): does CaOPD train here?
 # One GPU, a tiny Qwen3 built from a config with the embedded model's tokenizer (no download), bf16:
 # two CaOPD steps with transformers generation and checkpoints with the EMA teacher, a resume from `latest`,
-# then one step with vLLM colocate (if vLLM is installed) and one under DeepSpeed ZeRO-3 (if DeepSpeed is).
+# then one step with vLLM colocate (if vLLM is installed) and one under DeepSpeed ZeRO-3 (if DeepSpeed is); the
+# shared-prefix forward and the chunked loss against their plain forms (loss and gradients, fp32).
 # Prints PASS / FAIL / SKIP per check and exits 1 if any failed; logs stay in WORK_DIR (default: a temp folder).
 # Usage: bash scripts/gpu_check.sh            (about 2 minutes, most of it starting processes and vLLM)
 #        GPU_CHECK_CPU=1 bash scripts/gpu_check.sh   (the same checks on the CPU where they can run: tests)

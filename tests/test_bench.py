@@ -24,9 +24,14 @@ def ratio_of_printed(numerator: str, denominator: str, digits: int = 3):
 @pytest.mark.slow
 @covers("bench/memory.py")
 def test_memory_table_and_estimate_are_computed_from_the_measurements():
-    finished = _run("bench/memory.py", "--length", "16")
+    finished = _run("bench/memory.py", "--length", "16", "--proxy_layers", "1", "--repeats", "2")
     assert finished.returncode == 0, finished.stderr[-2000:]
     lines = finished.stdout.splitlines()
+    timing = lines[next(i for i, line in enumerate(lines) if line.startswith("Loss time with the LM head at")) + 1]
+    chunked, whole, ratio = (timing.split()[i] for i in (2, 5, 10))
+    assert float(ratio) == ratio_of_printed(chunked, whole)  # the medians' ratio
+    assert len(timing.split("per turn: ")[1].split(",")) == 2
+    assert "Loss time with the LM head at 89.3% of the matrix work (Qwen3-8B: 8.2%, Qwen3-32B: 2.4%" in finished.stdout
     rows_per_token = {}
     for arm in ("chunked", "whole"):
         rows = [line.split() for line in lines if line.startswith(arm) and "slope" not in line and ":" not in line]
@@ -67,6 +72,11 @@ def test_memory_extrapolation_scales_the_measured_rows():
     assert chunked[logits] == pytest.approx(0.01 * one_tensor + 5 * one_tensor / 8)
     assert chunked["fp32 master weights + AdamW moments, shard"] == pytest.approx(32.8e9 / 8 * 12 / 2**30)
     assert memory.slope([(1, 3.0), (2, 5.0), (4, 9.0)]) == pytest.approx(2.0)
+    # the LM head's share of Qwen3-8B's matrix work, by hand: 151,936 x 4,096 against 36 layers of attention
+    # (4,096 x (32 + 8) x 128 x 2) and MLP (3 x 4,096 x 12,288)
+    head = 151_936 * 4096
+    assert memory.paper_head_share("Qwen3-8B") == pytest.approx(head / (head + 36 * 192_937_984))
+    assert memory.proxy_layers(0.08223, 49_152) == 93  # 25.2 M head weights, 3.01 M per layer of the timing model
 
 
 @pytest.mark.slow

@@ -26,13 +26,14 @@ def _launch_two(script: str, *argv: str) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """One SGD step of ``tests/mp_train.py`` on two gloo processes, with the shared-prefix forward and without, and
-    one on the SDPO backbone."""
+    one on whole logits (the others chunk the loss), one on the SDPO backbone and one on GRPO's."""
     out = tmp_path_factory.mktemp("two_processes")
     for forward in ("shared", "unshared"):
         _launch_two("mp_train.py", str(out / forward), forward)
+    _launch_two("mp_train.py", str(out / "whole"), "shared", "sdft", "whole")
     _launch_two("mp_train.py", str(out / "sdpo"), "shared", "sdpo")
     _launch_two("mp_train.py", str(out / "grpo"), "shared", "grpo")
-    return {name: out / name for name in ("shared", "unshared", "sdpo", "grpo")}
+    return {name: out / name for name in ("shared", "unshared", "whole", "sdpo", "grpo")}
 
 
 @pytest.mark.slow
@@ -86,14 +87,31 @@ def test_p_acc_pools_rollouts_split_across_two_processes(runs, forward):
 def test_the_shared_prefix_forward_updates_weights_as_the_unshared_one_across_two_processes(runs):
     """A rollout group split over two processes: each process shares what it holds of it, and after one SGD step
     (gradients averaged over both) every weight equals that of the run without sharing."""
-    from safetensors.torch import load_file
 
     def calls(forward: str) -> list[list[bool]]:
         return [json.loads((runs[forward] / f"shared_forwards_rank{rank}.json").read_text()) for rank in (0, 1)]
 
     assert all(rank_calls and all(rank_calls) for rank_calls in calls("shared"))  # every forward on both shared
     assert calls("unshared") == [[], []]
-    weights = {forward: load_file(runs[forward] / "model" / "model.safetensors") for forward in ("shared", "unshared")}
-    assert weights["shared"].keys() == weights["unshared"].keys()
-    for name, tensor in weights["unshared"].items():
-        torch.testing.assert_close(weights["shared"][name], tensor, rtol=1e-5, atol=1e-7, msg=name)
+    _assert_same_weights(runs["shared"], runs["unshared"])
+
+
+def _assert_same_weights(one: Path, other: Path) -> None:
+    from safetensors.torch import load_file
+
+    weights = [load_file(run / "model" / "model.safetensors") for run in (one, other)]
+    assert weights[0].keys() == weights[1].keys()
+    for name, tensor in weights[1].items():
+        torch.testing.assert_close(weights[0][name], tensor, rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.slow
+def test_the_chunked_loss_updates_weights_as_whole_logits_across_two_processes(runs):
+    """One SGD step on two processes (gradients averaged over both), the loss over chunks of the hidden states and
+    over the whole logits: every weight equal."""
+
+    def modes(run: str) -> list[str]:
+        return [json.loads((runs[run] / f"loss_chunking_rank{rank}.json").read_text()) for rank in (0, 1)]
+
+    assert modes("shared") == modes("sdpo") == ["on", "on"] and modes("whole") == ["off (--no-chunked_loss)"] * 2
+    _assert_same_weights(runs["shared"], runs["whole"])

@@ -173,8 +173,9 @@ def test_gpu_check_script_runs_its_cpu_checks(tmp_path):
     finished = _bash("scripts/gpu_check.sh", {"GPU_CHECK_CPU": "1", "WORK_DIR": str(tmp_path)})
     assert finished.returncode == 0, finished.stdout[-3000:]
     summary = finished.stdout[finished.stdout.index("[gpu_check] summary") :]
-    assert summary.count("PASS") == 3 and summary.count("SKIP") == 3 and "FAIL" not in summary
+    assert summary.count("PASS") == 4 and summary.count("SKIP") == 3 and "FAIL" not in summary
     assert "[gpu_check] shared prefix, sdpa: relative differences" in finished.stdout
+    assert "[gpu_check] chunked loss: relative differences" in finished.stdout
     assert (tmp_path / "transformers" / "checkpoint-3" / "teacher").is_dir()
 
 

@@ -134,26 +134,33 @@ def test_caopd_on_sdpo_uses_sdpos_successes_and_notes_the_teacher(model, tokeniz
     assert len(rows) == 8 and all(row["target"].endswith(f"Confidence: {row['p_acc']:.2f}") for row in rows)
 
 
-def test_the_policy_gradient_term_sees_sampled_tokens_only(model, tokenizer, tmp_path, monkeypatch):
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked-loss", "whole-logits"])
+def test_the_policy_gradient_term_sees_sampled_tokens_only(model, tokenizer, tmp_path, monkeypatch, chunked):
     """With distillation_weight < 1, SDPO's policy loss is computed on the rewritten completion: the confidence
     line CaOPD wrote was never sampled, so it is masked out of that term (its advantage is the rollout's). The first
-    num_loss_tokens_to_skip tokens leave the distillation loss only; the policy term keeps TRL's mask."""
+    num_loss_tokens_to_skip tokens leave the distillation loss only; the policy term keeps TRL's mask. Recorded where
+    each loss path computes its terms: TRL's methods on whole logits, ours on the chunked loss."""
     trainer = toy_trainer(
-        model, tokenizer, tmp_path, backbone="sdpo", max_steps=1, distillation_weight=0.5, num_loss_tokens_to_skip=2
-    )
+        model, tokenizer, tmp_path, backbone="sdpo", max_steps=1, distillation_weight=0.5, num_loss_tokens_to_skip=2,
+        chunked_loss=chunked,
+    )  # fmt: skip
     seen = {}
-    policy_loss, distillation_loss = SDPOTrainer._compute_policy_loss, SDPOTrainer._compute_self_distillation_loss
+    owner = SDPODistilTrainer if chunked else SDPOTrainer
+    names = ("policy_loss_from_logps", "_chunked_self_distillation_loss") if chunked else (
+        "_compute_policy_loss", "_compute_self_distillation_loss"
+    )  # fmt: skip
+    policy_loss, distillation_loss = (getattr(owner, name) for name in names)
 
-    def record_policy(self, inputs, student_logits):
+    def record_policy(self, inputs, student_outputs):
         seen["policy"] = (inputs["completion_mask"].clone(), inputs["sampled_mask"].clone())
-        return policy_loss(self, inputs, student_logits)
+        return policy_loss(self, inputs, student_outputs)
 
     def record_distillation(self, model, inputs, logits):
         seen["distillation"] = (logits.loss_mask.clone(), inputs["self_distillation_mask"].clone())
         return distillation_loss(self, model, inputs, logits)
 
-    monkeypatch.setattr(SDPOTrainer, "_compute_policy_loss", record_policy)
-    monkeypatch.setattr(SDPOTrainer, "_compute_self_distillation_loss", record_distillation)
+    monkeypatch.setattr(owner, names[0], record_policy)
+    monkeypatch.setattr(owner, names[1], record_distillation)
     captured = capture_batches(trainer)
     trainer.train()
     mask, sampled = seen["policy"]
