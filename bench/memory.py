@@ -10,13 +10,15 @@ the memory before it is the step's memory. glibc is told to return large blocks 
 (``MALLOC_MMAP_THRESHOLD_``), so the peak is the tensors', not the allocator's cache. The loss time is the step's
 loss forward and backward (``compute_loss`` and the backward), without the sampling.
 
-Printed: the step memory for completion lengths L, 2L and 4L, the growth ratios, the slope per completion token,
-and the slope in "vocabulary rows" (tensors of one vocabulary row per token, in the model's dtype, alive at the
-peak), chunked (``--chunked_loss``, the default) and whole (``--no-chunked_loss``); the loss-time ratio of the two.
+Printed: the step memory for completion lengths L, 2L and 4L (``--points``), the growth ratios, the slope per
+completion token, and the slope in "vocabulary rows" (tensors of one vocabulary row per token, in the model's dtype,
+alive at the peak), chunked (``--chunked_loss``, the default) and whole (``--no-chunked_loss``); the loss-time ratio
+of the two.
 On this model the LM head is nearly all of a step's matrix work, so the recomputation the chunked loss pays in the
 backward weighs far more than at paper scale; the loss time is measured again, in fp32, on a timing model whose head
-is Qwen3-8B's share of the work (8 %: hidden 512, untied, 93 layers; ``--proxy_layers`` changes the depth), chunked
-against whole in turn on one batch, in one process (the median of ``--repeats`` turns), in chunks of L/2 tokens. A
+is Qwen3-8B's share of the work (8 %: hidden 512, untied, 93 layers; ``--proxy_layers`` changes the depth), with
+gradient checkpointing on as in the paper's runs, chunked against whole in turn on one batch, in one process (the
+median of ``--repeats`` turns; the arm that goes first alternates), in chunks of L/2 tokens. A
 chunk's product for the head's weight gradient writes the whole [vocabulary x hidden] matrix whatever the chunk's
 length, so chunks of a few dozen tokens are bound by memory traffic on this CPU; the default chunk, 1,024 tokens,
 is far above that.
@@ -181,15 +183,17 @@ def measure(arm: str, length: int, dtype: str, chunk: int) -> dict[str, float]:
 
 def time_on_one_batch(length: int, chunk: int, layers: int, repeats: int) -> dict:
     """The loss forward and backward, chunked and whole in turn, ``repeats`` times each on one batch of the timing
-    model (fp32, ``PROXY`` with ``layers`` layers): after one training step, which samples the batch and warms up."""
-    trainer = _trainer(["--loss_chunk_size", str(chunk)], length, {**PROXY, "num_hidden_layers": layers}, "float32")
+    model (fp32, ``PROXY`` with ``layers`` layers, gradient checkpointing on as in the paper's runs): after one
+    training step, which samples the batch and warms up. The arm that goes first alternates from turn to turn."""
+    flags = ["--loss_chunk_size", str(chunk), "--gradient_checkpointing"]
+    trainer = _trainer(flags, length, {**PROXY, "num_hidden_layers": layers}, "float32")
     batches = _captured_batches(trainer)
     trainer.train()
     model, batch = trainer.model, batches[0]
     model.train()
     seconds: dict[str, list[float]] = {arm: [] for arm in ARMS}
-    for _ in range(repeats):
-        for arm in ARMS:
+    for turn in range(repeats):
+        for arm in ARMS if turn % 2 == 0 else ARMS[::-1]:
             trainer.chunks_loss = arm == "chunked"
             started = time.perf_counter()
             trainer.compute_loss(model, batch).backward()
@@ -268,7 +272,7 @@ def paper_scale_rows(model: str, vocab_rows: float, chunk_rows: float) -> list[t
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--length", type=positive_int, default=256, help="L: measure completions of L, 2L and 4L tokens"
+        "--length", type=positive_int, default=256, help="L: measure completions of L, 2L, 4L, ... tokens"
     )
     parser.add_argument(
         "--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="weights and logits (the paper: bf16)"
@@ -277,7 +281,10 @@ def main(argv: list[str] | None = None) -> int:
         "--proxy_layers", type=positive_int, default=None,
         help="layers of the timing model (default: as many as put its LM head at Qwen3-8B's share of the work)",
     )  # fmt: skip
-    parser.add_argument("--repeats", type=positive_int, default=3, help="timed turns of each loss on the timing model")
+    parser.add_argument("--repeats", type=positive_int, default=4, help="timed turns of each loss on the timing model")
+    parser.add_argument(
+        "--points", type=positive_int, default=3, help="completion lengths measured: L, 2L, 4L, ... (at least 2)"
+    )
     parser.add_argument("--measure", nargs=3, metavar=("ARM", "LENGTH", "CHUNK"), help=argparse.SUPPRESS)
     parser.add_argument("--time", nargs=3, type=int, metavar=("LENGTH", "CHUNK", "LAYERS"), help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
@@ -292,10 +299,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             f"--length must be at least 16 tokens (the confidence line alone takes about 8), got {options.length}"
         )
+    if options.points < 2:
+        parser.error(f"--points must be at least 2 (the slope needs two lengths), got {options.points}")
     if not Path("/proc/self/clear_refs").exists():
         parser.error("this benchmark reads Linux's /proc/self/status and /proc/self/clear_refs")
 
-    lengths = [options.length, 2 * options.length, 4 * options.length]
+    lengths = [options.length * 2**point for point in range(options.points)]
     chunk = options.length // 4  # a quarter of the shortest completion: every length runs several chunks
     results = {arm: [run_measurement(arm, length, options.dtype, chunk) for length in lengths] for arm in ARMS}
     vocab, element = results["chunked"][0]["vocab"], results["chunked"][0]["element_bytes"]
@@ -321,8 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"chunked: {results['chunked'][0]['chunking']}")
     longest = {arm: results[arm][-1] for arm in ARMS}
+    memory_ratio = longest["chunked"]["step_mib"] / longest["whole"]["step_mib"]
     print(
-        f"\nChunked / whole at 4L: step memory {longest['chunked']['step_mib'] / longest['whole']['step_mib']:.3f}, "
+        f"\nChunked / whole at {lengths[-1]} tokens: step memory {memory_ratio:.3f}, "
         f"loss time {longest['chunked']['loss_s'] / longest['whole']['loss_s']:.3f} "
         f"(the LM head is {longest['whole']['head_share']:.0%} of this model's matrix work)"
     )
@@ -337,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nLoss time with the LM head at {timed['head_share']:.1%} of the matrix work (Qwen3-8B: {target:.1%}, "
         f"Qwen3-32B: {paper_head_share('Qwen3-32B'):.1%}; fp32, hidden {PROXY['hidden_size']}, {layers} layers, "
-        f"untied, {timed['completion_tokens']} completion tokens in chunks of {halves}; chunked and whole in turn on "
-        f"one batch, {options.repeats} turns each):"
+        f"untied, gradient checkpointing, {timed['completion_tokens']} completion tokens in chunks of {halves}; "
+        f"chunked and whole in turn on one batch, {options.repeats} turns each, the first arm alternating):"
     )
     print(
         f"  median chunked {median['chunked']:.3f} s, whole {median['whole']:.3f} s, "

@@ -32,6 +32,8 @@ def test_a_conversion_finished_by_another_process_is_reused(tmp_path, monkeypatc
     (target / "config.json").write_text("{}")
     (target / "model.safetensors").write_text("")  # the other process's result: a non-empty folder
     monkeypatch.setattr(models, "cache_root", lambda: tmp_path)
+    # this process's own conversion (dequantizing takes a minute; the race is about the rename that follows it)
+    monkeypatch.setattr(models, "_write_converted_model", lambda _, folder: (folder / "config.json").write_text("{}"))
     monkeypatch.setattr(models.os, "replace", lambda *_: (_ for _ in ()).throw(OSError(39, "Directory not empty")))
     models._convert_embedded_model(target)  # must not raise, and must leave no staging folder behind
     assert sorted(p.name for p in target.parent.iterdir()) == ["SmolLM2-135M-Instruct"]
