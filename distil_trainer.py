@@ -18,6 +18,8 @@ from trl.experimental.sdft.teacher_sync import PEFTAdapterEMACallback, SyncTeach
 
 from caopd.checkpoints import CompleteCheckpoints
 from caopd.groups import success_rates, teacher_references
+from caopd.held_out import HeldOutEvaluation
+from caopd.model_card import CAOPD_PAPER, RunModelCard
 from caopd.rollout_log import rollout_rows
 from caopd.step import CaOPDStep, each_split
 from caopd.targets import teacher_context
@@ -41,11 +43,12 @@ def add_trainer_columns(dataset: Dataset, mode: str, instruction: str | None = N
     return dataset.map(columns, with_indices=True, desc="Teacher contexts")
 
 
-class DistilTrainer(CaOPDStep, CompleteCheckpoints, SDFTTrainer):
+class DistilTrainer(CaOPDStep, CompleteCheckpoints, HeldOutEvaluation, RunModelCard, SDFTTrainer):
     """On-policy self-distillation (SDFT) with CaOPD's empirical-confidence targets."""
 
     _tag_names: ClassVar[list[str]] = ["trl", "sdft", "caopd"]
     _name = "CaOPD"
+    _paper = CAOPD_PAPER
     config_cls = DistilConfig
     teacher_sync_callbacks = (PEFTAdapterEMACallback, SyncTeacherModelCallback)
 
@@ -58,7 +61,11 @@ class DistilTrainer(CaOPDStep, CompleteCheckpoints, SDFTTrainer):
         if kwargs.get("eval_dataset") is not None:
             kwargs["eval_dataset"] = each_split(kwargs["eval_dataset"], columns)
         super().__init__(
-            model=model, args=args, train_dataset=columns(train_dataset), processing_class=processing_class, **kwargs
+            model=model,
+            args=args,
+            train_dataset=columns(train_dataset),
+            processing_class=processing_class,
+            **self.take_held_out(kwargs),
         )
         self.setup_caopd()
 

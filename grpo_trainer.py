@@ -20,6 +20,8 @@ from trl import GRPOTrainer
 
 from caopd.checkpoints import CompleteCheckpoints
 from caopd.groups import local_records, step_statistics, success_rates
+from caopd.held_out import HeldOutEvaluation
+from caopd.model_card import RunModelCard
 from caopd.rewards import completion_text, rl_reward_functions
 from caopd.rollout_log import RolloutLog, RolloutLogTrimCallback, rollout_rows
 from caopd.shared_prefix import enable_shared_prefix, shared_prefix_logps, sharing_mode
@@ -27,7 +29,7 @@ from caopd.tasks.base import Task
 from distil_config import RLConfig
 
 
-class RLTrainer(CompleteCheckpoints, GRPOTrainer):
+class RLTrainer(CompleteCheckpoints, HeldOutEvaluation, RunModelCard, GRPOTrainer):
     """GRPO with the task's verifier (and, for RLCR and CAR, the stated confidence) as its reward."""
 
     _tag_names: ClassVar[list[str]] = ["trl", "grpo", "caopd-baseline"]
@@ -45,7 +47,7 @@ class RLTrainer(CompleteCheckpoints, GRPOTrainer):
             args=args,
             train_dataset=train_dataset.map(lambda _, i: {"prompt_uid": i}, with_indices=True, desc="Prompt ids"),
             processing_class=processing_class,
-            **kwargs,
+            **self.take_held_out(kwargs),
         )
         self.rollout_log = RolloutLog(args.output_dir, self.accelerator.process_index)
         if args.save_rollouts:
@@ -54,6 +56,11 @@ class RLTrainer(CompleteCheckpoints, GRPOTrainer):
         if self.shares_prefix:
             for forwarded in self._forwarded_models():
                 enable_shared_prefix(forwarded)
+
+    def sample_completions(self, prompt_ids: list[list[int]]) -> list[list[int]]:
+        """GRPO's TRL generation (vLLM or transformers), one completion per prompt (each question's copies side by
+        side: TRL's vLLM server mode samples them as one request)."""
+        return self._generate_single_turn(prompt_ids, None, {}, self.held_out.samples)[0]
 
     def _forwarded_models(self) -> list:
         """The policy, and the reference model where the KL term has one."""

@@ -18,6 +18,7 @@ from pathlib import Path
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 import torch
+from huggingface_hub import upload_folder
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from caopd.backends import check_vllm_server, resolve_bf16, resolve_use_vllm
@@ -28,9 +29,12 @@ from caopd.checkpoints import (
     latest_sound,
     sampling_divergence,
 )
+from caopd.cli import BACKBONES as BACKBONE_NAMES
 from caopd.cli import CLIError, backbone_settings, gradient_accumulation_steps, parse_args, setting_warnings
+from caopd.held_out import HeldOutHistory, held_out_questions, held_out_rows
 from caopd.last_line import end_with
 from caopd.launch import PEER_LOST_EXIT
+from caopd.model_card import method_name
 from caopd.models import ModelResolutionError, resolve_model_name
 from caopd.prompt_lengths import check_prompt_lengths
 from caopd.prompts import encode_chat_prompts, thinking_mode
@@ -114,6 +118,13 @@ def build_config(args: argparse.Namespace, world_size: int):
         "max_completion_length": args.max_completion_length,
         "temperature": args.temperature,
         "save_rollouts": args.save_rollouts,
+        "push_to_hub": args.push_to_hub,
+        "hub_model_id": args.hub_model_id,
+        "hub_private_repo": args.hub_private_repo or None,
+        "eval_strategy": args.eval_strategy,
+        "eval_steps": args.eval_steps,
+        "per_device_eval_batch_size": args.per_device_eval_batch_size,
+        "num_generations_eval": args.num_generations_eval,
         "confidence_reading": args.confidence_reading,
         "shared_prefix": not args.no_shared_prefix,
         "enable_thinking": args.enable_thinking,
@@ -300,7 +311,8 @@ def save_final_model(trainer, tokenizer, output_dir: str) -> None:
 def _write_final_model(trainer, tokenizer, folder: Path) -> None:
     model = trainer.accelerator.unwrap_model(trainer.model)
     if not hasattr(model, "merge_and_unload"):
-        trainer.save_model(str(folder))
+        # not pushed from here (the Trainer would push its output folder): publish_final_model pushes it, complete
+        trainer.save_model(str(folder), _internal_call=True)
     elif trainer.accelerator.is_main_process:
         model.save_pretrained(folder / "adapter", selected_adapters=["default"])
         if "teacher" in model.peft_config:
@@ -308,6 +320,42 @@ def _write_final_model(trainer, tokenizer, folder: Path) -> None:
         model.merge_and_unload().save_pretrained(folder)
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(folder)
+
+
+def card_settings(args: argparse.Namespace, base_model: str, held_out) -> dict:
+    """What the model card says this run was (``caopd.model_card``)."""
+    settings = {
+        "method": method_name(args.backbone, not args.no_empirical_calibration, args.rl_reward),
+        "backbone": BACKBONE_NAMES[args.backbone],
+        "task": args.dataset_name + (f" ({args.train_data})" if args.train_data else ""),
+        "base model": base_model,
+        "rollouts per question (K)": args.num_generations,
+        "questions per step": args.num_prompts_per_batch,
+        "learning rate": args.learning_rate,
+        "optimizer steps": args.max_steps if args.max_steps > 0 else f"{args.num_train_epochs} epoch(s)",
+        "completion tokens at most": args.max_completion_length,
+        "LoRA": f"r {args.lora_r}, alpha {args.lora_alpha}" if args.use_peft else "no (full fine-tuning)",
+        "seed": args.seed,
+    }
+    if args.backbone != "grpo":
+        settings["teacher"] = f"{args.teacher_model_kind} (EMA rate {args.ref_model_mixup_alpha})"
+    if held_out is not None:
+        settings["held-out questions"] = f"{len(held_out.rows)}, {held_out.samples} answer(s) each"
+    return settings
+
+
+def publish_final_model(trainer, args: argparse.Namespace) -> None:
+    """The final folder's model card, as TRL's trainers write it; with ``--push_to_hub``, the folder (final model,
+    tokenizer, card, curve; no checkpoints) uploaded to the Trainer's repository through huggingface_hub."""
+    trainer.create_model_card(model_name=Path(args.output_dir).name, dataset_name=args.dataset_name)
+    if args.push_to_hub and trainer.accelerator.is_main_process:
+        upload_folder(
+            repo_id=trainer.hub_model_id,
+            folder_path=args.output_dir,
+            commit_message="End of training",
+            ignore_patterns=["checkpoint-*", ".*", "rollouts/*"],  # fnmatch: * also matches across folders
+        )
+    trainer.accelerator.wait_for_everyone()
 
 
 def run(args: argparse.Namespace, progress: dict) -> None:
@@ -338,6 +386,12 @@ def train(args: argparse.Namespace, progress: dict) -> None:
     dataset = task.load(args.train_data)
     require_chat_prompts(dataset, args.train_data or f"--dataset_name {args.dataset_name}")
     task.probe(dataset)
+    eval_rows = None
+    if args.eval_strategy != "no":
+        generated = args.dataset_name == "arithmetic" and args.train_data is None
+        dataset, eval_rows, eval_source = held_out_rows(
+            task, dataset, args.eval_data, args.eval_split_size, generated, args.seed
+        )
     if args.self_consistency:
         example = dataset[0]["demonstration"]
         if not resolve_equivalence(args.equivalence, task)(example, example):  # a broken --equivalence fails here
@@ -351,6 +405,13 @@ def train(args: argparse.Namespace, progress: dict) -> None:
     if check.warning and int(os.environ.get("RANK", "0")) == 0:
         print(f"warning: {check.warning}", file=sys.stderr)
     dataset = dataset.select(check.keep)
+    held_out = None
+    if eval_rows is not None:
+        held_out, warning = held_out_questions(
+            task, eval_rows, tokenizer, args, args.num_generations_eval, args.per_device_eval_batch_size
+        )
+        if warning and int(os.environ.get("RANK", "0")) == 0:
+            print(f"warning: {warning}", file=sys.stderr)
     try:
         trainer = BACKBONES[args.backbone][1](
             model=model,
@@ -359,9 +420,12 @@ def train(args: argparse.Namespace, progress: dict) -> None:
             task=task,
             processing_class=tokenizer,
             peft_config=peft_config(args),
+            held_out=held_out,
         )
     except ValueError as err:  # settings that only the trainer can check (e.g. room for the confidence line)
         raise CLIError(str(err)) from err
+    if held_out is not None:
+        trainer.add_callback(HeldOutHistory(args.output_dir))
     if trainer.accelerator.is_main_process:
         derived = {
             "model_path": model.config._name_or_path,
@@ -375,14 +439,19 @@ def train(args: argparse.Namespace, progress: dict) -> None:
             "thinking": thinking_mode(tokenizer, args.enable_thinking),
             "shared_prefix": trainer.shared_prefix_mode(),
             "chunked_loss": trainer.loss_chunking_mode(),
+            "held_out": f"{eval_source}; {len(held_out.rows)} within the prompt limit" if held_out else "none",
         }
         write_yaml_atomically(resolved_config(args, derived, config.to_dict()), Path(args.output_dir) / RUN_CONFIG_NAME)
     trainer.run_identity = identity
+    location = model.config._name_or_path
+    base = args.model_name if args.model_name == location else f"{args.model_name} ({location})"
+    trainer.card_settings = card_settings(args, base, held_out)
     progress["trainer"] = trainer
     if resume is None and args.overwrite_output_dir:
         delete_checkpoints(args.output_dir)
     trainer.train(resume_from_checkpoint=resume)
     save_final_model(trainer, tokenizer, args.output_dir)
+    publish_final_model(trainer, args)
     # Tear the process group down before the interpreter exits: left to exit-time destructors, gloo's worker
     # threads can abort a finished run ("terminate called without an active exception", exit code -6).
     trainer.accelerator.end_training()

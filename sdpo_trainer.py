@@ -24,6 +24,8 @@ from trl.experimental.sdpo.teacher_sync import PEFTAdapterEMACallback, SyncTeach
 from caopd.checkpoints import CompleteCheckpoints
 from caopd.chunked_loss import CompletionStates
 from caopd.groups import success_rates
+from caopd.held_out import HeldOutEvaluation
+from caopd.model_card import CAOPD_PAPER, RunModelCard
 from caopd.prompts import with_privileged_context
 from caopd.rewards import VerifierReward
 from caopd.rollout_log import rollout_rows
@@ -93,11 +95,12 @@ class CalibratedReprompts(SuccessfulRolloutTeacherContextBuilder):
         return super()._tokenize_teacher_messages(teacher_messages_list)
 
 
-class SDPODistilTrainer(CaOPDStep, CompleteCheckpoints, SDPOTrainer):
+class SDPODistilTrainer(CaOPDStep, CompleteCheckpoints, HeldOutEvaluation, RunModelCard, SDPOTrainer):
     """Self-Distillation Policy Optimization (SDPO) with CaOPD's empirical-confidence targets."""
 
     _tag_names: ClassVar[list[str]] = ["trl", "sdpo", "caopd"]
     _name = "CaOPD-SDPO"
+    _paper = CAOPD_PAPER
     config_cls = SDPODistilConfig
     teacher_sync_callbacks = (PEFTAdapterEMACallback, SyncTeacherModelCallback)
 
@@ -118,7 +121,7 @@ class SDPODistilTrainer(CaOPDStep, CompleteCheckpoints, SDPOTrainer):
             args=args,
             train_dataset=columns(train_dataset),
             processing_class=processing_class,
-            **kwargs,
+            **self.take_held_out(kwargs),
         )
         self.teacher_context_builder = CalibratedReprompts(self)
         self.setup_caopd()

@@ -160,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report_to", default="wandb", help="Trainer integrations: wandb, tensorboard, none, ...")
     run.add_argument("--save_rollouts", action="store_true", help="write every rollout and its targets as JSONL")
     run.add_argument(
+        "--push_to_hub",
+        action="store_true",
+        help="push checkpoints as the Trainer does, and the final model with its card at the end",
+    )
+    run.add_argument("--hub_model_id", help="the Hub repository (user/name; default: the output folder's name)")
+    run.add_argument("--hub_private_repo", action="store_true", help="create the Hub repository private")
+    run.add_argument(
         "--confidence_reading",
         choices=CONFIDENCE_READINGS,
         default=DEFAULT_READING,
@@ -297,6 +304,33 @@ def build_parser() -> argparse.ArgumentParser:
     peft.add_argument("--lora_r", type=positive_int, default=16)
     peft.add_argument("--lora_alpha", type=positive_int, default=32)
     peft.add_argument("--lora_dropout", type=probability, default=0.05)
+
+    held_out = parser.add_argument_group(
+        "held-out evaluation", "calibration on questions the run never trains on, while it trains (caopd.held_out)"
+    )
+    held_out.add_argument(
+        "--eval_strategy",
+        choices=("no", "steps", "epoch"),
+        default=None,
+        help="the Trainer's evaluation schedule (default: steps when --eval_steps is given, else no)",
+    )
+    held_out.add_argument(
+        "--eval_steps", type=positive_int, default=None, help="evaluate every N optimizer steps (and at the last)"
+    )
+    held_out.add_argument("--eval_data", help="held-out questions in the task's format (file or save_to_disk folder)")
+    held_out.add_argument(
+        "--eval_split_size",
+        type=positive_float,
+        default=None,
+        help="hold out this many training rows (or this fraction, below 1); arithmetic: its validation questions "
+        "(default 64)",
+    )
+    held_out.add_argument(
+        "--num_generations_eval", type=positive_int, default=1, help="answers sampled per held-out question"
+    )
+    held_out.add_argument(
+        "--per_device_eval_batch_size", type=positive_int, default=8, help="answers generated at once per process"
+    )
 
     memory = parser.add_argument_group("loss memory")
     memory.add_argument(
@@ -506,6 +540,31 @@ def _validate(args: argparse.Namespace) -> None:
     if args.lora_dropout >= 1.0:
         raise CLIError(f"--lora_dropout must be below 1 (1 drops every activation), got {args.lora_dropout}")
     _validate_scheduler(args)
+    _validate_held_out(args)
+
+
+def _validate_held_out(args: argparse.Namespace) -> None:
+    """The evaluation schedule and its questions: a schedule needs questions (arithmetic has its own), and
+    questions need a schedule."""
+    if args.eval_strategy is None:
+        args.eval_strategy = "steps" if args.eval_steps is not None else "no"
+    if args.eval_data is not None and args.eval_split_size is not None:
+        raise CLIError("--eval_data and --eval_split_size both name the held-out questions; give one of them")
+    if args.eval_strategy == "no":
+        given = [flag for flag in ("eval_steps", "eval_data", "eval_split_size") if getattr(args, flag) is not None]
+        if given:
+            raise CLIError(f"--{given[0]} is set but --eval_strategy is no: add --eval_steps N to evaluate")
+        return
+    if args.eval_data is None and args.eval_split_size is None and args.dataset_name != "arithmetic":
+        raise CLIError(
+            f"--eval_strategy {args.eval_strategy}: no held-out questions; give --eval_data FILE or "
+            "--eval_split_size N (rows held out of the training set)"
+        )
+    if args.per_device_eval_batch_size % args.num_generations_eval:
+        raise CLIError(
+            f"--per_device_eval_batch_size {args.per_device_eval_batch_size} is not a multiple of "
+            f"--num_generations_eval {args.num_generations_eval}; each question's answers are generated together"
+        )
 
 
 def _validate_scheduler(args: argparse.Namespace) -> None:

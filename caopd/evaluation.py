@@ -31,8 +31,7 @@ from caopd.generation import MODEL_SETTABLE, generate, resolve_sampling
 from caopd.metrics import calibration_metrics
 from caopd.models import ModelResolutionError, resolve_model_name
 from caopd.plots import reliability_png, selective_png
-from caopd.prompt_lengths import OVERLONG_CHOICES, check_prompt_lengths
-from caopd.prompts import encode_chat_prompts
+from caopd.prompt_lengths import OVERLONG_CHOICES, encode_within_limit
 from caopd.run_guard import ignore_further_interrupts, signal_handlers_kept
 from caopd.tasks import Task, TaskDataError, get_task
 from caopd.tasks.arithmetic import SPLITS, generate_questions
@@ -194,7 +193,7 @@ def _evaluate_and_report(task_name: str, argv: list[str] | None) -> int:
         sampling, sources = resolve_sampling(requested, model_path, args.max_new_tokens, args.batch_size, args.seed)
         rows, prompt_ids = _encoded_prompts(rows, model_path, args)
         responses = generate(model_path, prompt_ids, sampling, args.backend)
-        items = _judged_items(task, rows, responses, args.confidence_reading)
+        items = judged_items(task, rows, responses, args.confidence_reading)
         metrics = _metrics(task_name, args, items, sampling, sources)
         _write_results(output, task_name, args.model_path, items, metrics)
     except (ValueError, TaskDataError, ModelResolutionError, OSError) as err:
@@ -267,7 +266,7 @@ def _refuse_earlier_results(output: Path, overwrite: bool) -> None:
         )
 
 
-def _judged_items(task: Task, rows: Dataset, responses: list, reading: str) -> list[dict[str, Any]]:
+def judged_items(task: Task, rows: Dataset, responses: list, reading: str) -> list[dict[str, Any]]:
     """One item per sample: the response, its verdict by the training verifier and its confidence as ``reading``
     reads it (``confidence_out_of_range``: the number as written lies outside [0, 1])."""
     items = []
@@ -295,14 +294,12 @@ def _judged_items(task: Task, rows: Dataset, responses: list, reading: str) -> l
 def _encoded_prompts(rows: Dataset, model_path: str, args: argparse.Namespace) -> tuple[Dataset, list[list[int]]]:
     """The prompts as token ids, rendered as in training, after the length check (``--overlong_prompts``)."""
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    prompt_ids = encode_chat_prompts(tokenizer, list(rows["prompt"]), args.enable_thinking)
-    lengths = [len(ids) for ids in prompt_ids]
-    check = check_prompt_lengths(lengths, args.max_prompt_length, args.overlong_prompts, "--max_prompt_length")
-    if check.warning:
-        print(f"warning: {check.warning}", file=sys.stderr)
-    cut = set(check.truncated)
-    kept_ids = [prompt_ids[i][-args.max_prompt_length :] if i in cut else prompt_ids[i] for i in check.keep]
-    return rows.select(check.keep), kept_ids
+    keep, prompt_ids, warning = encode_within_limit(
+        tokenizer, list(rows["prompt"]), args.enable_thinking, args.max_prompt_length, args.overlong_prompts
+    )
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    return rows.select(keep), prompt_ids
 
 
 def _load_rows(task: Task, args: argparse.Namespace) -> Dataset:

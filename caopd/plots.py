@@ -1,4 +1,5 @@
-"""Reliability diagrams as PNG: accuracy per confidence bin against the diagonal of perfect calibration.
+"""Reliability diagrams as PNG: accuracy per confidence bin against the diagonal of perfect calibration; the
+selective-prediction and routing curves; a run's held-out calibration against the training step.
 
 Each ``*_png`` function returns the image's bytes (a caller writing a set of outputs together takes those); each
 ``*_diagram`` writes that image to a path, atomically.
@@ -14,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from caopd.atomic import write_atomically
 
@@ -25,20 +27,20 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def _write_png(path: Path | str, image: bytes) -> None:
+def write_png(path: Path | str, image: bytes) -> None:
     write_atomically(path, lambda stream: stream.write(image), mode="wb")
 
 
 def reliability_diagram(runs: dict[str, dict[str, Any]], path: Path | str, title: str = "Reliability") -> None:
-    _write_png(path, reliability_png(runs, title))
+    write_png(path, reliability_png(runs, title))
 
 
 def selective_diagram(runs: dict[str, dict[str, Any]], path: Path | str, title: str = "Selective prediction") -> None:
-    _write_png(path, selective_png(runs, title))
+    write_png(path, selective_png(runs, title))
 
 
 def routing_diagram(routing: dict[str, Any], path: Path | str) -> None:
-    _write_png(path, routing_png(routing))
+    write_png(path, routing_png(routing))
 
 
 def reliability_png(runs: dict[str, dict[str, Any]], title: str = "Reliability") -> bytes:
@@ -119,5 +121,30 @@ def routing_png(routing: dict[str, Any]) -> bytes:
     axis.plot([], [], linestyle="--", color="gray", label="dashed: same share deferred at random")
     axis.set(xlabel="cost per query (small-model calls)", ylabel="accuracy", title=f"Cascade routing (R = {ratio:g})")
     axis.legend(loc="lower right", fontsize=7)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def calibration_curve_png(history: list[dict[str, Any]]) -> bytes:
+    """Held-out accuracy, mean stated confidence and ECE against the training step (``caopd.held_out``): the gap
+    between the first two is the overconfidence a run builds or removes as it trains."""
+    figure, axis = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    steps = [entry["step"] for entry in history]
+    for name, label, style in (
+        ("accuracy", "accuracy", "-o"),
+        ("mean_confidence", "mean stated confidence", "-s"),
+        ("ece", "ECE", "--^"),
+    ):
+        axis.plot(steps, [entry[name] for entry in history], style, label=label, markersize=4)
+    last = history[-1]
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set(
+        ylim=(-0.02, 1.02),
+        xlabel="optimizer step",
+        ylabel="held-out value",
+        title=f"Held-out calibration (step {last['step']}: accuracy {last['accuracy']:.3f}, ECE {last['ece']:.3f})",
+    )
+    axis.grid(alpha=0.3)
+    axis.legend(loc="best", fontsize=8)
     figure.tight_layout()
     return _png(figure)

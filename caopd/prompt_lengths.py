@@ -10,6 +10,9 @@ cut as TRL cuts them; both come with a warning for the caller to print.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from caopd.prompts import encode_chat_prompts
 
 OVERLONG_CHOICES = ("error", "drop", "truncate")
 
@@ -54,3 +57,15 @@ def check_prompt_lengths(lengths: list[int], limit: int | None, policy: str, fla
             raise PromptLengthError(f"{summary}: dropping them leaves no prompt; raise {flag} to {longest}")
         return LengthCheck(kept, [], f"{summary}; --overlong_prompts drop leaves them out ({len(kept)} remain)")
     return LengthCheck(everything, overlong, f"{summary}; --overlong_prompts truncate keeps their last {limit} tokens")
+
+
+def encode_within_limit(
+    tokenizer: Any, prompts: list[Any], enable_thinking: bool, limit: int | None, policy: str
+) -> tuple[list[int], list[list[int]], str | None]:
+    """Chat prompts rendered and encoded as in training, put through the length ``policy``: the indices of the
+    prompts kept, their token ids (cut to their last ``limit`` tokens where ``truncate`` says) and the warning."""
+    prompt_ids = encode_chat_prompts(tokenizer, prompts, enable_thinking)
+    check = check_prompt_lengths([len(ids) for ids in prompt_ids], limit, policy, "--max_prompt_length")
+    cut = set(check.truncated)
+    kept = [prompt_ids[index][-limit:] if index in cut else prompt_ids[index] for index in check.keep]
+    return check.keep, kept, check.warning

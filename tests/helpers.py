@@ -68,9 +68,19 @@ def toy_config(output_dir, backbone: str = "sdft", **overrides):
 
 
 def toy_trainer(
-    model, tokenizer, output_dir, peft_config=None, backbone: str = "sdft", task: Task = TOY_TASK, **overrides
+    model,
+    tokenizer,
+    output_dir,
+    peft_config=None,
+    backbone: str = "sdft",
+    task: Task = TOY_TASK,
+    held_out=None,
+    **overrides,
 ):
-    """A tiny trainer of either backbone on the toy task (verdict: the response has an even length)."""
+    """A tiny trainer of either backbone on the toy task (verdict: the response has an even length); with
+    ``held_out`` questions, evaluated every step."""
+    if held_out is not None:
+        overrides = {"eval_strategy": "steps", "eval_steps": 1, **overrides}
     return BACKBONES[backbone][1](
         model=model,
         args=toy_config(output_dir, backbone, **overrides),
@@ -78,6 +88,7 @@ def toy_trainer(
         task=task,
         processing_class=tokenizer,
         peft_config=peft_config,
+        held_out=held_out,
     )
 
 

@@ -43,6 +43,21 @@ CASES = [
     ("main overlong prompts", "main.py",
      "--output_dir {tmp}/o --dataset_name arithmetic --model_name {model} --max_prompt_length 8",
      "--max_prompt_length"),
+    ("main held-out twice", "main.py", "--output_dir {tmp}/o --eval_steps 2 --eval_data x.jsonl --eval_split_size 4",
+     "--eval_data and --eval_split_size both name the held-out questions"),
+    ("main held-out without schedule", "main.py", "--output_dir {tmp}/o --eval_split_size 4",
+     "--eval_split_size is set but --eval_strategy is no: add --eval_steps N"),
+    ("main schedule without questions", "main.py", "--output_dir {tmp}/o --eval_steps 2",
+     "no held-out questions; give --eval_data FILE or --eval_split_size N"),
+    ("main eval batch", "main.py",
+     "--output_dir {tmp}/o --dataset_name arithmetic --eval_steps 1 --num_generations_eval 3",
+     "--per_device_eval_batch_size 8 is not a multiple of --num_generations_eval 3"),
+    ("main held-out too many", "main.py",
+     "--output_dir {tmp}/o --dataset_name custom --verifier exact_match --train_data {tmp}/ok.jsonl "
+     "--eval_steps 1 --eval_split_size 50", "leave at least one row for each side"),
+    ("main held-out all trained", "main.py",
+     "--output_dir {tmp}/o --dataset_name custom --verifier exact_match --train_data {tmp}/ok.jsonl "
+     "--eval_steps 1 --eval_data {tmp}/ok.jsonl", "every question in it is a training question too"),
     # ---- main.py: --config
     ("config missing", "main.py", "--config {tmp}/none.yaml", "cannot read it"),
     ("config not yaml", "main.py", "--config {tmp}/broken.yaml", "not valid YAML"),

@@ -245,3 +245,21 @@ def test_arithmetic_probe_counts_add_up(tmp_path):
 def test_bench_flags_out_of_range(script, argv, message):
     finished = _run(script, *argv)
     assert finished.returncode == 2 and message in finished.stderr
+
+
+@covers("bench/eval_cost.py")
+def test_eval_cost_is_the_evaluation_time_over_the_steps_between_evaluations(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import eval_cost
+
+    entries = [{"step": 2, "runtime": 3.0, "seconds_per_step": None, "n_samples": 64}]
+    entries += [{"step": 4, "runtime": 5.0, "seconds_per_step": 10.0, "n_samples": 64}]
+    entries += [{"step": 6, "runtime": 4.0, "seconds_per_step": 14.0, "n_samples": 64}]
+    (tmp_path / "eval_history.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    assert eval_cost.main([str(tmp_path)]) == 0
+    rows = {int(line.split()[0]): line.split()[2] for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows == {n: f"{4.0 / (n * 12.0):.1%}" for n in (2, 10, 50, 100)}  # mean runtime 4 s, mean step 12 s
+    (tmp_path / "eval_history.jsonl").write_text(json.dumps(entries[0]) + "\n")
+    with pytest.raises(SystemExit):
+        eval_cost.main([str(tmp_path)])
+    assert "1 evaluation(s), none after an earlier one" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """The CLI: flags and YAML, one clear message per user error, and an end-to-end run that saves a loadable model."""
 
 import argparse
+from pathlib import Path
 
 import pytest
 import yaml
@@ -137,6 +138,33 @@ def _tiny_argv(tmp_path) -> list[str]:
 def _tiny_run(tmp_path, *extra):
     assert main.main(_tiny_argv(tmp_path) + list(extra)) == 0
     return tmp_path / "run"
+
+
+def test_push_to_hub_goes_through_the_trainer_and_uploads_the_final_folder_with_its_card(tmp_path, monkeypatch):
+    """The Hub stubbed at its boundary (transformers' repository creation and checkpoint push, huggingface_hub's
+    upload): the Trainer pushes its checkpoints, and at the end the final folder, with its model card, is uploaded
+    once to the repository the flags name."""
+    from transformers import Trainer
+
+    pushed, uploaded = [], []
+    monkeypatch.setattr(Trainer, "init_hf_repo", lambda self, token=None: setattr(self, "hub_model_id", "me/run"))
+    monkeypatch.setattr(Trainer, "_push_from_checkpoint", lambda self, folder: pushed.append(folder))
+
+    def upload(**kwargs):
+        uploaded.append({**kwargs, "card": (Path(kwargs["folder_path"]) / "README.md").read_text()})
+
+    monkeypatch.setattr(main, "upload_folder", upload)
+    output = _tiny_run(tmp_path, "--save_steps", "1", "--push_to_hub", "--hub_model_id", "me/run", "--hub_private_repo")
+    assert pushed == [str(output / "checkpoint-1")]
+    (final,) = uploaded
+    assert (
+        final["repo_id"] == "me/run"
+        and final["folder_path"] == str(output)
+        and "checkpoint-*" in final["ignore_patterns"]
+    )
+    assert "This model was trained with CaOPD, a method introduced in" in final["card"]
+    assert "| method | CaOPD on SDFT |" in final["card"] and "| base model | " in final["card"]
+    assert yaml.safe_load((output / RUN_CONFIG_NAME).read_text())["trainer"]["hub_private_repo"] is True
 
 
 def test_end_to_end_run_saves_a_loadable_model_and_the_resolved_config(tmp_path):

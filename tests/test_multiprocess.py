@@ -11,6 +11,8 @@ import torch
 from conftest import accelerate_launch
 from helpers import read_rollouts
 
+from caopd.held_out import CURVE_NAME, read_history
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -39,16 +41,21 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.slow
 def test_main_leaves_no_process_group_for_interpreter_shutdown(tmp_path):
     """A finished two-process run of main.py frees its DDP wrapper before returning: left to interpreter shutdown,
-    destroying the gloo process group it holds can abort a run that had finished (SIGABRT, exit code -6)."""
+    destroying the gloo process group it holds can abort a run that had finished (SIGABRT, exit code -6). The run
+    evaluates 3 held-out questions x 2 answers: each question is answered by one process, once."""
     from tiny_model import save_tiny_model
 
     tiny = save_tiny_model(tmp_path / "tiny")
     flags = ["--model_name", str(tiny), "--dataset_name", "arithmetic", "--output_dir", str(tmp_path / "run")]
     flags += ["--max_steps", "1", "--num_prompts_per_batch", "1", "--num_generations", "2", "--no_wandb"]
     flags += ["--per_device_train_batch_size", "1", "--max_completion_length", "16", "--max_prompt_length", "512"]
+    flags += ["--eval_steps", "1", "--eval_split_size", "3", "--num_generations_eval", "2"]
     _launch_two("mp_main_exit.py", str(tmp_path), *flags)
     leftover = [json.loads((tmp_path / f"leftover_ddp_rank{rank}.json").read_text()) for rank in (0, 1)]
     assert leftover == [0, 0]
+    (evaluation,) = read_history(tmp_path / "run")
+    assert evaluation["step"] == 1 and evaluation["n_samples"] == 6  # rank 1 answered its 1 question, not its pad
+    assert (tmp_path / "run" / CURVE_NAME).is_file() and "| 1 | " in (tmp_path / "run" / "README.md").read_text()
 
 
 def _rlcr_reward_of_its_own_verdict(row: dict) -> bool:

@@ -12,6 +12,7 @@ from tiny_model import save_tiny_model
 
 import main
 from caopd.confidence import parse_confidence
+from caopd.held_out import CURVE_NAME, read_history
 from caopd.rewards import brier_term, car_term, rl_reward_functions
 from caopd.tasks.arithmetic import ARITHMETIC_TASK
 
@@ -133,16 +134,23 @@ def test_a_short_grpo_run_of_each_reward(model, tokenizer, tmp_path, rule):
 
 
 def test_grpo_resumes_from_latest_through_the_cli(tmp_path):
+    """Resumed with its held-out evaluations: the history and the final card hold the one of each step."""
     model_dir = save_tiny_model(tmp_path / "tiny")
     flags = ["--backbone", "grpo", "--rl_reward", "rlcr", "--model_name", str(model_dir), "--no_wandb"]
     flags += ["--dataset_name", "arithmetic", "--output_dir", str(tmp_path / "run"), "--num_prompts_per_batch", "2"]
     flags += ["--num_generations", "4", "--per_device_train_batch_size", "8", "--max_completion_length", "16"]
     flags += ["--max_prompt_length", "512", "--save_steps", "1", "--warmup_steps", "0", "--save_rollouts"]
+    flags += ["--eval_steps", "1", "--eval_split_size", "2"]
     assert main.main([*flags, "--max_steps", "1"]) == 0
     assert main.main([*flags, "--max_steps", "2", "--resume_from_checkpoint", "latest"]) == 0
+    assert [entry["step"] for entry in read_history(tmp_path / "run")] == [1, 2]
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "| method | GRPO with the rlcr reward (an RL baseline of the paper) |" in card
+    assert card.count("\n| 1 | ") == card.count("\n| 2 | ") == 1 and (tmp_path / "run" / CURVE_NAME).is_file()
     assert sorted({row["step"] for row in read_rollouts(tmp_path / "run")}) == [0, 1]
     state = json.loads((tmp_path / "run" / "checkpoint-2" / "trainer_state.json").read_text())
-    assert state["global_step"] == 2 and "rewards/brier/mean" in state["log_history"][-1]
+    trained = [entry for entry in state["log_history"] if "eval_ece" not in entry]
+    assert state["global_step"] == 2 and "rewards/brier/mean" in trained[-1]
 
 
 @pytest.mark.parametrize(

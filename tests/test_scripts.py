@@ -15,6 +15,7 @@ from conftest import ROOT, SHARED_DATA, covers
 from tiny_model import save_tiny_model
 
 from caopd.cli import gradient_accumulation_steps, parse_args
+from caopd.held_out import read_history
 
 FIXTURES = ROOT / "tests" / "fixtures"
 CPU_ACCELERATE_CONFIG = """compute_environment: LOCAL_MACHINE
@@ -64,12 +65,15 @@ def test_cpu_demo_script_trains_one_step(tmp_path, backbone):
     model = save_tiny_model(tmp_path / "tiny")
     out = tmp_path / "demo"
     env = {"SKIP_SETUP": "1", "MAX_STEPS": "1", "SAVE_STEPS": "1", "OUTPUT_DIR": str(out), "BACKBONE": backbone}
-    finished = _bash("scripts/run_cpu_demo.sh", env, "--model_name", str(model), "--save_rollouts")
+    held_out = ["--eval_steps", "1", "--eval_split_size", "4"]  # 4 arithmetic questions of its validation split
+    finished = _bash("scripts/run_cpu_demo.sh", env, "--model_name", str(model), "--save_rollouts", *held_out)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "[run_cpu_demo] python -m caopd.launch" in finished.stdout
     assert_logged_p_acc_is_the_rollouts(out)
     assert (out / "model.safetensors").is_file() and (out / "checkpoint-1" / "teacher").is_dir()
     assert f"backbone: {backbone}" in (out / "caopd_config.yaml").read_text()
+    assert [(entry["step"], entry["n_samples"]) for entry in read_history(out)] == [(1, 4)]
+    assert "## Held-out calibration while training" in (out / "README.md").read_text()
 
 
 @pytest.mark.slow

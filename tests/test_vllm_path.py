@@ -15,10 +15,12 @@ import torch
 import trl.experimental.sdft.sdft_trainer as sdft_trainer
 from conftest import accelerate_launch
 from helpers import (
+    TOY_TASK,
     assert_rewritten_with_group_rates,
     capture_batches,
     read_rollouts,
     record_references,
+    toy_dataset,
     toy_trainer,
 )
 from tiny_model import save_tiny_model
@@ -28,6 +30,8 @@ from vllm_standin import FakeVLLMServer, install
 
 import caopd.step
 import main
+from caopd.held_out import HeldOut
+from caopd.prompts import encode_chat_prompts
 from caopd.targets import reserved_completion_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -252,3 +256,19 @@ def test_grpo_samples_through_vllm_with_its_log_probs(disk_model, tokenizer, tmp
     assert {"rewards/format/mean", "rewards/accuracy/mean", "rewards/brier/mean"} <= set(logged)  # RLCR's terms
     assert logged["sampling/sampling_logp_difference/mean"] < 1e-4  # the engine's log-probs are the trainer's
     assert len(read_rollouts(tmp_path / "run")) == 8
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_held_out_answers_come_from_the_runs_vllm_with_each_questions_copies_as_one_request(
+    disk_model, tokenizer, tmp_path, model_dir, mode
+):
+    """Held-out evaluation samples through TRL's VLLMGeneration, as the rollouts do: 3 questions x 2 answers, each
+    question's copies side by side (the server samples them as n = 2 of one prompt), weights synced first."""
+    prompt_ids = encode_chat_prompts(tokenizer, list(toy_dataset(3)["prompt"]), enable_thinking=False)
+    held_out = HeldOut(toy_dataset(3), prompt_ids, TOY_TASK, "paper", samples=2, batch_size=4)
+    trainer = vllm_trainer(disk_model, tokenizer, tmp_path, mode, model_dir, held_out=held_out)
+    metrics = trainer.evaluate()
+    calls = trainer.vllm_generation.calls
+    assert [call.num_generations for call in calls] == [2, 2]  # batches of 4 answers: 2 questions, then 1
+    assert [call.prompts for call in calls] == [[p for p in prompt_ids[:2] for _ in "ab"], [prompt_ids[2]] * 2]
+    assert metrics["eval_n_samples"] == 6
