@@ -7,6 +7,7 @@ reference shows which prompt it was made for. Each process writes the references
 <output_dir>/references_rank<N>.json.
 """
 
+import faulthandler
 import gc
 import json
 import os
@@ -31,6 +32,9 @@ class EchoingGreedyEngine(Engine):
 
 
 if __name__ == "__main__":
+    # A run of this script takes about a minute: one that hangs prints where each thread of each rank stands and
+    # exits, so the test fails with the stacks instead of waiting out its timeout.
+    faulthandler.dump_traceback_later(300, exit=True)
     install()
     output_dir = Path(sys.argv[1])
     tokenizer = real_tokenizer()
