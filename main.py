@@ -20,6 +20,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 import torch
 from huggingface_hub import upload_folder
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.integrations import get_available_reporting_integrations
 
 from caopd.backends import check_vllm_server, resolve_bf16, resolve_use_vllm
 from caopd.checkpoints import (
@@ -41,6 +42,7 @@ from caopd.prompts import encode_chat_prompts, thinking_mode
 from caopd.rewards import RLCR_CONFIG
 from caopd.run_config import RUN_CONFIG_NAME, resolved_config, write_yaml_atomically
 from caopd.run_guard import (
+    HOLDER_NAME,
     LOCK_NAME,
     STOP_SIGNALS,
     RunLock,
@@ -70,9 +72,27 @@ BACKBONES = {
 }
 
 
+def resolve_report_to(args: argparse.Namespace) -> str:
+    """``--no_wandb``: none. ``--report_to`` given: as given, each integration checked. Unset: wandb (the original
+    release's tracker) when it is installed, else none, said in one line rather than refused."""
+    if args.no_wandb:
+        return "none"
+    if args.report_to is not None:
+        check_reporting(args.report_to)
+        return args.report_to
+    if "wandb" in get_available_reporting_integrations():
+        return "wandb"
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            "note: wandb is not installed, so this run reports to no tracker (pip install wandb, or pass --report_to "
+            "tensorboard or another integration)",
+            file=sys.stderr,
+        )
+    return "none"
+
+
 def check_reporting(report_to: str) -> None:
     """Every ``--report_to`` integration is one transformers knows and whose package is installed."""
-    from transformers.integrations import get_available_reporting_integrations
     from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
     for name in (part.strip() for part in report_to.split(",") if part.strip() not in ("none", "all", "")):
@@ -88,8 +108,7 @@ def check_reporting(report_to: str) -> None:
 def build_config(args: argparse.Namespace, world_size: int):
     """Map the flags onto the backbone's config; the question batch fixes gradient accumulation."""
     use_vllm = resolve_use_vllm(args.use_vllm)
-    report_to = "none" if args.no_wandb else args.report_to
-    check_reporting(report_to)
+    report_to = resolve_report_to(args)
     on_gpu = torch.cuda.is_available()
     bf16 = resolve_bf16(args.bf16, on_gpu)
     common = {
@@ -253,7 +272,7 @@ def _start_over_in(output_dir: str, overwrite: bool) -> None:
     earlier run's checkpoints either: refused unless --overwrite_output_dir."""
     folder = Path(output_dir)
     if folder.is_dir() and not (folder / RUN_CONFIG_NAME).is_file():
-        foreign = sorted(path.name for path in folder.iterdir() if path.name != LOCK_NAME)
+        foreign = sorted(path.name for path in folder.iterdir() if path.name not in (LOCK_NAME, HOLDER_NAME))
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             raise CLIError(
@@ -364,8 +383,6 @@ def run(args: argparse.Namespace, progress: dict) -> None:
     lock = RunLock(args.output_dir)
     if int(os.environ.get("RANK", "0")) == 0:
         lock.acquire()  # before anything is read or written there
-    else:
-        lock.check()
     try:
         train(args, progress)
     finally:

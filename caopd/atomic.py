@@ -3,6 +3,8 @@
 Written files get the permissions the user's umask gives new files (a temporary file is created private). A set of
 outputs that belong together (an evaluation's inference and metrics) is written in full to temporaries first and
 renamed into place only then, so a failure (a full disk) leaves the earlier set as it was, not half replaced.
+Each temporary is flushed to the disk (fsync) before its rename and the folder after it, so a machine that loses
+power just after a write keeps either the old file or the whole new one, never an empty one under the new name.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ def _temporary_copy(path: Path, write: Callable[[IO], None], mode: str) -> Path:
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(handle, mode, encoding=encoding) as stream:
             write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
         os.chmod(temporary, _user_file_mode())
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -55,6 +59,17 @@ def write_set_atomically(outputs: dict[Path, tuple[Callable[[IO], None], str]]) 
         raise
     for path, temporary in written.items():
         os.replace(temporary, path)
+    for folder in {path.parent for path in written}:
+        sync_folder(folder)
+
+
+def sync_folder(folder: Path | str) -> None:
+    """Flush a folder's entries (a rename into it) to the disk."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def output_file_problem(path: Path | str, flag: str, overwrite: bool = True) -> str | None:

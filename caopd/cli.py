@@ -157,7 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--no_wandb", action="store_true", help="do not report to Weights & Biases (same as --report_to none)"
     )
-    run.add_argument("--report_to", default="wandb", help="Trainer integrations: wandb, tensorboard, none, ...")
+    run.add_argument(
+        "--report_to",
+        default=None,
+        help="Trainer integrations: wandb, tensorboard, none, ... (default: wandb when it is installed, else none)",
+    )
     run.add_argument("--save_rollouts", action="store_true", help="write every rollout and its targets as JSONL")
     run.add_argument(
         "--push_to_hub",

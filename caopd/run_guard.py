@@ -1,9 +1,8 @@
 """What keeps a run from harming another run's files, or from being resumed under other settings, and the one line
 it ends with when it is stopped.
 
-- ``RunLock``: one live run per output folder. The lock file names the run's process (and host); a second run into
-  the folder is refused with that pid while it lives, and a lock left by a run that died is taken over. The
-  processes of one launch (torchrun: the same rendezvous) share it.
+- ``RunLock``: one live run per output folder, an operating-system file lock that its holder's end releases; a
+  second run into the folder is refused with the holder's pid and host.
 - ``run_identity`` / ``identity_problem``: the settings a checkpoint's run was started with are written into every
   checkpoint (``caopd_run.json``); a resume under another model, backbone, task, data, LoRA layout or reward is
   refused with the settings named; another K is allowed with a warning.
@@ -24,9 +23,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
+from caopd.atomic import write_text_atomically
 from caopd.checkpoints import latest_complete
 
-LOCK_NAME = ".caopd_run.lock"
+LOCK_NAME = ".caopd_run.lock"  # the operating-system lock (filelock)
+HOLDER_NAME = ".caopd_run.json"  # who holds it
 IDENTITY_NAME = "caopd_run.json"
 # Settings that make a checkpoint's weights, optimizer state or data order meaningless under other values.
 MUST_MATCH = (
@@ -49,82 +52,57 @@ class RunLockError(RuntimeError):
     """Another live run holds the output folder."""
 
 
-def _launch_id() -> str:
-    """What the processes of one launch share (torchrun's rendezvous), or this process alone."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        parts = (os.environ.get(name, "") for name in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"))
-        return "launch:" + ":".join(parts)
-    return f"process:{socket.gethostname()}:{os.getpid()}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class RunLock:
-    """The output folder's lock, held by the main process of a launch for the duration of the run."""
+    """The output folder's lock, held by the main process of a launch for the duration of the run.
+
+    An operating-system file lock (``filelock``): exclusive however close together two runs start, and released by
+    the system when its holder ends, killed or not, so no lock outlives its run and none is guessed stale. Beside it
+    a note names the holder (pid, host, start) for the message a second run gets. The other processes of a launch
+    take no lock: when the main process is refused, the launcher stops them."""
 
     def __init__(self, output_dir: str | Path):
-        self.path = Path(output_dir) / LOCK_NAME
-        self.launch = _launch_id()
-        self.held = False
+        self.folder = Path(output_dir)
+        self.path = self.folder / LOCK_NAME
+        self.note = self.folder / HOLDER_NAME
         self.created = False
-
-    def _holder(self) -> dict[str, Any] | None:
-        try:
-            holder = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return holder if isinstance(holder, dict) else None
-
-    def _live_other(self, holder: dict[str, Any] | None) -> dict[str, Any] | None:
-        if holder is None or holder.get("launch") == self.launch:
-            return None
-        pid = holder.get("pid")
-        if holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
-            return None  # left by a run that died
-        return holder
-
-    def check(self) -> None:
-        """Refuse (``RunLockError``) when another live run holds the folder (every process checks)."""
-        other = self._live_other(self._holder())
-        if other is not None:
-            started = time.strftime("%Y-%m-%d %H:%M", time.localtime(other.get("started", 0)))
-            raise RunLockError(
-                f"{self.path.parent} is in use by another run (pid {other.get('pid')} on {other.get('host')}, started "
-                f"{started}); wait for it to finish or choose another --output_dir (if that run is gone, delete "
-                f"{self.path})"
-            )
+        self._lock: FileLock | None = None
 
     def acquire(self) -> None:
-        """Take the lock (the launch's main process), replacing one that a dead run left."""
-        self.check()
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "launch": self.launch, "started": time.time()}
-        temporary = self.path.with_name(f"{LOCK_NAME}.{os.getpid()}")
+        """Take the lock, or refuse (``RunLockError``) naming the run that holds it."""
+        lock = FileLock(self.path, blocking=False, thread_local=False, fallback_to_soft=False)
         try:
-            self.created = not self.path.parent.exists()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary.write_text(json.dumps(record), encoding="utf-8")
-            os.replace(temporary, self.path)
+            self.created = not self.folder.exists()
+            self.folder.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        except Timeout:
+            raise RunLockError(self._in_use()) from None
         except OSError as err:  # the first write into the folder: one that cannot be created or written ends here
             raise RunLockError(
-                f"--output_dir {self.path.parent}: cannot write there ({err.strerror or err}); choose another folder"
+                f"--output_dir {self.folder}: cannot write there ({err.strerror or err}); choose another folder"
             ) from err
-        self.held = True
+        self._lock = lock
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        write_text_atomically(self.note, json.dumps(holder))
+
+    def _in_use(self) -> str:
+        try:
+            holder = json.loads(self.note.read_text(encoding="utf-8"))
+            started = time.strftime("%Y-%m-%d %H:%M", time.localtime(holder["started"]))
+            who = f" (pid {holder['pid']} on {holder['host']}, started {started})"
+        except (OSError, ValueError, TypeError, KeyError):
+            who = ""  # taken an instant ago, its note not yet written
+        return f"{self.folder} is in use by another run{who}; wait for it to finish or choose another --output_dir"
 
     def release(self) -> None:
-        """Remove the lock (and the output folder when this run created it and wrote nothing else there)."""
-        if self.held and (self._holder() or {}).get("launch") == self.launch:
+        """Release the lock (and remove the output folder when this run created it and wrote nothing else there)."""
+        if self._lock is None:
+            return
+        self.note.unlink(missing_ok=True)
+        self._lock.release()
+        self._lock = None
+        if self.created and {path.name for path in self.folder.iterdir()} <= {LOCK_NAME}:
             self.path.unlink(missing_ok=True)
-            if self.created and not any(self.path.parent.iterdir()):
-                self.path.parent.rmdir()
-        self.held = False
+            self.folder.rmdir()
 
 
 def run_identity(args: Any, model_location: str) -> dict[str, Any]:

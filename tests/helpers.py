@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from pathlib import Path
 
 from datasets import Dataset
 
 from caopd.rollout_log import read_rollout_rows
+from caopd.run_guard import HOLDER_NAME, RunLock
 from caopd.targets import rewrite_completion_text
 from caopd.tasks.base import Task, user_chat
 from distil_config import DistilConfig, RLConfig, SDPODistilConfig
@@ -90,6 +92,14 @@ def toy_trainer(
         peft_config=peft_config,
         held_out=held_out,
     )
+
+
+def assert_lock_released(output_dir) -> None:
+    """The run that held ``output_dir`` let go of it: its holder note is gone and the lock can be taken."""
+    assert not (Path(output_dir) / HOLDER_NAME).exists()
+    lock = RunLock(output_dir)
+    lock.acquire()
+    lock.release()
 
 
 def read_rollouts(output_dir) -> list[dict]:

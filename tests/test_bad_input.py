@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import runpy
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -383,7 +382,7 @@ CASES = [
      "--attn_implementation flash_attention_2: "),
     # ---- two runs, one output folder; resume under other settings
     ("folder in use", "main.py", "--output_dir {tmp}/locked --dataset_name arithmetic --model_name {model}",
-     "is in use by another run (pid 1 on"),
+     "is in use by another run (pid "),
     ("resume another model", "main.py",
      "--output_dir {tmp}/other_run --resume_from_checkpoint latest --dataset_name arithmetic --model_name {model}",
      "model: 'someone/else' then"),
@@ -504,18 +503,20 @@ def _write_pathological_inputs(tmp: Path) -> None:
     )
 
 
+HELD_LOCKS: list = []  # the locks of the "live run" folders, held until the test session ends
+
+
 def _write_earlier_runs(tmp: Path) -> None:
     """Output folders of other runs: a live run's lock, complete checkpoints of a run with other settings, markers
     that list no files, list a file outside, or do not parse."""
     import torch
 
     from caopd.checkpoints import MARKER, write_marker
-    from caopd.run_guard import IDENTITY_NAME, LOCK_NAME
+    from caopd.run_guard import IDENTITY_NAME, RunLock
     from caopd.teacher import TEACHER_DIR
 
-    (tmp / "locked").mkdir()
-    holder = {"pid": 1, "host": socket.gethostname(), "launch": f"process:{socket.gethostname()}:1", "started": 0}
-    (tmp / "locked" / LOCK_NAME).write_text(json.dumps(holder))
+    HELD_LOCKS.append(RunLock(tmp / "locked"))  # a live run: this process holds the folder's lock for the test
+    HELD_LOCKS[-1].acquire()
     checkpoint = tmp / "other_run" / "checkpoint-2"
     (checkpoint / TEACHER_DIR).mkdir(parents=True)
     torch.save({"w": torch.zeros(1)}, checkpoint / TEACHER_DIR / "weights.bin")

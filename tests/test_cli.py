@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT
+from helpers import assert_lock_released
 from transformers import AutoModelForCausalLM
 
 import main
@@ -140,6 +141,15 @@ def _tiny_run(tmp_path, *extra):
     return tmp_path / "run"
 
 
+@pytest.mark.parametrize("installed", [[], ["wandb", "tensorboard"]])
+def test_reporting_defaults_to_wandb_where_it_is_installed_and_says_so_where_not(installed, monkeypatch, capsys):
+    monkeypatch.setattr(main, "get_available_reporting_integrations", lambda: installed)
+    config = main.build_config(parse_args(["--output_dir", "out"]), 1)
+    assert config.report_to == (["wandb"] if installed else [])
+    note = capsys.readouterr().err
+    assert ("wandb is not installed, so this run reports to no tracker" in note) == (not installed)
+
+
 def test_push_to_hub_goes_through_the_trainer_and_uploads_the_final_folder_with_its_card(tmp_path, monkeypatch):
     """The Hub stubbed at its boundary (transformers' repository creation and checkpoint push, huggingface_hub's
     upload): the Trainer pushes its checkpoints, and at the end the final folder, with its model card, is uploaded
@@ -222,7 +232,7 @@ def test_a_full_disk_at_the_final_save_is_one_line_and_leaves_no_model_folder(ca
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: the disk is full ([Errno 28] No space left on device); free some space, then")
     assert not any((output / name).exists() for name in ("config.json", "tokenizer_config.json", main.FINAL_STAGING))
-    assert not (output / ".caopd_run.lock").exists()
+    assert_lock_released(output)
 
 
 def test_resume_under_other_settings_is_refused_or_warned(capsys, tmp_path):

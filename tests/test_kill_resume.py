@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from conftest import ROOT, accelerate_launch
+from helpers import assert_lock_released
 from safetensors.torch import load_file
 
 # A kill after the marker (a complete checkpoint, then death) is the stop-signal test below, resume included.
@@ -103,7 +104,7 @@ def test_a_stop_signal_ends_in_one_line_saying_where_to_resume(tmp_path, tiny, n
         f"stopped by {name} at step 2; the newest complete checkpoint is checkpoint-2: resume with "
         "--resume_from_checkpoint latest"
     )
-    assert not (tmp_path / ".caopd_run.lock").exists()  # the lock goes with the run
+    assert_lock_released(tmp_path)  # the lock goes with the run
     if name == "SIGTERM":
         resumed = _launch(SINGLE, ROOT / "main.py", *_flags(tiny, tmp_path, 2), "--resume_from_checkpoint", "latest")
         assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -69,6 +69,27 @@ def test_matches_an_independent_implementation(seed):
         assert got[key] == pytest.approx(value, abs=1e-12), key
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_ece_brier_and_auroc_agree_with_scikit_learn(seed):
+    """ECE from scikit-learn's calibration curve (10 equal-width bins, each weighted by its share of the answers),
+    its Brier score and its ROC AUC, on 200 answers whose confidences include ties at 0, 0.55 and 1. (A confidence
+    exactly on an inner bin edge, 0.5, is where the two differ: scikit-learn puts it in the bin below, we in the bin
+    that starts there, as a confidence of 0 falls in the first.)"""
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import brier_score_loss, roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    confidence = np.where(rng.random(200) < 0.2, rng.choice([0.0, 0.55, 1.0], 200), rng.random(200))
+    correct = rng.random(200) < confidence
+    ours = calibration_metrics(correct.tolist(), confidence.tolist(), n_bins=10, n_bootstrap=0)
+    accuracy, mean_confidence = calibration_curve(correct, confidence, n_bins=10, strategy="uniform")
+    members = np.bincount(np.searchsorted(np.linspace(0, 1, 11)[1:-1], confidence), minlength=10)
+    weights = members[members > 0] / len(confidence)  # the curve's points are the non-empty bins, in order
+    assert ours["ece"] == pytest.approx(float(np.sum(weights * np.abs(accuracy - mean_confidence))), abs=1e-12)
+    assert ours["brier_score"] == pytest.approx(brier_score_loss(correct, confidence), abs=1e-12)
+    assert ours["auroc"] == pytest.approx(roc_auc_score(correct, confidence), abs=1e-12)
+
+
 def test_bootstrap_intervals_contain_the_estimate_and_are_reproducible():
     rng = np.random.default_rng(1)
     correct = list(rng.random(200) < 0.6)

@@ -15,8 +15,8 @@ import torch
 from caopd.atomic import write_set_atomically, write_text_atomically
 from caopd.checkpoints import write_marker
 from caopd.run_guard import (
+    HOLDER_NAME,
     IDENTITY_NAME,
-    LOCK_NAME,
     RunLock,
     RunLockError,
     disk_full,
@@ -24,28 +24,54 @@ from caopd.run_guard import (
     stopped_line,
 )
 
+HOLD = """
+import sys, time
+from pathlib import Path
+from caopd.run_guard import RunLock, RunLockError
+folder, go, seconds = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.001)
+lock = RunLock(folder)  # kept: the lock is the open file, closed when the object goes
+try:
+    lock.acquire()
+except RunLockError as err:
+    print("refused:", err, flush=True)
+    sys.exit(0)
+print("held", flush=True)
+time.sleep(seconds)
+"""
 
-def _lock_file(folder, pid: int, launch: str = "someone else") -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    holder = {"pid": pid, "host": socket.gethostname(), "launch": launch, "started": 0}
-    (folder / LOCK_NAME).write_text(json.dumps(holder))
+
+def _holders(folder, count: int, seconds: float) -> list[subprocess.Popen]:
+    """``count`` processes that try to take ``folder``'s lock at the same instant (when ``folder/../go`` appears)."""
+    go = folder.parent / "go"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    command = [sys.executable, "-c", HOLD, str(folder), str(go), str(seconds)]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) for _ in range(count)]
+    assert [process.stdout.readline().strip() for process in processes] == ["ready"] * count  # imports done
+    go.touch()
+    return processes
 
 
-def test_a_live_run_holds_the_folder_and_a_dead_one_does_not(tmp_path):
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        _lock_file(tmp_path, sleeper.pid)
-        with pytest.raises(RunLockError, match=rf"in use by another run \(pid {sleeper.pid} on "):
-            RunLock(tmp_path).acquire()
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-    lock = RunLock(tmp_path)
-    lock.acquire()  # the run that held it died: its lock is stale and taken over
-    assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
-    RunLock(tmp_path).check()  # the same launch (this process) is not refused by its own lock
+def test_runs_started_at_the_same_instant_get_the_lock_once(tmp_path):
+    processes = _holders(tmp_path / "run", 4, seconds=3)
+    lines = [process.communicate(timeout=300)[0].strip() for process in processes]
+    assert sorted(line.split(":")[0] for line in lines) == ["held", "refused", "refused", "refused"]
+
+
+def test_the_lock_names_its_holder_and_ends_with_it_however_it_ends(tmp_path):
+    (holder,) = _holders(tmp_path / "run", 1, seconds=120)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(RunLockError, match=rf"in use by another run \(pid {holder.pid} on {socket.gethostname()}, "):
+        RunLock(tmp_path / "run").acquire()
+    holder.kill()  # SIGKILL: no clean-up ran; the system released its lock
+    holder.wait()
+    lock = RunLock(tmp_path / "run")
+    lock.acquire()
+    assert json.loads((tmp_path / "run" / HOLDER_NAME).read_text())["pid"] == os.getpid()
     lock.release()
-    assert not (tmp_path / LOCK_NAME).exists() and tmp_path.is_dir()  # the folder existed before: kept
+    assert not (tmp_path / "run" / HOLDER_NAME).exists() and (tmp_path / "run").is_dir()  # not created by it: kept
 
 
 def test_a_run_that_wrote_nothing_leaves_no_folder_behind(tmp_path):
@@ -53,20 +79,6 @@ def test_a_run_that_wrote_nothing_leaves_no_folder_behind(tmp_path):
     lock.acquire()
     lock.release()
     assert not (tmp_path / "new").exists()
-
-
-def test_the_processes_of_one_launch_share_the_lock(tmp_path, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("MASTER_ADDR", "node0")
-    monkeypatch.setenv("MASTER_PORT", "29500")
-    RunLock(tmp_path).acquire()  # rank 0
-    RunLock(tmp_path).check()  # rank 1 of the same launch
-    monkeypatch.setenv("MASTER_PORT", "29501")  # another launch into the same folder
-    lock = RunLock(tmp_path)
-    holder = json.loads((tmp_path / LOCK_NAME).read_text())
-    assert holder["launch"] != lock.launch and holder["pid"] == os.getpid()
-    with pytest.raises(RunLockError, match="in use by another run"):
-        lock.check()
 
 
 def _checkpoint(folder, recorded: dict | None):
@@ -148,6 +160,28 @@ def test_a_set_of_outputs_is_replaced_together_or_not_at_all(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["inference.json", "metrics.json"]  # no temporaries
     assert (tmp_path / "inference.json").read_text() == "old inference"
     assert (tmp_path / "metrics.json").read_text() == "old metrics"
+
+
+def test_a_written_file_reaches_the_disk_before_its_rename_and_its_folder_after(tmp_path, monkeypatch):
+    """Durable writes: fsync the temporary, rename it over the target, fsync the folder (what each fsync touched
+    is read from /proc)."""
+    events = []
+    fsync, replace = os.fsync, os.replace
+
+    def recorded_fsync(handle):
+        events.append(("fsync", Path(os.readlink(f"/proc/self/fd/{handle}"))))
+        fsync(handle)
+
+    def recorded_replace(source, target):
+        events.append(("replace", Path(target)))
+        replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", recorded_fsync)
+    monkeypatch.setattr(os, "replace", recorded_replace)
+    write_text_atomically(tmp_path / "metrics.json", "{}")
+    (kind, temporary), *rest = events
+    assert kind == "fsync" and temporary.parent == tmp_path and temporary.name.startswith(".metrics.json.")
+    assert rest == [("replace", tmp_path / "metrics.json"), ("fsync", tmp_path)]
 
 
 def test_a_second_interrupt_during_the_stop_is_ignored_and_handlers_come_back():
