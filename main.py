@@ -8,6 +8,7 @@ and resolved config in --output_dir.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import shutil
@@ -31,7 +32,7 @@ from caopd.checkpoints import (
     sampling_divergence,
 )
 from caopd.cli import BACKBONES as BACKBONE_NAMES
-from caopd.cli import CLIError, backbone_settings, gradient_accumulation_steps, parse_args, setting_warnings
+from caopd.cli import CLIError, gradient_accumulation_steps, parse_args, setting_warnings
 from caopd.held_out import HeldOutHistory, held_out_questions, held_out_rows
 from caopd.last_line import end_with
 from caopd.launch import PEER_LOST_EXIT
@@ -106,58 +107,27 @@ def check_reporting(report_to: str) -> None:
 
 
 def build_config(args: argparse.Namespace, world_size: int):
-    """Map the flags onto the backbone's config; the question batch fixes gradient accumulation."""
-    use_vllm = resolve_use_vllm(args.use_vllm)
-    report_to = resolve_report_to(args)
-    on_gpu = torch.cuda.is_available()
-    bf16 = resolve_bf16(args.bf16, on_gpu)
-    common = {
-        "output_dir": args.output_dir,
-        "seed": args.seed,
-        "learning_rate": args.learning_rate,
-        "num_train_epochs": args.num_train_epochs,
-        "max_steps": args.max_steps,
-        "per_device_train_batch_size": args.per_device_train_batch_size,
-        "gradient_accumulation_steps": gradient_accumulation_steps(args, world_size),
-        "warmup_steps": args.warmup_steps,
-        "weight_decay": args.weight_decay,
-        "max_grad_norm": args.max_grad_norm,
-        "lr_scheduler_type": args.lr_scheduler_type,
-        "lr_scheduler_kwargs": args.lr_scheduler_kwargs,
-        "gradient_checkpointing": args.gradient_checkpointing,
-        "bf16": bf16,
-        "use_cpu": not on_gpu,
-        "save_strategy": "steps",
-        "save_steps": args.save_steps,
-        "save_total_limit": args.save_total_limit,
-        "logging_steps": args.logging_steps,
-        "report_to": report_to,
-        "num_generations": args.num_generations,
-        "max_prompt_length": args.max_prompt_length,
-        "max_completion_length": args.max_completion_length,
-        "temperature": args.temperature,
-        "save_rollouts": args.save_rollouts,
-        "push_to_hub": args.push_to_hub,
-        "hub_model_id": args.hub_model_id,
-        "hub_private_repo": args.hub_private_repo or None,
-        "eval_strategy": args.eval_strategy,
-        "eval_steps": args.eval_steps,
-        "per_device_eval_batch_size": args.per_device_eval_batch_size,
-        "num_generations_eval": args.num_generations_eval,
-        "confidence_reading": args.confidence_reading,
-        "shared_prefix": not args.no_shared_prefix,
-        "enable_thinking": args.enable_thinking,
-        "use_vllm": use_vllm,
-        "vllm_mode": args.vllm_mode,
-        "vllm_server_host": args.vllm_server_host,
-        "vllm_server_port": args.vllm_server_port,
-        "vllm_server_timeout": args.vllm_server_timeout,
-        "vllm_gpu_memory_utilization": args.vllm_gpu_memory_utilization,
-        **_rl_reward_defaults(args),
-        **backbone_settings(args),
+    """The backbone's config from the flags (each of its fields is one), with what this CLI decides itself: the
+    question batch fixes gradient accumulation; the device, bf16, vLLM and the tracker are resolved here."""
+    config_class = BACKBONES[args.backbone][0]
+    settings = {
+        spec.name: getattr(args, spec.name)
+        for spec in dataclasses.fields(config_class)
+        if spec.init and hasattr(args, spec.name)
     }
+    on_gpu = torch.cuda.is_available()
+    settings.update(
+        gradient_accumulation_steps=gradient_accumulation_steps(args, world_size),
+        use_cpu=not on_gpu,
+        bf16=resolve_bf16(args.bf16, on_gpu),
+        use_vllm=resolve_use_vllm(args.use_vllm),
+        report_to=resolve_report_to(args),
+    )
+    settings.update(
+        {name: value for name, value in _rl_reward_defaults(args).items() if name not in args.given_settings}
+    )
     try:
-        return BACKBONES[args.backbone][0](**common, **_distillation_settings(args))
+        return config_class(**settings)
     except ValueError as err:
         raise CLIError(str(err)) from err
 
@@ -165,30 +135,6 @@ def build_config(args: argparse.Namespace, world_size: int):
 def _rl_reward_defaults(args: argparse.Namespace) -> dict:
     """RLCR's configuration for its gated rewards (rlcr, car): rewards not rescaled, unless the flags say otherwise."""
     return RLCR_CONFIG if args.backbone == "grpo" and args.rl_reward in ("rlcr", "car") else {}
-
-
-def _distillation_settings(args: argparse.Namespace) -> dict:
-    """The teacher and CaOPD settings of the distillation backbones (none for GRPO)."""
-    if args.backbone == "grpo":
-        return {}
-    settings = {
-        "max_teacher_prompt_length": args.max_teacher_prompt_length,
-        "distillation_alpha": args.distillation_alpha,
-        "distillation_topk": args.distillation_topk,
-        "teacher_model_kind": args.teacher_model_kind,
-        "teacher_update_rate": args.ref_model_mixup_alpha,
-        "empirical_calibration": not args.no_empirical_calibration,
-        "self_consistency": args.self_consistency,
-        "equivalence": args.equivalence,
-        "chunked_loss": args.chunked_loss,
-        "loss_chunk_size": args.loss_chunk_size,
-    }
-    if args.num_loss_tokens_to_skip is not None:
-        settings["num_loss_tokens_to_skip"] = args.num_loss_tokens_to_skip
-    if args.backbone == "sdft":
-        settings["teacher_context_mode"] = args.teacher_context_mode or "demo"
-        settings["teacher_instruction"] = args.teacher_instruction
-    return settings
 
 
 def load_model_and_tokenizer(name: str, bf16: bool, attention: str = "sdpa"):
@@ -212,6 +158,7 @@ def load_model_and_tokenizer(name: str, bf16: bool, attention: str = "sdpa"):
 
 
 def peft_config(args: argparse.Namespace):
+    """LoRA from TRL's ModelConfig flags; every linear layer unless --lora_target_modules names others."""
     if not args.use_peft:
         return None
     from peft import LoraConfig
@@ -220,7 +167,10 @@ def peft_config(args: argparse.Namespace):
         r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
-        target_modules="all-linear",
+        target_modules=args.lora_target_modules or "all-linear",
+        modules_to_save=args.lora_modules_to_save,
+        use_rslora=args.use_rslora,
+        use_dora=args.use_dora,
         task_type="CAUSAL_LM",
     )
 
@@ -344,7 +294,9 @@ def _write_final_model(trainer, tokenizer, folder: Path) -> None:
 def card_settings(args: argparse.Namespace, base_model: str, held_out) -> dict:
     """What the model card says this run was (``caopd.model_card``)."""
     settings = {
-        "method": method_name(args.backbone, not args.no_empirical_calibration, args.rl_reward),
+        "method": method_name(
+            args.backbone, getattr(args, "empirical_calibration", False), getattr(args, "rl_reward", None)
+        ),
         "backbone": BACKBONE_NAMES[args.backbone],
         "task": args.dataset_name + (f" ({args.train_data})" if args.train_data else ""),
         "base model": base_model,
@@ -357,7 +309,7 @@ def card_settings(args: argparse.Namespace, base_model: str, held_out) -> dict:
         "seed": args.seed,
     }
     if args.backbone != "grpo":
-        settings["teacher"] = f"{args.teacher_model_kind} (EMA rate {args.ref_model_mixup_alpha})"
+        settings["teacher"] = f"{args.teacher_model_kind} (EMA rate {args.teacher_update_rate})"
     if held_out is not None:
         settings["held-out questions"] = f"{len(held_out.rows)}, {held_out.samples} answer(s) each"
     return settings
@@ -397,7 +349,7 @@ def train(args: argparse.Namespace, progress: dict) -> None:
             print(f"warning: {warning}", file=sys.stderr)
     if getattr(config, "use_vllm", False) and args.vllm_mode == "server" and int(os.environ.get("RANK", "0")) == 0:
         check_vllm_server(args.vllm_server_host, args.vllm_server_port, args.vllm_server_timeout)  # TRL's main process
-    identity = run_identity(args, resolve_model_name(args.model_name))
+    identity = run_identity(args, resolve_model_name(args.model_name_or_path))
     resume = resume_argument(args, identity)
     task = get_task(args.dataset_name, args.verifier, args.tooluse_match)
     dataset = task.load(args.train_data)
@@ -409,14 +361,14 @@ def train(args: argparse.Namespace, progress: dict) -> None:
         dataset, eval_rows, eval_source = held_out_rows(
             task, dataset, args.eval_data, args.eval_split_size, generated, args.seed
         )
-    if args.self_consistency:
+    if getattr(args, "self_consistency", False):
         example = dataset[0]["demonstration"]
         if not resolve_equivalence(args.equivalence, task)(example, example):  # a broken --equivalence fails here
             raise CLIError(
                 f"--equivalence {args.equivalence} finds the first row's demonstration not equivalent to itself, so "
                 "no rollout could ever match its reference (P_acc 0 throughout); choose another --equivalence"
             )
-    model, tokenizer = load_model_and_tokenizer(args.model_name, config.bf16, args.attn_implementation)
+    model, tokenizer = load_model_and_tokenizer(args.model_name_or_path, config.bf16, args.attn_implementation)
     lengths = [len(ids) for ids in encode_chat_prompts(tokenizer, list(dataset["prompt"]), args.enable_thinking)]
     check = check_prompt_lengths(lengths, args.max_prompt_length, args.overlong_prompts, "--max_prompt_length")
     if check.warning and int(os.environ.get("RANK", "0")) == 0:
@@ -461,7 +413,8 @@ def train(args: argparse.Namespace, progress: dict) -> None:
         write_yaml_atomically(resolved_config(args, derived, config.to_dict()), Path(args.output_dir) / RUN_CONFIG_NAME)
     trainer.run_identity = identity
     location = model.config._name_or_path
-    base = args.model_name if args.model_name == location else f"{args.model_name} ({location})"
+    name = args.model_name_or_path
+    base = name if name == location else f"{name} ({location})"
     trainer.card_settings = card_settings(args, base, held_out)
     progress["trainer"] = trainer
     if resume is None and args.overwrite_output_dir:
@@ -476,8 +429,10 @@ def train(args: argparse.Namespace, progress: dict) -> None:
 
 def vllm_max_model_len(args: argparse.Namespace) -> int:
     """The context vLLM needs for these flags, computed as the trainer computes it (``distil_config``)."""
-    teacher = teacher_prompt_limit(args.max_prompt_length, args.max_completion_length, args.max_teacher_prompt_length)
-    return vllm_context_length(args.max_prompt_length, args.max_completion_length, teacher, args.self_consistency)
+    requested = getattr(args, "max_teacher_prompt_length", None)  # GRPO: no teacher
+    teacher = teacher_prompt_limit(args.max_prompt_length, args.max_completion_length, requested)
+    consistency = getattr(args, "self_consistency", False)
+    return vllm_context_length(args.max_prompt_length, args.max_completion_length, teacher, consistency)
 
 
 def _raise_interrupt(signum, frame) -> None:

@@ -101,7 +101,7 @@ def build_trainer(argv: list[str]):
     args = parse_args(argv)
     config = build_config(args, world_size=1)
     task = get_task(args.dataset_name, args.verifier, args.tooluse_match)
-    model, tokenizer = load_model_and_tokenizer(args.model_name, config.bf16)
+    model, tokenizer = load_model_and_tokenizer(args.model_name_or_path, config.bf16)
     return BACKBONES[args.backbone][1](
         model=model, args=config, train_dataset=task.load(args.train_data), task=task, processing_class=tokenizer
     )

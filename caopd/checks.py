@@ -1,4 +1,5 @@
-"""Argument types that refuse what a number flag cannot mean: nan, infinity, a negative count, a boolean.
+"""Argument types that refuse what a number flag cannot mean (nan, infinity, a negative count, a boolean), and the
+error every bad flag or config value becomes.
 
 Every script's parser uses them (``type=positive_int``), so a bad value is argparse's one ``error:`` line naming the
 flag, before anything runs. They also take numbers already parsed (a YAML config's values), and refuse booleans
@@ -11,6 +12,10 @@ import argparse
 import math
 from collections.abc import Callable
 from typing import Any
+
+
+class CLIError(ValueError):
+    """A bad flag value or config file: reported as one line, never as a traceback."""
 
 
 def _number(value: Any, kind: type) -> float | int:

@@ -1,17 +1,28 @@
-"""Command-line flags (the original release's names and defaults, plus what a user needs) and YAML configs."""
+"""The command line: TRL's parser (``TrlParser``) over the run's own arguments, the backbone's config and TRL's
+``ModelConfig``, so every field of the Trainer and of the backbone's TRL config is a flag under TRL's name.
+
+``--config`` reads a YAML file as TRL's scripts do (keys are flag names, an ``env:`` mapping sets environment
+variables, the command line wins), strictly typed. The original release's flags keep their names and defaults (its
+spellings where TRL's differ are aliases). Every bad value ends in one ``error:`` line (exit 2), from argparse or from
+the one validation pass, ``_validate``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from trl import ModelConfig, TrlParser
 
 from caopd.atomic import output_folder_problem
 from caopd.checks import (
+    CLIError,
     finite_float,
     integer,
     non_negative_float,
@@ -21,74 +32,203 @@ from caopd.checks import (
     positive_int,
     probability,
 )
-from caopd.confidence import CONFIDENCE_READINGS, DEFAULT_READING, READING_HELP
+from caopd.confidence import CONFIDENCE_READINGS
 from caopd.last_line import end_with, rank
 from caopd.prompt_lengths import OVERLONG_CHOICES
 from caopd.targets import TEACHER_MODES, closing_instruction
 from caopd.tasks import TASK_NAMES
 from caopd.verifiers import TOOLUSE_MATCHES
-
-
-class CLIError(ValueError):
-    """A bad flag value or config file: reported as one line, never as a traceback."""
-
+from distil_config import TEACHER_KINDS, DistilConfig, RLConfig, SDPODistilConfig
 
 BACKBONES = {
     "sdft": "TRL's SDFTTrainer",
     "sdpo": "TRL's SDPOTrainer",
     "grpo": "TRL's GRPOTrainer (the RL baselines)",
 }
-SDPO = ("sdpo",)
-BOTH = ("sdft", "sdpo")
-POLICY_GRADIENT = ("sdpo", "grpo")
-# Settings of TRL's backbone configs, under TRL's names: (type, backbones that have them, help).
-BACKBONE_SETTINGS: dict[str, tuple[type, tuple[str, ...], str]] = {
-    "distillation_mode": (
-        str,
-        BOTH,
-        "topk_logits, full_logits or sampled_token (defaults: sdft topk_logits, sdpo sampled_token)",
-    ),
-    "distillation_is_clip": (float, BOTH, "rollout importance-sampling clip (TRL: 2.0, the paper's Table 6)"),
-    "distillation_add_tail": (bool, BOTH, "top-k distillation: a bucket for the mass outside the top k"),
-    "distillation_weight": (float, SDPO, "loss = (1 - w) x policy-gradient loss + w x distillation loss (TRL: 1.0)"),
-    "success_reward_threshold": (float, SDPO, "reward a rollout needs to count as successful (TRL: 1.0)"),
-    "dont_reprompt_on_self_success": (bool, SDPO, "a successful rollout is not its own teacher (TRL: on)"),
-    "include_environment_feedback": (bool, SDPO, "show the rows' 'feedback' column to the teacher (TRL: off)"),
-    "environment_feedback_only_without_solution": (bool, SDPO, "feedback only where no rollout succeeded"),
-    "remove_thinking_from_demonstration": (bool, SDPO, "strip <think>...</think> from the solution shown"),
-    "reprompt_template": (str, SDPO, "teacher prompt: {prompt}{solution}{feedback} + closing instruction"),
-    "solution_template": (str, SDPO, "how the successful rollout is shown: {successful_previous_attempt}"),
-    "feedback_template": (str, SDPO, "how environment feedback is shown: {feedback_raw}"),
-    "loss_type": (str, POLICY_GRADIENT, "policy-gradient normalization: grpo, bnpo, dr_grpo or dapo (TRL: dapo)"),
-    "epsilon": (float, POLICY_GRADIENT, "policy-gradient ratio clip (TRL: 0.2)"),
-    "epsilon_high": (float, POLICY_GRADIENT, "upper ratio clip (TRL: epsilon)"),
-    "importance_sampling_level": (str, POLICY_GRADIENT, "policy-gradient ratio per token or sequence (TRL: token)"),
-    "scale_rewards": (str, POLICY_GRADIENT, "advantage scaling: group, batch or none (TRL: group)"),
-    "mask_truncated_completions": (bool, POLICY_GRADIENT, "leave completions cut by the length limit out of the loss"),
-    "rl_reward": (
-        str,
-        ("grpo",),
-        "correctness (GRPO), rlcr (RLCR's gated format + accuracy + Brier terms, 0.5 each, rewards not rescaled) or "
-        "car (the same with a margin-separated term, CAR's stated properties; its exact formula is not public "
-        "here); default correctness",
-    ),
-    "car_margin": (float, ("grpo",), "rl_reward car: a correct answer's calibration term >= margin above wrong (0.5)"),
-}
-# Distillation settings (flag: default) that the GRPO backbone, which has no teacher, refuses when changed.
-DISTILLATION_ONLY = {
-    "ref_model_mixup_alpha": 0.01,
-    "teacher_model_kind": "ema",
+BACKBONE_CONFIGS = {"sdft": DistilConfig, "sdpo": SDPODistilConfig, "grpo": RLConfig}
+
+
+@dataclass
+class RunArguments:
+    """What a run needs beyond TRL's configs: the backbone, the task and its data, the question batch, the held-out
+    questions and this CLI's own switches."""
+
+    backbone: str = field(
+        default="sdft",
+        metadata={
+            "choices": tuple(BACKBONES),
+            "help": "the on-policy distillation CaOPD runs on: sdft (TRL's SDFTTrainer, the teacher sees a golden "
+            "demonstration), sdpo (TRL's SDPOTrainer, the teacher sees a successful rollout) or grpo (the RL "
+            "baselines, --rl_reward); --help lists the settings of the backbone given with it",
+        },
+    )
+    dataset_name: str = field(
+        default="tooluse",
+        metadata={
+            "choices": TASK_NAMES,
+            "help": "the task (data format and verifier), not a Hub dataset: your own rows go in with "
+            "--dataset_name custom --train_data FILE",
+        },
+    )
+    verifier: str | None = field(
+        default=None,
+        metadata={
+            "help": "with --dataset_name custom: exact_match, numeric, mcq_letter, regex:PATTERN, tooluse or "
+            "module:function"
+        },
+    )
+    train_data: str | None = field(
+        default=None, metadata={"help": "training set (save_to_disk folder, .json or .jsonl); default per task"}
+    )
+    tooluse_match: str = field(
+        default="sequence",
+        metadata={
+            "choices": TOOLUSE_MATCHES,
+            "help": "tool-use rule for P_acc (and evaluation): every call in order (sequence), the first call "
+            "(first_call: the original's P_acc and calibration script), or tool names + merged inputs (merged: its "
+            "accuracy script)",
+        },
+    )
+    num_prompts_per_batch: int = field(
+        default=32,
+        metadata={"help": "distinct questions per optimizer step (the paper's question batch); each brings K rollouts"},
+    )
+    overlong_prompts: str = field(
+        default="error",
+        metadata={
+            "choices": OVERLONG_CHOICES,
+            "help": "prompts longer than --max_prompt_length: stop with a message (error), leave them out (drop), "
+            "or cut their beginning as TRL does (truncate)",
+        },
+    )
+    eval_data: str | None = field(
+        default=None,
+        metadata={"help": "held-out questions in the task's format (file or save_to_disk folder)"},
+    )
+    eval_split_size: float | None = field(
+        default=None,
+        metadata={
+            "help": "hold out this many training rows (or this fraction, below 1); arithmetic: its validation "
+            "questions (default 64)"
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "start over in an --output_dir that holds checkpoints of an earlier run (they are deleted)"},
+    )
+    no_wandb: bool = field(
+        default=False, metadata={"help": "do not report to Weights & Biases (same as --report_to none)"}
+    )
+    print_vllm_max_model_len: bool = field(
+        default=False,
+        metadata={
+            "help": "print the vLLM context length these settings need (longest prompt sent + completion) and "
+            "exit; scripts/run_vllm_server.sh sizes its server with it"
+        },
+    )
+
+
+@dataclass
+class CaOPDModelConfig(ModelConfig):
+    """TRL's model settings, with the original release's model and attention defaults and its ``--model_name``."""
+
+    model_name_or_path: str = field(
+        default="Qwen/Qwen3-8B",
+        metadata={"aliases": ["--model_name"], "help": "hub id, local directory, or 'smollm2' (embedded)"},
+    )
+    attn_implementation: str = field(
+        default="sdpa",
+        metadata={
+            "choices": ("sdpa", "eager", "flash_attention_2"),
+            "help": "attention kernel; flash_attention_2 needs the flash-attn package and turns the shared prefix off",
+        },
+    )
+
+
+# The original release's defaults where the Trainer's or TRL's differ, and this CLI's automatic choices (None: on a
+# GPU bf16, vLLM where installed, wandb where installed, evaluation when --eval_steps is given).
+CLI_DEFAULTS: dict[str, Any] = {
+    "output_dir": None,
+    "learning_rate": 2e-5,
+    "num_train_epochs": 1,
+    "per_device_train_batch_size": 8,
+    "warmup_steps": 10,
+    "weight_decay": 0.01,
+    "max_grad_norm": 1.0,
+    "lr_scheduler_type": "linear",
+    "gradient_checkpointing": False,
+    "save_strategy": "steps",
+    "save_steps": 50,
+    "logging_steps": 1,
+    "seed": 42,
+    "report_to": None,
+    "bf16": None,
+    "use_vllm": None,
+    "eval_strategy": None,
+    "per_device_eval_batch_size": 8,
+    "num_generations": 8,
+    "num_generations_eval": 1,
+    "max_prompt_length": 1024,
+    "max_completion_length": 1024,
+    "temperature": 1.0,
     "distillation_alpha": 1.0,
     "distillation_topk": 100,
-    "max_teacher_prompt_length": None,
-    "num_loss_tokens_to_skip": None,
-    "no_empirical_calibration": False,
-    "self_consistency": False,
-    "equivalence": "task",
-    "chunked_loss": True,
-    "loss_chunk_size": 1024,
+    "teacher_update_rate": 0.01,
+    "teacher_model_kind": "ema",
+    "vllm_mode": "colocate",
+    "vllm_server_host": "0.0.0.0",
+    "vllm_server_port": 8000,
+    "vllm_server_timeout": 240.0,
+    "vllm_gpu_memory_utilization": 0.3,
 }
-SDFT_ONLY = {"teacher_context_mode": "the teacher's context mode", "teacher_instruction": "the teacher's closing"}
+# Number flags with a range: a bad value is argparse's line naming the flag (the config's own check comes later).
+CHECKED_TYPES = {
+    "seed": non_negative_int,
+    "learning_rate": positive_float,
+    "num_train_epochs": positive_float,
+    "max_steps": integer,
+    "per_device_train_batch_size": positive_int,
+    "warmup_steps": non_negative_float,
+    "weight_decay": non_negative_float,
+    "max_grad_norm": non_negative_float,
+    "save_steps": positive_float,
+    "save_total_limit": positive_int,
+    "logging_steps": positive_float,
+    "eval_steps": positive_float,
+    "per_device_eval_batch_size": positive_int,
+    "num_generations": positive_int,
+    "num_generations_eval": positive_int,
+    "num_prompts_per_batch": positive_int,
+    "eval_split_size": positive_float,
+    "teacher_update_rate": probability,
+    "distillation_alpha": probability,
+    "distillation_topk": positive_int,
+    "num_loss_tokens_to_skip": non_negative_int,
+    "temperature": positive_float,
+    "max_prompt_length": positive_int,
+    "max_completion_length": positive_int,
+    "max_teacher_prompt_length": positive_int,
+    "loss_chunk_size": positive_int,
+    "lora_r": positive_int,
+    "lora_alpha": positive_int,
+    "lora_dropout": probability,
+    "vllm_server_port": port,
+    "vllm_server_timeout": positive_float,
+    "vllm_gpu_memory_utilization": probability,
+    "distillation_is_clip": finite_float,
+    "distillation_weight": finite_float,
+    "success_reward_threshold": finite_float,
+    "epsilon": finite_float,
+    "epsilon_high": finite_float,
+    "car_margin": finite_float,
+}
+ARGPARSE_CHOICES = {
+    "teacher_context_mode": TEACHER_MODES,
+    "teacher_model_kind": TEACHER_KINDS,
+    "confidence_reading": CONFIDENCE_READINGS,
+    "vllm_mode": ("colocate", "server"),
+}
+# TRL's free-text settings with a fixed set of values, checked in the validation pass.
 CHOICES = {
     "distillation_mode": ("topk_logits", "full_logits", "sampled_token"),
     "loss_type": ("grpo", "bnpo", "dr_grpo", "dapo"),
@@ -101,10 +241,38 @@ TEMPLATE_FIELDS = {
     "solution_template": ("successful_previous_attempt",),
     "feedback_template": ("feedback_raw",),
 }
+# Fields this CLI sets itself: given by hand they would be overridden, so they are refused with the reason.
+DERIVED = {
+    "gradient_accumulation_steps": "it follows from --num_prompts_per_batch x --num_generations over "
+    "--per_device_train_batch_size x the processes",
+    "use_cpu": "a run trains on the GPU where there is one",
+}
+# TRL's ModelConfig settings this CLI does not apply (it loads the model itself): refused rather than ignored.
+UNAPPLIED_MODEL_SETTINGS = (
+    "model_revision",
+    "dtype",
+    "trust_remote_code",
+    "lora_target_parameters",
+    "lora_task_type",
+    "load_in_8bit",
+    "load_in_4bit",
+    "bnb_4bit_quant_type",
+    "use_bnb_nested_quant",
+    "bnb_4bit_quant_storage",
+)
 
 
-class _RankZeroParser(argparse.ArgumentParser):
-    """argparse, speaking once for all processes of a launch: usage and help from rank 0 alone, and a bad flag's
+@dataclass
+class _Switch:
+    on: bool = False
+
+
+# How the parser reads a boolean field's value ("true", "no", ...): its switches are the actions of this type.
+SWITCH_TYPE = TrlParser(_Switch)._option_string_actions["--on"].type
+
+
+class CaOPDParser(TrlParser):
+    """TRL's parser, speaking once for all processes of a launch: usage and help from rank 0 alone, and a bad flag's
     line said as a run's last line is (``caopd.last_line``)."""
 
     def _print_message(self, message: str, file=None) -> None:
@@ -117,273 +285,109 @@ class _RankZeroParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _RankZeroParser(
+def build_parser(backbone: str = "sdft") -> CaOPDParser:
+    """The flags of a run on ``backbone``: the run's, the backbone config's (the Trainer's among them) and the
+    model's, under their field names only (the hyphenated twins the parser adds are dropped), each switch also
+    as ``--no_NAME``, with the original release's defaults, ranges and spellings."""
+    parser = CaOPDParser(
+        (RunArguments, BACKBONE_CONFIGS[backbone], CaOPDModelConfig),
         prog="accelerate launch main.py",
-        description="Calibration-Aware On-Policy Distillation (CaOPD) on TRL's self-distillation trainer.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Calibration-Aware On-Policy Distillation (CaOPD) on TRL's trainers. These are the flags of "
+        f"--backbone {backbone}; --backbone NAME --help lists another's.",
+        allow_abbrev=False,
     )
-    run = parser.add_argument_group("run")
-    run.add_argument("--config", help="YAML file with any of these flags (keys = flag names); the command line wins")
-    run.add_argument(
-        "--backbone",
-        choices=tuple(BACKBONES),
-        default="sdft",
-        help="the on-policy distillation CaOPD runs on: sdft (TRL's SDFTTrainer, teacher sees a golden "
-        "demonstration) or sdpo (TRL's SDPOTrainer, teacher sees a successful rollout; verifier as reward)",
+    parser.add_argument(
+        "--config",
+        help="YAML file with any of these flags (keys: flag names; an env: mapping sets environment variables); "
+        "the command line wins",
     )
-    run.add_argument("--output_dir", help="where checkpoints, the final model and the run config go (required)")
-    run.add_argument("--model_name", default="Qwen/Qwen3-8B", help="hub id, local directory, or 'smollm2' (embedded)")
-    run.add_argument("--dataset_name", default="tooluse", choices=TASK_NAMES, help="task: data format and verifier")
-    run.add_argument(
-        "--verifier",
-        help="with --dataset_name custom: exact_match, numeric, mcq_letter, regex:PATTERN, tooluse or module:function",
-    )
-    run.add_argument("--train_data", help="training set (save_to_disk folder, .json or .jsonl); default per task")
-    run.add_argument(
-        "--tooluse_match",
-        choices=TOOLUSE_MATCHES,
-        default="sequence",
-        help="tool-use rule for P_acc (and evaluation): every call in order (sequence), the first call (first_call: "
-        "the original's P_acc and calibration script), or tool names + merged inputs (merged: its accuracy script)",
-    )
-    run.add_argument("--seed", type=non_negative_int, default=42)
-    run.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest' for the newest in output_dir")
-    run.add_argument(
-        "--overwrite_output_dir",
-        action="store_true",
-        help="start over in an --output_dir that holds checkpoints of an earlier run (they are deleted)",
-    )
-    run.add_argument(
-        "--no_wandb", action="store_true", help="do not report to Weights & Biases (same as --report_to none)"
-    )
-    run.add_argument(
-        "--report_to",
-        default=None,
-        help="Trainer integrations: wandb, tensorboard, none, ... (default: wandb when it is installed, else none)",
-    )
-    run.add_argument("--save_rollouts", action="store_true", help="write every rollout and its targets as JSONL")
-    run.add_argument(
-        "--push_to_hub",
-        action="store_true",
-        help="push checkpoints as the Trainer does, and the final model with its card at the end",
-    )
-    run.add_argument("--hub_model_id", help="the Hub repository (user/name; default: the output folder's name)")
-    run.add_argument("--hub_private_repo", action="store_true", help="create the Hub repository private")
-    run.add_argument(
-        "--confidence_reading",
-        choices=CONFIDENCE_READINGS,
-        default=DEFAULT_READING,
-        help=READING_HELP + "; used by the logs and the RL rewards",
-    )
-    run.add_argument(
-        "--enable_thinking",
-        action="store_true",
-        help="turn on the thinking mode of chat templates that have the switch (Qwen3); off as in the paper",
-    )
-
-    caopd = parser.add_argument_group("CaOPD")
-    caopd.add_argument(
-        "--no_empirical_calibration",
-        action="store_true",
-        help="plain SDFT baseline: no P_acc in the targets (P_acc is still measured and logged)",
-    )
-    caopd.add_argument(
-        "--self_consistency",
-        action="store_true",
-        help="no verifier: P_acc = share of rollouts equivalent to a greedy reference answer under the teacher context",
-    )
-    caopd.add_argument(
-        "--equivalence",
-        default="task",
-        help="with --self_consistency: task (the task's answer extraction agrees), normalized_exact, a built-in "
-        "verifier name, regex:PATTERN, or module:function",
-    )
-    caopd.add_argument(
-        "--teacher_context_mode",
-        default=None,
-        choices=TEACHER_MODES,
-        help="sdft: the teacher's privileged context (default demo); sdpo's teacher always sees a successful rollout",
-    )
-    caopd.add_argument(
-        "--teacher_instruction",
-        default=None,
-        help="sdft: closing instruction of the teacher context instead of the paper's wording for the mode "
-        "(e.g. 'Now answer with a response of your own in the same format.')",
-    )
-    caopd.add_argument(
-        "--num_generations", type=positive_int, default=8, help="K: rollouts per question (P_acc = correct / K)"
-    )
-    caopd.add_argument(
-        "--num_prompts_per_batch",
-        type=positive_int,
-        default=32,
-        help="distinct questions per optimizer step (the paper's question batch); each brings K rollouts",
-    )
-    caopd.add_argument("--ref_model_mixup_alpha", type=probability, default=0.01, help="EMA update rate of the teacher")
-    caopd.add_argument("--teacher_model_kind", default="ema", choices=("ema", "base", "live"))
-
-    optim = parser.add_argument_group("optimization")
-    optim.add_argument("--learning_rate", type=positive_float, default=2e-5)
-    optim.add_argument("--num_train_epochs", type=positive_float, default=1)
-    optim.add_argument("--max_steps", type=integer, default=-1, help="optimizer steps; overrides --num_train_epochs")
-    optim.add_argument(
-        "--per_device_train_batch_size", type=positive_int, default=8, help="rollouts per device per micro-step"
-    )
-    optim.add_argument("--warmup_steps", type=non_negative_int, default=10)
-    optim.add_argument("--weight_decay", type=non_negative_float, default=0.01)
-    optim.add_argument("--max_grad_norm", type=non_negative_float, default=1.0, help="0: no clipping")
-    optim.add_argument("--lr_scheduler_type", default="linear", help="any of transformers' schedulers")
-    optim.add_argument(
-        "--lr_scheduler_kwargs",
-        default=None,
-        help="its extra arguments as JSON, e.g. '{\"min_lr_rate\": 0.1}' for cosine_with_min_lr",
-    )
-    optim.add_argument("--gradient_checkpointing", action="store_true")
-    optim.add_argument(
-        "--attn_implementation",
-        choices=("sdpa", "eager", "flash_attention_2"),
-        default="sdpa",
-        help="attention kernel; flash_attention_2 needs the flash-attn package and turns the shared prefix off",
-    )
-    optim.add_argument(
-        "--bf16", action=argparse.BooleanOptionalAction, default=None, help="default: on if the GPU has it"
-    )
-    optim.add_argument("--save_steps", type=positive_int, default=50)
-    optim.add_argument(
-        "--save_total_limit",
-        type=positive_int,
-        default=None,
-        help="keep the newest N complete checkpoints (unset: all)",
-    )
-    optim.add_argument("--logging_steps", type=positive_int, default=1)
-
-    distil = parser.add_argument_group("distillation")
-    distil.add_argument(
-        "--distillation_alpha", type=probability, default=1.0, help="0 forward KL, 1 reverse KL, else JSD"
-    )
-    distil.add_argument(
-        "--distillation_topk", type=positive_int, default=100, help="top-k logits of the student's support"
-    )
-    distil.add_argument(
-        "--num_loss_tokens_to_skip",
-        type=non_negative_int,
-        default=None,
-        help="first completion tokens left out of the loss (default: sdft 3, the original release's; sdpo 0)",
-    )
-    distil.add_argument(
-        "--no_shared_prefix",
-        action="store_true",
-        help="forward every rollout's prompt (TRL's way) instead of each distinct prompt once (same loss, slower)",
-    )
-    distil.add_argument("--temperature", type=positive_float, default=1.0, help="rollout sampling temperature")
-    distil.add_argument("--max_prompt_length", type=positive_int, default=1024)
-    distil.add_argument(
-        "--overlong_prompts",
-        choices=OVERLONG_CHOICES,
-        default="error",
-        help="prompts longer than --max_prompt_length: stop with a message (error), leave them out (drop), or "
-        "cut their beginning as TRL does (truncate)",
-    )
-    distil.add_argument(
-        "--max_completion_length", type=positive_int, default=1024, help="includes the appended confidence"
-    )
-    distil.add_argument(
-        "--max_teacher_prompt_length", type=positive_int, default=None, help="default: prompt + completion + 128"
-    )
-
-    backbone = parser.add_argument_group(
-        "backbone settings (TRL's names; unset = TRL's default for the backbone; refused by a backbone without them)"
-    )
-    for name, (kind, _, help_text) in BACKBONE_SETTINGS.items():
-        if kind is bool:
-            backbone.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            backbone.add_argument(
-                f"--{name}", type=finite_float if kind is float else kind, default=None, help=help_text
-            )
-
-    peft = parser.add_argument_group("LoRA")
-    peft.add_argument("--use_peft", action="store_true", help="train LoRA adapters; the EMA teacher is an adapter too")
-    peft.add_argument("--lora_r", type=positive_int, default=16)
-    peft.add_argument("--lora_alpha", type=positive_int, default=32)
-    peft.add_argument("--lora_dropout", type=probability, default=0.05)
-
-    held_out = parser.add_argument_group(
-        "held-out evaluation", "calibration on questions the run never trains on, while it trains (caopd.held_out)"
-    )
-    held_out.add_argument(
-        "--eval_strategy",
-        choices=("no", "steps", "epoch"),
-        default=None,
-        help="the Trainer's evaluation schedule (default: steps when --eval_steps is given, else no)",
-    )
-    held_out.add_argument(
-        "--eval_steps", type=positive_int, default=None, help="evaluate every N optimizer steps (and at the last)"
-    )
-    held_out.add_argument("--eval_data", help="held-out questions in the task's format (file or save_to_disk folder)")
-    held_out.add_argument(
-        "--eval_split_size",
-        type=positive_float,
-        default=None,
-        help="hold out this many training rows (or this fraction, below 1); arithmetic: its validation questions "
-        "(default 64)",
-    )
-    held_out.add_argument(
-        "--num_generations_eval", type=positive_int, default=1, help="answers sampled per held-out question"
-    )
-    held_out.add_argument(
-        "--per_device_eval_batch_size", type=positive_int, default=8, help="answers generated at once per process"
-    )
-
-    memory = parser.add_argument_group("loss memory")
-    memory.add_argument(
-        "--chunked_loss",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="compute the loss over chunks of completion positions, never the whole logits (exact; SDFT backbone)",
-    )
-    memory.add_argument("--loss_chunk_size", type=positive_int, default=1024, help="completion positions per chunk")
-
-    vllm = parser.add_argument_group("generation backend")
-    vllm.add_argument(
-        "--use_vllm", action=argparse.BooleanOptionalAction, default=None, help="default: on if vLLM and a GPU exist"
-    )
-    vllm.add_argument("--vllm_mode", default="colocate", choices=("colocate", "server"))
-    vllm.add_argument("--vllm_server_host", default="0.0.0.0")
-    vllm.add_argument("--vllm_server_port", type=port, default=8000)
-    vllm.add_argument(
-        "--vllm_server_timeout",
-        type=positive_float,
-        default=240.0,
-        help="seconds to wait for the vLLM server (--vllm_mode server) to answer before stopping with a message",
-    )
-    vllm.add_argument("--vllm_gpu_memory_utilization", type=probability, default=0.3)
-    vllm.add_argument(
-        "--print_vllm_max_model_len",
-        action="store_true",
-        help="print the vLLM context length these settings need (longest prompt sent + completion) and exit; "
-        "scripts/run_vllm_server.sh sizes its server with it",
-    )
+    for action in list(parser._actions):
+        _tidy(parser, action)
+    if backbone != "grpo":  # GRPO's own --ref_model_mixup_alpha is TRL's reference-model setting
+        parser.add_argument(
+            "--ref_model_mixup_alpha",
+            dest="teacher_update_rate",
+            type=probability,
+            default=argparse.SUPPRESS,
+            help="the original release's name of --teacher_update_rate (the EMA teacher's update rate)",
+        )
+    dests = {action.dest for action in parser._actions}
+    parser.set_defaults(**{name: value for name, value in CLI_DEFAULTS.items() if name in dests})
     return parser
 
 
+def _tidy(parser: CaOPDParser, action: argparse.Action) -> None:
+    for option in [option for option in action.option_strings if "-" in option[2:]]:
+        action.option_strings.remove(option)
+        del parser._option_string_actions[option]
+    if action.dest in CHECKED_TYPES:
+        action.type = CHECKED_TYPES[action.dest]
+    if action.dest in ARGPARSE_CHOICES:
+        action.choices = ARGPARSE_CHOICES[action.dest]
+    if action.type is SWITCH_TYPE:
+        action.nargs, action.const = "?", True  # a bare switch is on, as for the Trainer's own switches
+        negatives = [f"--no_{action.dest}", f"--no-{action.dest}"]  # the second: the original release's spelling
+        negatives = [flag for flag in negatives if flag not in parser._option_string_actions]
+        if negatives and not action.dest.startswith("no_"):
+            parser.add_argument(
+                *negatives, dest=action.dest, action="store_false", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+            )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Flags from the command line over flags from ``--config``; every bad value raises CLIError."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.config:
-        parser.set_defaults(**_read_config(args.config, parser))
-        args = parser.parse_args(argv)
+    """Flags from the command line over flags from ``--config``; every bad value raises CLIError or exits with
+    argparse's line. ``given_settings`` names what the command line or the config set."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen, _ = _pre_parser().parse_known_args(argv)
+    values = _read_config(chosen.config) if chosen.config else {}
+    environment = values.pop("env", None)
+    backbone = chosen.backbone or values.get("backbone") or "sdft"
+    parser = build_parser(backbone if backbone in BACKBONE_CONFIGS else "sdft")
+    configured = _typed_config(chosen.config, values, parser, backbone) if values else {}
+    _set_environment(chosen.config, environment)
+    parser.set_defaults_with_config(**configured)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _refuse_unknown(parser, unknown, args.backbone)
+    args.given_settings = sorted(set(configured) | _given_on_command_line(parser, argv))
     _validate(args)
     return args
+
+
+def _pre_parser() -> argparse.ArgumentParser:
+    """``--config`` and ``--backbone`` alone: they decide which flags the parser has."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--config")
+    parser.add_argument("--backbone")
+    return parser
+
+
+def _given_on_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    flags = (token.split("=", 1)[0] for token in argv if token.startswith("--"))
+    return {parser._option_string_actions[flag].dest for flag in flags if flag in parser._option_string_actions}
+
+
+def _owners(flag: str, backbone: str) -> list[str]:
+    """The other backbones that have ``flag``."""
+    return [name for name in BACKBONE_CONFIGS if name != backbone and flag in build_parser(name)._option_string_actions]
+
+
+def _refuse_unknown(parser: CaOPDParser, unknown: list[str], backbone: str) -> None:
+    flag = next((token.split("=", 1)[0] for token in unknown if token.startswith("--")), None)
+    owners = _owners(flag, backbone) if flag else []
+    if owners:
+        raise CLIError(
+            f"{flag} is a setting of --backbone {' / '.join(owners)}; --backbone {backbone} has no such setting: "
+            "drop it"
+        )
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}")
 
 
 # YAML aliases a config may use: a flag file needs few, and a nest of aliases expands to gigabytes when printed.
 MAX_YAML_ALIASES = 32
 
 
-def _read_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
+def _read_config(path: str) -> dict[str, Any]:
     try:
         text = Path(path).read_text(encoding="utf-8")
         aliases = sum(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader))
@@ -404,11 +408,43 @@ def _read_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
     odd = [key for key in values if not isinstance(key, str)]
     if odd:
         raise CLIError(f"--config {path}: key {odd[0]!r} is not a flag name; keys are flag names without '--'")
-    actions = {action.dest: action for action in parser._actions}
-    unknown = sorted(set(values) - set(actions) - {"help"})
+    if "backbone" in values and values["backbone"] not in BACKBONE_CONFIGS:
+        raise CLIError(
+            f"--config {path}: backbone must be one of {', '.join(BACKBONE_CONFIGS)}, got {values['backbone']!r}"
+        )
+    return values
+
+
+def _set_environment(path: str | None, environment: Any) -> None:
+    """The config's ``env:`` mapping, as TRL's scripts set it: variable names to plain values."""
+    if environment is None:
+        return
+    if not isinstance(environment, dict) or not all(
+        isinstance(name, str) and isinstance(value, (str, int, float, bool)) for name, value in environment.items()
+    ):
+        raise CLIError(f"--config {path}: env must map variable names to plain values (text or numbers)")
+    for name, value in environment.items():
+        os.environ[name] = str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _typed_config(path: str, values: dict[str, Any], parser: CaOPDParser, backbone: str) -> dict[str, Any]:
+    """The config's values under their destinations, each typed and checked as its flag is."""
+    actions = {flag[2:]: action for flag, action in parser._option_string_actions.items() if flag != "--config"}
+    unknown = sorted(key for key in values if key not in actions or key == "help")
     if unknown:
+        owners = _owners(f"--{unknown[0]}", backbone)
+        if owners:
+            raise CLIError(
+                f"--config {path}: {unknown[0]} is a setting of --backbone {' / '.join(owners)}; --backbone "
+                f"{backbone} has no such setting: drop it"
+            )
         raise CLIError(f"--config {path}: unknown key(s) {', '.join(unknown)}; keys are flag names without '--'")
-    return {key: _config_value(path, key, value, actions[key]) for key, value in values.items()}
+    typed = {}
+    for key, value in values.items():
+        action = actions[key]
+        value = _config_value(path, key, value, action)
+        typed[action.dest] = (not value) if isinstance(action, argparse._StoreFalseAction) else value
+    return typed
 
 
 def _config_value(path: str, key: str, value: Any, action: argparse.Action) -> Any:
@@ -417,7 +453,7 @@ def _config_value(path: str, key: str, value: Any, action: argparse.Action) -> A
     where = f"--config {path}: {key}"
     if value is None:
         return None
-    if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):  # a switch
+    if action.nargs == 0 or action.type is SWITCH_TYPE:  # a switch
         if isinstance(value, str) and value.strip().lower() in ("true", "false"):
             return value.strip().lower() == "true"
         if not isinstance(value, bool):
@@ -425,7 +461,13 @@ def _config_value(path: str, key: str, value: Any, action: argparse.Action) -> A
         return value
     if key == "report_to" and isinstance(value, list) and all(isinstance(item, str) for item in value):
         value = ",".join(value)
-    if action.type is None:
+    if action.nargs == "+":
+        return [_one_value(where, item, action) for item in (value if isinstance(value, list) else [value])]
+    return _one_value(where, value, action)
+
+
+def _one_value(where: str, value: Any, action: argparse.Action) -> Any:
+    if action.type in (None, str):
         if not isinstance(value, str):
             raise CLIError(f"{where} must be text, got {value!r} ({type(value).__name__}); quote it in the YAML")
     elif isinstance(value, (list, dict)):
@@ -440,89 +482,30 @@ def _config_value(path: str, key: str, value: Any, action: argparse.Action) -> A
     return value
 
 
-def backbone_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The backbone settings the user gave (TRL's defaults stand for the others)."""
-    return {name: getattr(args, name) for name in BACKBONE_SETTINGS if getattr(args, name) is not None}
-
-
-def _validate_backbone(args: argparse.Namespace) -> None:
-    """Settings the chosen backbone does not have are refused by name; given values are checked one by one."""
-    for name, (_, backbones, help_text) in BACKBONE_SETTINGS.items():
-        if getattr(args, name) is not None and args.backbone not in backbones:
-            raise CLIError(
-                f"--{name} is a setting of --backbone {' / '.join(backbones)} ({help_text}); "
-                f"--backbone {args.backbone} has no such setting: drop it"
-            )
-    for name, meaning in SDFT_ONLY.items():
-        if getattr(args, name) is not None and args.backbone != "sdft":
-            teacher = {
-                "sdpo": "the sdpo teacher sees a successful rollout of the question (--reprompt_template, "
-                "--solution_template)",
-                "grpo": "--backbone grpo has no teacher",
-            }[args.backbone]
-            raise CLIError(f"--{name} sets {meaning} of the sdft backbone; {teacher}: drop it")
-    if args.backbone == "grpo":
-        changed = [name for name, default in DISTILLATION_ONLY.items() if getattr(args, name) != default]
-        if changed:
-            raise CLIError(
-                f"--{changed[0]} is a setting of the distillation backbones (sdft, sdpo); --backbone grpo trains "
-                "without a teacher or CaOPD targets: drop it"
-            )
-    margin = args.car_margin
-    if margin is not None and not 0.0 <= margin < 1.0:
-        raise CLIError(f"--car_margin must lie in [0, 1), got {margin}")
-    for name, choices in CHOICES.items():
-        value = getattr(args, name)
-        if value is not None and value not in choices:
-            raise CLIError(f"--{name} must be one of {', '.join(choices)}, got {value!r}")
-    for name, fields in TEMPLATE_FIELDS.items():
-        template = getattr(args, name)
-        if template is not None:
-            try:
-                template.format(**{field: "" for field in fields})
-            except (KeyError, IndexError, ValueError) as err:
-                raise CLIError(
-                    f"--{name} {template!r} does not format with {{{'}, {'.join(fields)}}} only ({err}); "
-                    "write other braces doubled ({{ }})"
-                ) from err
-    if args.backbone == "sdpo" and not args.no_empirical_calibration and args.reprompt_template is not None:
-        try:
-            closing_instruction(args.reprompt_template)
-        except ValueError as err:
-            raise CLIError(f"--reprompt_template: {err}") from err
-    weight = args.distillation_weight
-    if weight is not None and not 0.0 <= weight <= 1.0:
-        raise CLIError(f"--distillation_weight must lie in [0, 1] (1 = distillation only), got {weight}")
-    for name in ("distillation_is_clip", "epsilon", "epsilon_high"):
-        value = getattr(args, name)
-        if value is not None and not value > 0:
-            raise CLIError(f"--{name} must be positive, got {value}")
-    threshold = args.success_reward_threshold
-    if threshold is not None and not 0.0 < threshold <= 1.0:
-        raise CLIError(
-            f"--success_reward_threshold must lie in (0, 1], got {threshold}: the verifier's reward is 0 or 1, so "
-            "at or below 0 every rollout counts as a success (P_acc 1) and above 1 none does"
-        )
-
-
 def setting_warnings(args: argparse.Namespace, uses_vllm: bool) -> list[str]:
     """Legal settings that do not do what they look like they do: one warning line each (rank 0 prints them)."""
     warnings = []
-    reward = args.rl_reward or "correctness"
-    if args.car_margin is not None and reward != "car":
+    reward = getattr(args, "rl_reward", "correctness")
+    if "car_margin" in args.given_settings and reward != "car":
         warnings.append(f"--car_margin is read by --rl_reward car only; with --rl_reward {reward} it is unused")
+    if args.backbone == "grpo" and "ref_model_mixup_alpha" in args.given_settings and not args.sync_ref_model:
+        warnings.append(
+            "--ref_model_mixup_alpha under --backbone grpo is TRL's reference-model mixup, read only with "
+            "--sync_ref_model (GRPO has no EMA teacher); as given it is unused"
+        )
     if args.vllm_mode != "colocate" and not uses_vllm:
         warnings.append(
             f"--vllm_mode {args.vllm_mode} is unused: rollouts use transformers (vLLM is off: not installed, no "
-            "GPU, or --no-use_vllm)"
+            "GPU, or --use_vllm false)"
         )
-    if args.distillation_weight == 0.0 and args.backbone == "sdpo" and not args.no_empirical_calibration:
+    calibrates = args.backbone != "grpo" and args.empirical_calibration
+    if args.backbone == "sdpo" and args.distillation_weight == 0.0 and calibrates:
         warnings.append(
             "--distillation_weight 0 trains the policy-gradient term alone, which never sees the CaOPD targets (the "
             "rewritten confidence was not sampled): this run cannot calibrate; add --no_empirical_calibration or "
             "raise the weight"
         )
-    if args.num_generations == 1 and args.backbone != "grpo" and not args.no_empirical_calibration:
+    if args.num_generations == 1 and calibrates:
         warnings.append(
             "--num_generations 1: P_acc from one rollout is 0 or 1, so CaOPD teaches confidence 0.00 or 1.00 only; "
             "the paper samples 8"
@@ -531,20 +514,65 @@ def setting_warnings(args: argparse.Namespace, uses_vllm: bool) -> list[str]:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    _validate_backbone(args)
+    """The checks a flag's type cannot make: combinations, ranges of TRL's free settings, files and folders."""
+    for name in args.given_settings:
+        if name in DERIVED:
+            raise CLIError(f"--{name} is set by this CLI: {DERIVED[name]}; drop it")
+        if name in UNAPPLIED_MODEL_SETTINGS:
+            raise CLIError(f"--{name} is a setting of TRL's ModelConfig that this CLI does not apply; drop it")
+    _validate_backbone_settings(args)
     if not args.output_dir:
         raise CLIError("--output_dir is required (on the command line or in --config)")
     problem = output_folder_problem(args.output_dir, "--output_dir")
     if problem:
         raise CLIError(problem)
-    if not 0.0 < args.vllm_gpu_memory_utilization <= 1.0:
-        raise CLIError(f"--vllm_gpu_memory_utilization must lie in (0, 1], got {args.vllm_gpu_memory_utilization}")
+    if args.vllm_gpu_memory_utilization == 0:
+        raise CLIError("--vllm_gpu_memory_utilization must lie in (0, 1], got 0")
     if args.max_steps == 0 or args.max_steps < -1:
         raise CLIError(f"--max_steps must be positive (or -1 to train --num_train_epochs), got {args.max_steps}")
     if args.lora_dropout >= 1.0:
         raise CLIError(f"--lora_dropout must be below 1 (1 drops every activation), got {args.lora_dropout}")
     _validate_scheduler(args)
     _validate_held_out(args)
+
+
+def _validate_backbone_settings(args: argparse.Namespace) -> None:
+    """TRL's settings of the backbone, checked where TRL would fail late or not at all."""
+    margin = getattr(args, "car_margin", None)
+    if margin is not None and not 0.0 <= margin < 1.0:
+        raise CLIError(f"--car_margin must lie in [0, 1), got {margin}")
+    for name, choices in CHOICES.items():
+        value = getattr(args, name, None)
+        if value is not None and value not in choices:
+            raise CLIError(f"--{name} must be one of {', '.join(choices)}, got {value!r}")
+    for name, fields in TEMPLATE_FIELDS.items():
+        template = getattr(args, name, None)
+        if template is not None:
+            try:
+                template.format(**{field: "" for field in fields})
+            except (KeyError, IndexError, ValueError) as err:
+                raise CLIError(
+                    f"--{name} {template!r} does not format with {{{'}, {'.join(fields)}}} only ({err}); "
+                    "write other braces doubled ({{ }})"
+                ) from err
+    if args.backbone == "sdpo" and args.empirical_calibration and "reprompt_template" in args.given_settings:
+        try:
+            closing_instruction(args.reprompt_template)
+        except ValueError as err:
+            raise CLIError(f"--reprompt_template: {err}") from err
+    weight = getattr(args, "distillation_weight", None)
+    if weight is not None and not 0.0 <= weight <= 1.0:
+        raise CLIError(f"--distillation_weight must lie in [0, 1] (1 = distillation only), got {weight}")
+    for name in ("distillation_is_clip", "epsilon", "epsilon_high"):
+        value = getattr(args, name, None)
+        if value is not None and not value > 0:
+            raise CLIError(f"--{name} must be positive, got {value}")
+    threshold = getattr(args, "success_reward_threshold", None)
+    if threshold is not None and not 0.0 < threshold <= 1.0:
+        raise CLIError(
+            f"--success_reward_threshold must lie in (0, 1], got {threshold}: the verifier's reward is 0 or 1, so "
+            "at or below 0 every rollout counts as a success (P_acc 1) and above 1 none does"
+        )
 
 
 def _validate_held_out(args: argparse.Namespace) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from caopd.backends import BackendError
 from caopd.checkpoints import CheckpointError, TrainingDiverged
-from caopd.cli import CLIError
+from caopd.checks import CLIError
 from caopd.models import ModelResolutionError
 from caopd.prompt_lengths import PromptLengthError
 from caopd.run_guard import RunLockError, ignore_further_interrupts, signal_handlers_kept

@@ -1,6 +1,5 @@
 """The CLI: flags and YAML, one clear message per user error, and an end-to-end run that saves a loadable model."""
 
-import argparse
 from pathlib import Path
 
 import pytest
@@ -27,9 +26,9 @@ def _error(capsys, argv) -> str:
 def test_original_flags_and_defaults():
     args = parse_args(["--output_dir", "out"])
     assert (args.learning_rate, args.num_train_epochs, args.num_prompts_per_batch) == (2e-5, 1, 32)
-    assert (args.ref_model_mixup_alpha, args.dataset_name, args.seed, args.num_generations) == (0.01, "tooluse", 42, 8)
+    assert (args.teacher_update_rate, args.dataset_name, args.seed, args.num_generations) == (0.01, "tooluse", 42, 8)
     assert (args.max_prompt_length, args.max_completion_length, args.vllm_gpu_memory_utilization) == (1024, 1024, 0.3)
-    assert (args.no_empirical_calibration, args.no_wandb, args.distillation_alpha) == (False, False, 1.0)
+    assert (args.empirical_calibration, args.no_wandb, args.distillation_alpha) == (True, False, 1.0)
     sdft = main.build_config(parse_args(["--output_dir", "out", "--no_wandb"]), 1)
     assert (sdft.teacher_context_mode, sdft.num_loss_tokens_to_skip) == ("demo", 3)  # the original skips 3 tokens
     sdpo = main.build_config(parse_args(["--output_dir", "out", "--no_wandb", "--backbone", "sdpo"]), 1)
@@ -102,6 +101,8 @@ def test_yaml_values_are_typed_strictly(capsys, tmp_path):
     [
         (["--backbone", "grpo", "--car_margin", "0.3"], False, "--car_margin is read by --rl_reward car only"),
         (["--backbone", "grpo", "--rl_reward", "car", "--car_margin", "0.3"], False, None),
+        (["--backbone", "grpo", "--ref_model_mixup_alpha", "0.05"], False, "TRL's reference-model mixup"),
+        (["--backbone", "grpo", "--ref_model_mixup_alpha", "0.05", "--sync_ref_model"], False, None),
         (["--vllm_mode", "server"], False, "--vllm_mode server is unused"),
         (["--vllm_mode", "server"], True, None),
         (["--backbone", "sdpo", "--distillation_weight", "0"], False, "this run cannot calibrate"),
@@ -119,6 +120,84 @@ def test_scheduler_arguments_reach_the_trainer():
     args = parse_args([*argv, "--lr_scheduler_kwargs", '{"min_lr_rate": 0.1}'])
     config = main.build_config(args, 1)
     assert (config.lr_scheduler_type, config.lr_scheduler_kwargs) == ("cosine_with_min_lr", {"min_lr_rate": 0.1})
+
+
+def test_help_lists_the_trainers_fields_and_each_backbones_own(capsys):
+    """TRL's parser over the backbone's config: every Trainer field is a flag, under TRL's names."""
+    with pytest.raises(SystemExit) as done:
+        main.main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--run_name", "--save_strategy", "--hub_strategy", "--adam_beta2", "--model_name_or_path", "--config"):
+        assert flag in text
+    assert "--distillation_weight" not in text  # SDPO's, listed with --backbone sdpo --help
+    with pytest.raises(SystemExit):
+        main.main(["--backbone", "sdpo", "--help"])
+    assert "--distillation_weight" in capsys.readouterr().out
+
+
+def test_any_trainer_field_reaches_the_config():
+    argv = ["--output_dir", "o", "--no_wandb", "--run_name", "mine", "--adam_beta2", "0.95", "--save_strategy", "epoch"]
+    config = main.build_config(
+        parse_args([*argv, "--optim", "adafactor", "--lora_target_modules", "q_proj", "v_proj"]), 1
+    )
+    assert (config.run_name, config.adam_beta2, config.save_strategy, config.optim) == (
+        "mine",
+        0.95,
+        "epoch",
+        "adafactor",
+    )
+
+
+def test_the_original_spellings_are_aliases_of_trls():
+    spelled = {
+        ("--model_name", "m"): ("model_name_or_path", "m"),
+        ("--ref_model_mixup_alpha", "0.2"): ("teacher_update_rate", 0.2),
+        ("--no-chunked_loss",): ("chunked_loss", False),
+        ("--no-use_vllm",): ("use_vllm", False),
+        ("--no-bf16",): ("bf16", False),
+        ("--no_empirical_calibration",): ("empirical_calibration", False),
+        ("--no_shared_prefix",): ("shared_prefix", False),
+        ("--use_peft",): ("use_peft", True),
+        ("--use_peft", "false"): ("use_peft", False),
+    }
+    for flags, (name, value) in spelled.items():
+        args = parse_args(["--output_dir", "o", *flags])
+        assert getattr(args, name) == value, flags
+        assert name in args.given_settings
+    args = parse_args(["--output_dir", "o", "--backbone", "sdpo", "--no-dont_reprompt_on_self_success"])
+    assert args.dont_reprompt_on_self_success is False
+
+
+def test_yaml_as_in_trl_scripts_with_its_env_block_and_old_keys(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("CAOPD_TEST_ENV", raising=False)
+    config = tmp_path / "run.yaml"
+    values = {"env": {"CAOPD_TEST_ENV": 7}, "output_dir": "o", "model_name": "m", "no_empirical_calibration": True}
+    config.write_text(yaml.safe_dump({**values, "backbone": "sdpo", "distillation_weight": 0.5}))
+    args = parse_args(["--config", str(config)])
+    assert (args.backbone, args.distillation_weight, args.model_name_or_path) == ("sdpo", 0.5, "m")
+    assert args.empirical_calibration is False and main.os.environ["CAOPD_TEST_ENV"] == "7"
+    config.write_text(yaml.safe_dump({"output_dir": "o", "env": ["A=1"]}))
+    assert "env must map variable names to plain values" in _error(capsys, ["--config", str(config)])
+    config.write_text(yaml.safe_dump({"output_dir": "o", "distillation_weight": 0.5}))
+    assert "distillation_weight is a setting of --backbone sdpo" in _error(capsys, ["--config", str(config)])
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--gradient_accumulation_steps", "4"], "--gradient_accumulation_steps is set by this CLI"),
+        (["--use_cpu"], "--use_cpu is set by this CLI"),
+        (["--load_in_4bit"], "--load_in_4bit is a setting of TRL's ModelConfig that this CLI does not apply"),
+        (["--not_a_flag", "1"], "unrecognized arguments: --not_a_flag 1"),
+    ],
+)
+def test_settings_this_cli_decides_or_ignores_are_refused(capsys, flags, message):
+    try:
+        code = main.main(["--output_dir", "o", *flags])
+    except SystemExit as stop:  # argparse's own refusals
+        code = stop.code
+    assert code == 2 and message in capsys.readouterr().err
 
 
 def test_model_folder_without_config(capsys, tmp_path):
@@ -253,45 +332,59 @@ def test_resume_under_other_settings_is_refused_or_warned(capsys, tmp_path):
     assert "use_peft: False then, True now" in message and "dataset_name: 'tooluse' then, 'science' now" in message
 
 
+# Settings one backbone has and another lacks (the original release's and TRL's): (flag, backbones that have it).
+BACKBONE_ONLY = {
+    "--distillation_weight": ("sdpo",),
+    "--success_reward_threshold": ("sdpo",),
+    "--no-dont_reprompt_on_self_success": ("sdpo",),
+    "--include_environment_feedback": ("sdpo",),
+    "--reprompt_template": ("sdpo",),
+    "--loss_type": ("sdpo", "grpo"),
+    "--epsilon": ("sdpo", "grpo"),
+    "--scale_rewards": ("sdpo", "grpo"),
+    "--rl_reward": ("grpo",),
+    "--car_margin": ("grpo",),
+    "--distillation_mode": ("sdft", "sdpo"),
+    "--distillation_topk": ("sdft", "sdpo"),
+    "--ref_model_mixup_alpha": ("sdft", "sdpo", "grpo"),  # GRPO: TRL's reference-model setting of that name
+    "--no_empirical_calibration": ("sdft", "sdpo"),
+    "--self_consistency": ("sdft", "sdpo"),
+    "--no-chunked_loss": ("sdft", "sdpo"),
+    "--teacher_context_mode": ("sdft",),
+    "--teacher_instruction": ("sdft",),
+}
+VALUES = {
+    "--distillation_topk": "3",
+    "--reprompt_template": "{prompt}{solution}{feedback} Solve it.",
+    "--loss_type": "grpo",
+    "--scale_rewards": "batch",
+}
+VALUES |= {"--rl_reward": "rlcr", "--distillation_mode": "full_logits", "--teacher_context_mode": "correct_solution"}
+
+
 def _combinations() -> list[tuple[str, str]]:
     """(flag, backbone) for every backbone-specific flag given to a backbone that does not have it."""
-    from caopd.cli import BACKBONE_SETTINGS, DISTILLATION_ONLY, SDFT_ONLY
-
-    owners = {name: backbones for name, (_, backbones, _) in BACKBONE_SETTINGS.items()}
-    owners |= dict.fromkeys(SDFT_ONLY, ("sdft",)) | dict.fromkeys(DISTILLATION_ONLY, ("sdft", "sdpo"))
     backbones = ("sdft", "sdpo", "grpo")
-    return [(name, backbone) for name, have in owners.items() for backbone in backbones if backbone not in have]
+    return [(flag, backbone) for flag, have in BACKBONE_ONLY.items() for backbone in backbones if backbone not in have]
 
 
-def _given(name: str) -> list[str]:
+def _given(flag: str, owner: str) -> list[str]:
     """The flag with a legal value other than its default."""
-    action = next(action for action in build_parser()._actions if action.dest == name)
-    if isinstance(action, argparse.BooleanOptionalAction):  # the spelling that turns it from its default
-        return [action.option_strings[1] if action.default else action.option_strings[0]]
-    if action.nargs == 0:
-        return [action.option_strings[0]]
-    if action.choices:
-        return [action.option_strings[0], next(str(c) for c in action.choices if c != action.default)]
-    if action.option_strings[0].startswith("--no-"):
-        return [action.option_strings[0]]
-    if name in ("rl_reward", "equivalence"):
-        return [action.option_strings[0], {"rl_reward": "rlcr", "equivalence": "exact"}[name]]
-    if action.type is None:
-        return [action.option_strings[0], "x"]
-    for sample in ("0.5", "3"):
-        try:
-            action.type(sample)
-        except (TypeError, ValueError, argparse.ArgumentTypeError):
-            continue
-        return [action.option_strings[0], sample]
-    raise AssertionError(f"no sample value for --{name}")
+    action = build_parser(owner)._option_string_actions[flag]
+    if action.nargs == 0 or action.nargs == "?":
+        return [flag]
+    if flag in VALUES:
+        return [flag, VALUES[flag]]
+    return [flag, "0.5" if action.type is not str else "x"]
 
 
-@pytest.mark.parametrize(("name", "backbone"), _combinations(), ids=[f"{n}-{b}" for n, b in _combinations()])
-def test_a_flag_the_backbone_does_not_have_is_refused_by_name(name, backbone):
+@pytest.mark.parametrize(("flag", "backbone"), _combinations(), ids=[f"{f}-{b}" for f, b in _combinations()])
+def test_a_flag_the_backbone_does_not_have_is_refused_by_name(flag, backbone):
+    owner = BACKBONE_ONLY[flag][0]
+    parse_args(["--output_dir", "o", "--backbone", owner, *_given(flag, owner)])  # legal where it belongs
     with pytest.raises(CLIError) as refused:
-        parse_args(["--output_dir", "o", "--backbone", backbone, *_given(name)])
-    assert f"--{name}" in str(refused.value) and backbone in str(refused.value)
+        parse_args(["--output_dir", "o", "--backbone", backbone, *_given(flag, owner)])
+    assert f"{flag} is a setting of --backbone" in str(refused.value) and backbone in str(refused.value)
 
 
 def test_one_rollout_per_question(tmp_path, capsys):

@@ -115,13 +115,13 @@ def test_paper_run_script_trains_on_the_cpu_with_its_settings(tmp_path):
     ("script", "env", "expected"),
     [
         ("scripts/paper_run.sh", {"TASK": "science"}, {"dataset_name": "science", "learning_rate": 1e-5}),
-        ("scripts/run_science.sh", {}, {"dataset_name": "science", "no_empirical_calibration": False}),
-        ("scripts/run_tooluse_sdft.sh", {}, {"dataset_name": "tooluse", "no_empirical_calibration": True}),
-        ("scripts/run_science_sdft.sh", {}, {"dataset_name": "science", "no_empirical_calibration": True}),
+        ("scripts/run_science.sh", {}, {"dataset_name": "science", "empirical_calibration": True}),
+        ("scripts/run_tooluse_sdft.sh", {}, {"dataset_name": "tooluse", "empirical_calibration": False}),
+        ("scripts/run_science_sdft.sh", {}, {"dataset_name": "science", "empirical_calibration": False}),
         ("scripts/run_multinode.sh", {"NODE_RANK": "1", "MASTER_ADDR": "node0"}, {"dataset_name": "tooluse"}),
-        ("scripts/run_tooluse_sdpo.sh", {}, {"backbone": "sdpo", "no_empirical_calibration": False}),
+        ("scripts/run_tooluse_sdpo.sh", {}, {"backbone": "sdpo", "empirical_calibration": True}),
         ("scripts/run_science_sdpo.sh", {}, {"backbone": "sdpo", "dataset_name": "science", "learning_rate": 1e-5}),
-        ("scripts/run_tooluse_sdpo_baseline.sh", {}, {"backbone": "sdpo", "no_empirical_calibration": True}),
+        ("scripts/run_tooluse_sdpo_baseline.sh", {}, {"backbone": "sdpo", "empirical_calibration": False}),
         ("scripts/run_science_sdpo_baseline.sh", {}, {"backbone": "sdpo", "distillation_mode": "topk_logits"}),
     ],
 )
