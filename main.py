@@ -31,8 +31,9 @@ from caopd.checkpoints import (
     latest_sound,
     sampling_divergence,
 )
-from caopd.cli import BACKBONES as BACKBONE_NAMES
-from caopd.cli import CLIError, gradient_accumulation_steps, parse_args, setting_warnings
+from caopd.checks import CLIError
+from caopd.cli import parse_args
+from caopd.flag_validation import gradient_accumulation_steps, setting_warnings
 from caopd.held_out import HeldOutHistory, held_out_questions, held_out_rows
 from caopd.last_line import end_with
 from caopd.launch import PEER_LOST_EXIT
@@ -41,6 +42,7 @@ from caopd.models import ModelResolutionError, resolve_model_name
 from caopd.prompt_lengths import check_prompt_lengths
 from caopd.prompts import encode_chat_prompts, thinking_mode
 from caopd.rewards import RLCR_CONFIG
+from caopd.run_arguments import BACKBONES as BACKBONE_NAMES
 from caopd.run_config import RUN_CONFIG_NAME, resolved_config, write_yaml_atomically
 from caopd.run_guard import (
     HOLDER_NAME,
@@ -73,14 +75,14 @@ BACKBONES = {
 }
 
 
-def resolve_report_to(args: argparse.Namespace) -> str:
-    """``--no_wandb``: none. ``--report_to`` given: as given, each integration checked. Unset: wandb (the original
-    release's tracker) when it is installed, else none, said in one line rather than refused."""
+def resolve_report_to(args: argparse.Namespace) -> str | list[str]:
+    """``--no_wandb``: none. ``--report_to`` given: as given (``a,b`` is two integrations), each checked. Unset:
+    wandb (the original release's tracker) when it is installed, else none, said in one line rather than refused."""
     if args.no_wandb:
         return "none"
     if args.report_to is not None:
         check_reporting(args.report_to)
-        return args.report_to
+        return [name.strip() for name in args.report_to.split(",") if name.strip()] or "none"
     if "wandb" in get_available_reporting_integrations():
         return "wandb"
     if int(os.environ.get("RANK", "0")) == 0:

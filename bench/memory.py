@@ -12,7 +12,7 @@ loss forward and backward (``compute_loss`` and the backward), without the sampl
 
 Printed: the step memory for completion lengths L, 2L and 4L (``--points``), the growth ratios, the slope per
 completion token, and the slope in "vocabulary rows" (tensors of one vocabulary row per token, in the model's dtype,
-alive at the peak), chunked (``--chunked_loss``, the default) and whole (``--no-chunked_loss``); the loss-time ratio
+alive at the peak), chunked (``--chunked_loss``, the default) and whole (``--no_chunked_loss``); the loss-time ratio
 of the two.
 On this model the LM head is nearly all of a step's matrix work, so the recomputation the chunked loss pays in the
 backward weighs far more than at paper scale; the loss time is measured again, in fp32, on a timing model whose head
@@ -54,7 +54,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # The distillation loss chunked (the default) and on whole logits, both CaOPD on SDFT. (GRPO's log-probs come from
 # TRL's fused LM head, whose tiles are bounded at 4,096 positions x 32,768 vocabulary columns: docs/performance.md.)
-ARM_FLAGS = {"chunked": [], "whole": ["--no-chunked_loss"]}
+ARM_FLAGS = {"chunked": [], "whole": ["--no_chunked_loss"]}
 ARMS = tuple(ARM_FLAGS)
 MIB = 2**20
 GIB = 2**30

@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 from caopd.atomic import write_text_atomically
 from caopd.checkpoints import latest_complete
-from caopd.cli import CLIError, parse_args
+from caopd.checks import CLIError
+from caopd.cli import parse_args
 from caopd.evaluation import parse_evaluation_args
 
 EVAL_SCRIPTS = {"eval_arithmetic.py": "arithmetic", "eval_tooluse.py": "tooluse", "eval_science.py": "science"}

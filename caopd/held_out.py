@@ -264,9 +264,28 @@ def evaluations(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+class HistoryError(ValueError):
+    """A damaged ``eval_history.jsonl``: the line, and what to do."""
+
+
 def read_history(output_dir: str | Path) -> list[dict[str, Any]]:
-    """``eval_history.jsonl`` of a run folder ([] when it has none)."""
+    """``eval_history.jsonl`` of a run folder ([] when it has none); a line that is not an evaluation record (a
+    disk filled up, an editor) raises HistoryError naming it."""
     path = Path(output_dir) / HISTORY_NAME
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    entries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        if not (isinstance(entry, dict) and isinstance(entry.get("step"), int)):
+            raise HistoryError(
+                f"{path}, line {number}: not an evaluation record (damaged?); delete that line, or the file (a run "
+                "resumed from a checkpoint writes it again from the checkpoint's log history)"
+            )
+        entries.append(entry)
+    return entries

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from caopd.backends import BackendError
 from caopd.checkpoints import CheckpointError, TrainingDiverged
 from caopd.checks import CLIError
+from caopd.held_out import HistoryError
 from caopd.models import ModelResolutionError
 from caopd.prompt_lengths import PromptLengthError
 from caopd.run_guard import RunLockError, ignore_further_interrupts, signal_handlers_kept
@@ -23,6 +24,7 @@ USER_ERRORS = (
     CheckpointError,
     RunLockError,
     TrainingDiverged,
+    HistoryError,
 )
 
 

@@ -60,7 +60,7 @@ def train_command(model: Path, output: Path, max_steps: int, on_gpu: bool, *extr
     flags = ["--model_name", str(model), "--dataset_name", "arithmetic", "--output_dir", str(output), "--no_wandb"]
     flags += ["--max_steps", str(max_steps), "--num_prompts_per_batch", "1", "--num_generations", "4"]
     flags += ["--per_device_train_batch_size", "4", "--max_completion_length", "32", "--max_prompt_length", "512"]
-    flags += ["--warmup_steps", "0", "--save_steps", "1", "--save_rollouts", "--bf16" if on_gpu else "--no-bf16"]
+    flags += ["--warmup_steps", "0", "--save_steps", "1", "--save_rollouts", "--bf16" if on_gpu else "--no_bf16"]
     return [*launch, *extra, str(ROOT / "main.py"), *flags]
 
 

@@ -8,6 +8,9 @@ import pytest
 from conftest import ROOT, SHARED_DATA, covers
 from tiny_model import save_tiny_model
 
+from caopd.held_out import HistoryError
+from caopd.user_errors import USER_ERRORS
+
 
 def _run(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=ROOT, timeout=600)
@@ -263,3 +266,7 @@ def test_eval_cost_is_the_evaluation_time_over_the_steps_between_evaluations(tmp
     with pytest.raises(SystemExit):
         eval_cost.main([str(tmp_path)])
     assert "1 evaluation(s), none after an earlier one" in capsys.readouterr().err
+    (tmp_path / "eval_history.jsonl").write_text(json.dumps(entries[0]) + '\n{"step": 4, "runt')  # cut short
+    with pytest.raises(HistoryError, match=r"eval_history.jsonl, line 2: not an evaluation record"):
+        eval_cost.main([str(tmp_path)])
+    assert HistoryError in USER_ERRORS  # so the script ends in that one line

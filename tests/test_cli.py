@@ -9,7 +9,9 @@ from helpers import assert_lock_released
 from transformers import AutoModelForCausalLM
 
 import main
-from caopd.cli import CLIError, build_parser, parse_args, setting_warnings
+from caopd.checks import CLIError
+from caopd.cli import build_parser, parse_args
+from caopd.flag_validation import setting_warnings
 from caopd.run_config import RUN_CONFIG_NAME
 
 FIXTURE = str(ROOT / "tests" / "fixtures" / "tooluse_rows.jsonl")
@@ -227,6 +229,10 @@ def test_reporting_defaults_to_wandb_where_it_is_installed_and_says_so_where_not
     assert config.report_to == (["wandb"] if installed else [])
     note = capsys.readouterr().err
     assert ("wandb is not installed, so this run reports to no tracker" in note) == (not installed)
+    if installed:  # several integrations, as a YAML list or comma-separated, reach the Trainer as a list
+        given = main.build_config(parse_args(["--output_dir", "out", "--report_to", "wandb,tensorboard"]), 1)
+        assert given.report_to == ["wandb", "tensorboard"]
+    assert main.build_config(parse_args(["--output_dir", "out", "--report_to", "none"]), 1).report_to == []
 
 
 def test_push_to_hub_goes_through_the_trainer_and_uploads_the_final_folder_with_its_card(tmp_path, monkeypatch):

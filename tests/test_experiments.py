@@ -75,7 +75,7 @@ def test_continual_trains_science_from_the_tool_use_model_and_evaluates_both(tmp
     expected += [f"caopd/stage{n}/{d}" for n in (1, 2) for d in ("tooluse", "science")]
     assert list(table) == expected
     stage2 = (out / "caopd" / "stage2" / "caopd_config.yaml").read_text()
-    assert f"model_name: {out / 'caopd' / 'stage1'}" in stage2 and "dataset_name: science" in stage2
+    assert f"model_name_or_path: {out / 'caopd' / 'stage1'}" in stage2 and "dataset_name: science" in stage2
     trained = {json.loads(line)["prompt"][-1]["content"] for line in open(out / "data" / "science_train.jsonl")}
     tested = {json.loads(line)["prompt"][-1]["content"] for line in open(out / "data" / "science_test.jsonl")}
     assert trained and tested and not trained & tested  # no question both trained on and evaluated

@@ -14,7 +14,8 @@ from accelerate.commands.launch import launch_command_parser
 from conftest import ROOT, SHARED_DATA, covers
 from tiny_model import save_tiny_model
 
-from caopd.cli import gradient_accumulation_steps, parse_args
+from caopd.cli import parse_args
+from caopd.flag_validation import gradient_accumulation_steps
 from caopd.held_out import read_history
 
 FIXTURES = ROOT / "tests" / "fixtures"

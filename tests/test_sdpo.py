@@ -232,8 +232,14 @@ def test_an_evaluation_set_gets_its_columns_and_evaluates(model, tokenizer, tmp_
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--backbone", "sdpo", "--teacher_context_mode", "demo"], "--teacher_context_mode sets"),
-        (["--backbone", "sdpo", "--teacher_instruction", "Go."], "--teacher_instruction sets"),
+        (
+            ["--backbone", "sdpo", "--teacher_context_mode", "demo"],
+            "--teacher_context_mode is a setting of --backbone sdft",
+        ),
+        (
+            ["--backbone", "sdpo", "--teacher_instruction", "Go."],
+            "--teacher_instruction is a setting of --backbone sdft",
+        ),
         (["--distillation_weight", "0.5"], "--distillation_weight is a setting of --backbone sdpo"),
         (["--backbone", "sdpo", "--distillation_weight", "1.5"], "--distillation_weight must lie in [0, 1]"),
         (["--backbone", "sdpo", "--reprompt_template", "{prompt}{x}"], "does not format with"),
