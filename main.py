@@ -32,7 +32,7 @@ from caopd.checkpoints import (
     sampling_divergence,
 )
 from caopd.checks import CLIError
-from caopd.cli import parse_args
+from caopd.cli import BACKBONE_CONFIGS, parse_args
 from caopd.flag_validation import gradient_accumulation_steps, setting_warnings
 from caopd.held_out import HeldOutHistory, held_out_questions, held_out_rows
 from caopd.last_line import end_with
@@ -63,16 +63,13 @@ from caopd.tasks.base import require_chat_prompts
 from caopd.tasks.custom import resolve_equivalence
 from caopd.teacher import TEACHER_DIR
 from caopd.user_errors import USER_ERRORS
-from distil_config import DistilConfig, RLConfig, SDPODistilConfig, teacher_prompt_limit, vllm_context_length
+from distil_config import teacher_prompt_limit, vllm_context_length
 from distil_trainer import DistilTrainer
 from grpo_trainer import RLTrainer
 from sdpo_trainer import SDPODistilTrainer
 
-BACKBONES = {
-    "sdft": (DistilConfig, DistilTrainer),
-    "sdpo": (SDPODistilConfig, SDPODistilTrainer),
-    "grpo": (RLConfig, RLTrainer),
-}
+TRAINERS = {"sdft": DistilTrainer, "sdpo": SDPODistilTrainer, "grpo": RLTrainer}
+BACKBONES = {name: (BACKBONE_CONFIGS[name], trainer) for name, trainer in TRAINERS.items()}  # (config, trainer)
 
 
 def resolve_report_to(args: argparse.Namespace) -> str | list[str]:

@@ -187,12 +187,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Flags from the command line over flags from ``--config``; every bad value raises CLIError or exits with
     argparse's line. ``given_settings`` names what the command line or the config set."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    chosen, _ = _pre_parser().parse_known_args(argv)
+    try:
+        chosen, _ = _pre_parser().parse_known_args(argv)
+    except argparse.ArgumentError:  # e.g. --config without a path: the full parser says so, with its usage
+        chosen = argparse.Namespace(config=None, backbone=None)
     values = read_config(chosen.config) if chosen.config else {}
     environment = values.pop("env", None)
     backbone = chosen.backbone or values.get("backbone") or "sdft"
+    config_class = BACKBONE_CONFIGS.get(backbone, DistilConfig)  # an unknown --backbone: the parser refuses it
     parser = build_parser(backbone if backbone in BACKBONE_CONFIGS else "sdft")
-    configured = typed_config(chosen.config, values, parser, backbone, _owners) if values else {}
+    dict_fields = config_class._VALID_DICT_FIELDS
+    configured = typed_config(chosen.config, values, parser, backbone, _owners, dict_fields) if values else {}
     set_environment(chosen.config, environment)
     parser.set_defaults_with_config(**configured)
     args, unknown = parser.parse_known_args(argv)
@@ -205,7 +210,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _pre_parser() -> argparse.ArgumentParser:
     """``--config`` and ``--backbone`` alone: they decide which flags the parser has."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     parser.add_argument("--config")
     parser.add_argument("--backbone")
     return parser

@@ -5,8 +5,9 @@ and a nest of YAML aliases refused before it expands."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ def read_config(path: str) -> dict[str, Any]:
     odd = [key for key in values if not isinstance(key, str)]
     if odd:
         raise CLIError(f"--config {path}: key {odd[0]!r} is not a flag name; keys are flag names without '--'")
-    if "backbone" in values and values["backbone"] not in BACKBONES:
+    if "backbone" in values and not (isinstance(values["backbone"], str) and values["backbone"] in BACKBONES):
         raise CLIError(f"--config {path}: backbone must be one of {', '.join(BACKBONES)}, got {values['backbone']!r}")
     return values
 
@@ -63,9 +64,11 @@ def typed_config(
     parser: argparse.ArgumentParser,
     backbone: str,
     owners: Callable[[str, str], list[str]],
+    dict_fields: Collection[str] = (),
 ) -> dict[str, Any]:
     """The config's values under their destinations, each typed and checked as its flag is; ``owners(flag,
-    backbone)`` names the other backbones that have a flag, for a key this one lacks."""
+    backbone)`` names the other backbones that have a flag, for a key this one lacks. A mapping given for one of
+    ``dict_fields`` (the config's own, e.g. ``lr_scheduler_kwargs``) becomes the JSON text its flag takes."""
     actions = {flag[2:]: action for flag, action in parser._option_string_actions.items() if flag != "--config"}
     unknown = sorted(key for key in values if key not in actions or key == "help")
     if unknown:
@@ -79,6 +82,8 @@ def typed_config(
     typed = {}
     for key, value in values.items():
         action = actions[key]
+        if action.dest in dict_fields and isinstance(value, dict):
+            value = json.dumps(value)
         value = _config_value(path, key, value, action)
         typed[action.dest] = (not value) if isinstance(action, argparse._StoreFalseAction) else value
     return typed

@@ -5,10 +5,14 @@ accumulation the question batch fixes. Each problem is one ``CLIError`` line."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+
+from trl import ModelConfig
 
 from caopd.atomic import output_folder_problem
 from caopd.checks import CLIError
+from caopd.rewards import RL_REWARDS
 from caopd.targets import closing_instruction
 
 # TRL's free-text settings with a fixed set of values, checked in the validation pass.
@@ -17,7 +21,7 @@ CHOICES = {
     "loss_type": ("grpo", "bnpo", "dr_grpo", "dapo"),
     "importance_sampling_level": ("token", "sequence"),
     "scale_rewards": ("group", "batch", "none"),
-    "rl_reward": ("correctness", "rlcr", "car"),
+    "rl_reward": RL_REWARDS,
 }
 TEMPLATE_FIELDS = {
     "reprompt_template": ("prompt", "solution", "feedback"),
@@ -30,18 +34,21 @@ DERIVED = {
     "--per_device_train_batch_size x the processes",
     "use_cpu": "a run trains on the GPU where there is one",
 }
-# TRL's ModelConfig settings this CLI does not apply (it loads the model itself): refused rather than ignored.
-UNAPPLIED_MODEL_SETTINGS = (
-    "model_revision",
-    "dtype",
-    "trust_remote_code",
-    "lora_target_parameters",
-    "lora_task_type",
-    "load_in_8bit",
-    "load_in_4bit",
-    "bnb_4bit_quant_type",
-    "use_bnb_nested_quant",
-    "bnb_4bit_quant_storage",
+# TRL's ModelConfig settings this CLI applies (it loads the model itself); any other given is refused, not ignored.
+APPLIED_MODEL_SETTINGS = (
+    "model_name_or_path",
+    "attn_implementation",
+    "use_peft",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "lora_modules_to_save",
+    "use_rslora",
+    "use_dora",
+)
+UNAPPLIED_MODEL_SETTINGS = frozenset(spec.name for spec in dataclasses.fields(ModelConfig)) - set(
+    APPLIED_MODEL_SETTINGS
 )
 
 

@@ -82,6 +82,17 @@ def test_bad_yaml_configs(capsys, tmp_path):
     broken.write_text("output_dir: [unclosed\n")
     assert "not valid YAML" in _error(capsys, ["--config", str(broken)])
     assert "cannot read it" in _error(capsys, ["--config", str(tmp_path / "missing.yaml")])
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("output_dir: o\nbackbone: [sdft]\n")
+    assert "backbone must be one of sdft, sdpo, grpo, got ['sdft']" in _error(capsys, ["--config", str(listed)])
+    scheduler = tmp_path / "scheduler.yaml"  # a dict field as a YAML mapping, as TRL's scripts take it
+    scheduler.write_text(
+        "output_dir: o\nlr_scheduler_type: cosine_with_min_lr\nlr_scheduler_kwargs: {min_lr_rate: 0.1}\n"
+    )
+    assert parse_args(["--config", str(scheduler)]).lr_scheduler_kwargs == {"min_lr_rate": 0.1}
+    with pytest.raises(SystemExit):
+        main.main(["--output_dir", "o", "--config"])
+    assert capsys.readouterr().err.strip().endswith("error: argument --config: expected one argument")
 
 
 def test_yaml_values_are_typed_strictly(capsys, tmp_path):
