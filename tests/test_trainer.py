@@ -44,6 +44,18 @@ def test_caopd_rewrites_completion_ids_and_teacher_contexts(model, tokenizer, tm
         assert key in logged
 
 
+@pytest.mark.parametrize("setting", [{"steps_per_generation": 2}, {"num_iterations": 2}])
+def test_p_acc_is_over_whole_groups_when_trl_samples_for_several_steps(model, tokenizer, tmp_path, setting):
+    """TRL's generation settings may sample two steps' rollouts at once or train twice on one sampling; each
+    prompt's K rollouts are still judged together and its P_acc written into every one of them."""
+    trainer = toy_trainer(model, tokenizer, tmp_path, max_steps=2, **setting)
+    captured = capture_batches(trainer)
+    trainer.train()
+    assert len(captured["raw"]) == 1 and trainer.state.global_step == 2  # one sampling served both steps
+    verdicts = assert_rewritten_with_group_rates(trainer, captured, k=4)
+    assert len(verdicts) == 2 * setting.get("steps_per_generation", 1)  # 2 prompts x K = 4 per step
+
+
 def test_sampled_prefix_ids_are_kept_exactly(model, tokenizer, tmp_path):
     trainer = toy_trainer(model, tokenizer, tmp_path)
     captured = capture_batches(trainer)
