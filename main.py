@@ -392,6 +392,10 @@ def train(args: argparse.Namespace, progress: dict) -> None:
         )
     except ValueError as err:  # settings that only the trainer can check (e.g. room for the confidence line)
         raise CLIError(str(err)) from err
+    try:  # the optimizer the Trainer builds as training starts: a missing package or bad --optim_args, now
+        trainer.get_optimizer_cls_and_kwargs(trainer.args, trainer.model)
+    except (ImportError, ValueError) as err:
+        raise CLIError(f"--optim {args.optim}: {err}") from err
     if held_out is not None:
         trainer.add_callback(HeldOutHistory(args.output_dir))
     if trainer.accelerator.is_main_process:

@@ -9,6 +9,7 @@ there (YAML's ``true`` is not the count 1).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections.abc import Callable
 from typing import Any
@@ -50,4 +51,20 @@ finite_float = _ranged(float, "finite_float", lambda n: True, "a finite number")
 positive_float = _ranged(float, "positive_float", lambda n: n > 0, "a positive number")
 non_negative_float = _ranged(float, "non_negative_float", lambda n: n >= 0, "a number, 0 or more")
 probability = _ranged(float, "probability", lambda n: 0 <= n <= 1, "a number in [0, 1]")
+share = _ranged(float, "share", lambda n: 0 < n <= 1, "a number in (0, 1]")
+decay_rate = _ranged(float, "decay_rate", lambda n: 0 <= n < 1, "a number in [0, 1)")
 port = _ranged(int, "port", lambda n: 1 <= n <= 65535, "a TCP port in 1..65535")
+
+
+def json_object(value: Any) -> dict | None:
+    """A mapping setting's value: JSON text of an object (``null`` for none), or a mapping already parsed."""
+    if isinstance(value, dict):
+        return value
+    refusal = argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"top_k\": 20}}', got {value!r}")
+    try:
+        parsed = json.loads(value)
+    except (TypeError, ValueError) as err:
+        raise refusal from err
+    if parsed is not None and not isinstance(parsed, dict):
+        raise refusal
+    return parsed

@@ -9,20 +9,25 @@ from __future__ import annotations
 
 import argparse
 import sys
+import types
+import typing
 from typing import Any
 
 from trl import TrlParser
 
 from caopd.checks import (
     CLIError,
+    decay_rate,
     finite_float,
     integer,
+    json_object,
     non_negative_float,
     non_negative_int,
     port,
     positive_float,
     positive_int,
     probability,
+    share,
 )
 from caopd.confidence import CONFIDENCE_READINGS
 from caopd.config_file import read_config, set_environment, typed_config
@@ -104,13 +109,34 @@ CHECKED_TYPES = {
     "lora_dropout": probability,
     "vllm_server_port": port,
     "vllm_server_timeout": positive_float,
-    "vllm_gpu_memory_utilization": probability,
+    "vllm_gpu_memory_utilization": share,
     "distillation_is_clip": finite_float,
     "distillation_weight": finite_float,
     "success_reward_threshold": finite_float,
     "epsilon": finite_float,
     "epsilon_high": finite_float,
     "car_margin": finite_float,
+    # TRL's and the Trainer's own settings that would otherwise fail mid-run with a traceback or train nothing
+    "num_iterations": positive_int,
+    "steps_per_generation": positive_int,
+    "generation_batch_size": positive_int,
+    "teacher_sync_steps": positive_int,
+    "ref_model_sync_steps": positive_int,
+    "ref_model_mixup_alpha": probability,
+    "top_p": share,
+    "top_k": non_negative_int,
+    "min_p": probability,
+    "repetition_penalty": positive_float,
+    "beta": non_negative_float,
+    "adam_beta1": decay_rate,
+    "adam_beta2": decay_rate,
+    "adam_epsilon": non_negative_float,
+    "data_seed": non_negative_int,
+    "dataloader_num_workers": non_negative_int,
+    "eval_delay": non_negative_float,
+    "vllm_tensor_parallel_size": positive_int,
+    "vllm_max_model_length": positive_int,
+    "vllm_group_port": port,
 }
 ARGPARSE_CHOICES = {
     "teacher_context_mode": TEACHER_MODES,
@@ -150,8 +176,9 @@ def build_parser(backbone: str = "sdft") -> CaOPDParser:
         help="YAML file with any of these flags (keys: flag names; an env: mapping sets environment variables); "
         "the command line wins",
     )
+    mappings = mapping_fields(BACKBONE_CONFIGS[backbone])
     for action in list(parser._actions):
-        _tidy(parser, action)
+        _tidy(parser, action, mappings)
     if backbone != "grpo":  # GRPO's own --ref_model_mixup_alpha is TRL's reference-model setting
         parser.add_argument(
             "--ref_model_mixup_alpha",
@@ -165,12 +192,26 @@ def build_parser(backbone: str = "sdft") -> CaOPDParser:
     return parser
 
 
-def _tidy(parser: CaOPDParser, action: argparse.Action) -> None:
+def mapping_fields(config_class: type) -> set[str]:
+    """The config's settings typed as a mapping only (``dict | None``, e.g. SDFT's ``generation_kwargs``). TRL's
+    parser would call ``dict(text)`` on their value, which no text passes; here they take JSON."""
+
+    def members(hint) -> set:
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        return {typing.get_origin(member) or member for member in (typing.get_args(hint) if union else (hint,))}
+
+    hints = typing.get_type_hints(config_class)
+    return {name for name, hint in hints.items() if dict in members(hint) and str not in members(hint)}
+
+
+def _tidy(parser: CaOPDParser, action: argparse.Action, mappings: set[str]) -> None:
     for option in [option for option in action.option_strings if "-" in option[2:]]:
         action.option_strings.remove(option)
         del parser._option_string_actions[option]
     if action.dest in CHECKED_TYPES:
         action.type = CHECKED_TYPES[action.dest]
+    if action.dest in mappings:
+        action.type = json_object
     if action.dest in ARGPARSE_CHOICES:
         action.choices = ARGPARSE_CHOICES[action.dest]
     if action.type is SWITCH_TYPE:
@@ -196,7 +237,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     backbone = chosen.backbone or values.get("backbone") or "sdft"
     config_class = BACKBONE_CONFIGS.get(backbone, DistilConfig)  # an unknown --backbone: the parser refuses it
     parser = build_parser(backbone if backbone in BACKBONE_CONFIGS else "sdft")
-    dict_fields = config_class._VALID_DICT_FIELDS
+    dict_fields = set(config_class._VALID_DICT_FIELDS) | mapping_fields(config_class)
     configured = typed_config(chosen.config, values, parser, backbone, _owners, dict_fields) if values else {}
     set_environment(chosen.config, environment)
     parser.set_defaults_with_config(**configured)

@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import json
 
+from transformers.utils import is_liger_kernel_available
 from trl import ModelConfig
 
 from caopd.atomic import output_folder_problem
@@ -33,6 +34,7 @@ DERIVED = {
     "gradient_accumulation_steps": "it follows from --num_prompts_per_batch x --num_generations over "
     "--per_device_train_batch_size x the processes",
     "use_cpu": "a run trains on the GPU where there is one",
+    "model_init_kwargs": "the model is loaded by this CLI (--bf16, --attn_implementation) and its teacher like it",
 }
 # TRL's ModelConfig settings this CLI applies (it loads the model itself); any other given is refused, not ignored.
 APPLIED_MODEL_SETTINGS = (
@@ -96,10 +98,13 @@ def validate(args: argparse.Namespace) -> None:
     problem = output_folder_problem(args.output_dir, "--output_dir")
     if problem:
         raise CLIError(problem)
-    if args.vllm_gpu_memory_utilization == 0:
-        raise CLIError("--vllm_gpu_memory_utilization must lie in (0, 1], got 0")
     if args.max_steps == 0 or args.max_steps < -1:
         raise CLIError(f"--max_steps must be positive (or -1 to train --num_train_epochs), got {args.max_steps}")
+    pairs = args.optim_args.replace(" ", "").split(",") if args.optim_args else []
+    if any(pair.count("=") != 1 for pair in pairs):  # as the Trainer reads them when it builds the optimizer
+        raise CLIError(f"--optim_args {args.optim_args!r}: write key=value pairs joined by commas, e.g. 'eps=1e-6'")
+    if args.use_liger_kernel and not is_liger_kernel_available():
+        raise CLIError("--use_liger_kernel needs the liger-kernel package: pip install liger-kernel")
     if args.lora_dropout >= 1.0:
         raise CLIError(f"--lora_dropout must be below 1 (1 drops every activation), got {args.lora_dropout}")
     _validate_scheduler(args)

@@ -121,5 +121,6 @@ class _Switch:
     on: bool = False
 
 
-# How the parser reads a boolean field's value ("true", "no", ...): its switches are the actions of this type.
+# How the parser reads a boolean field's value ("true", "no", ...): its switches are the actions of this type. Taken
+# from a parser, since TRL keeps the function in a private module of its own (trl.scripts._hf_argparser).
 SWITCH_TYPE = TrlParser(_Switch)._option_string_actions["--on"].type

@@ -71,6 +71,27 @@ def test_bad_flags_give_one_clear_message(capsys, argv, message):
     assert message in _error(capsys, argv)
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--num_iterations", "0"], "argument --num_iterations: must be a positive integer"),  # trained 0 steps, rc 0
+        (["--steps_per_generation", "0"], "argument --steps_per_generation: must be a positive integer"),
+        (["--adam_beta1", "1"], "argument --adam_beta1: must be a number in [0, 1)"),  # torch's traceback at step 1
+        (["--repetition_penalty", "-1"], "argument --repetition_penalty: must be a positive number"),
+        (["--top_p", "0"], "argument --top_p: must be a number in (0, 1]"),
+        (["--vllm_gpu_memory_utilization", "0"], "argument --vllm_gpu_memory_utilization: must be a number in (0, 1]"),
+        (["--backbone", "grpo", "--beta", "-0.1"], "argument --beta: must be a number, 0 or more"),
+        (["--backbone", "grpo", "--ref_model_mixup_alpha", "2"], "argument --ref_model_mixup_alpha: must be a number"),
+    ],
+)
+def test_trl_settings_that_would_fail_mid_run_are_refused_by_their_range(capsys, flags, message):
+    with pytest.raises(SystemExit) as stop:  # argparse's line, naming the flag, before anything loads
+        main.main(["--output_dir", "o", "--no_wandb", *flags])
+    stderr = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith(f"error: {message}")
+
+
 def test_bad_yaml_configs(capsys, tmp_path):
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("output_dir: o\nlearning_rat: 1e-5\n")
@@ -203,14 +224,31 @@ def test_yaml_as_in_trl_scripts_with_its_env_block_and_old_keys(capsys, tmp_path
         (["--use_cpu"], "--use_cpu is set by this CLI"),
         (["--load_in_4bit"], "--load_in_4bit is a setting of TRL's ModelConfig that this CLI does not apply"),
         (["--not_a_flag", "1"], "unrecognized arguments: --not_a_flag 1"),
+        (["--model_init_kwargs", '{"dtype": "float32"}'], "--model_init_kwargs is set by this CLI"),
+        (["--optim_args", "eps"], "--optim_args 'eps': write key=value pairs joined by commas"),
+        (["--use_liger_kernel"], "--use_liger_kernel needs the liger-kernel package"),
     ],
 )
-def test_settings_this_cli_decides_or_ignores_are_refused(capsys, flags, message):
+def test_settings_this_cli_decides_or_ignores_are_refused(capsys, flags, message, monkeypatch):
+    monkeypatch.setattr("caopd.flag_validation.is_liger_kernel_available", lambda: False)
     try:
         code = main.main(["--output_dir", "o", *flags])
     except SystemExit as stop:  # argparse's own refusals
         code = stop.code
     assert code == 2 and message in capsys.readouterr().err
+
+
+def test_mapping_settings_take_json_on_the_command_line_and_a_mapping_in_yaml(capsys, tmp_path):
+    """SDFT's generation_kwargs is typed dict only: TRL's parser would read its text as dict(text), refusing all."""
+    flags = ["--output_dir", "o", "--no_wandb"]
+    config = main.build_config(parse_args([*flags, "--generation_kwargs", '{"top_k": 5}']), 1)
+    assert config.generation_kwargs == {"top_k": 5}
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("output_dir: o\nno_wandb: true\ngeneration_kwargs: {top_k: 5, min_p: 0.1}\n")
+    assert parse_args(["--config", str(yaml_file)]).generation_kwargs == {"top_k": 5, "min_p": 0.1}
+    with pytest.raises(SystemExit):
+        main.main([*flags, "--generation_kwargs", "[5]"])
+    assert "error: argument --generation_kwargs: must be a JSON object" in capsys.readouterr().err
 
 
 def test_model_folder_without_config(capsys, tmp_path):
@@ -231,6 +269,12 @@ def _tiny_argv(tmp_path) -> list[str]:
 def _tiny_run(tmp_path, *extra):
     assert main.main(_tiny_argv(tmp_path) + list(extra)) == 0
     return tmp_path / "run"
+
+
+def test_an_optimizer_the_trainer_cannot_build_is_refused_before_training(capsys, tmp_path):
+    # GaLore needs its package and --optim_target_modules: either is missing here, as the Trainer would find at step 1
+    assert "error: --optim galore_adamw: " in _error(capsys, [*_tiny_argv(tmp_path), "--optim", "galore_adamw"])
+    assert not (tmp_path / "run" / "checkpoint-1").exists()
 
 
 @pytest.mark.parametrize("installed", [[], ["wandb", "tensorboard"]])
