@@ -209,7 +209,8 @@ def _tidy(parser: CaOPDParser, action: argparse.Action, mappings: set[str]) -> N
         action.option_strings.remove(option)
         del parser._option_string_actions[option]
     if action.dest in CHECKED_TYPES:
-        action.type = CHECKED_TYPES[action.dest]
+        check = CHECKED_TYPES[action.dest]
+        action.type = check if action.default is not None else _or_none(check)
     if action.dest in mappings:
         action.type = json_object
     if action.dest in ARGPARSE_CHOICES:
@@ -222,6 +223,16 @@ def _tidy(parser: CaOPDParser, action: argparse.Action, mappings: set[str]) -> N
             parser.add_argument(
                 *negatives, dest=action.dest, action="store_false", default=argparse.SUPPRESS, help=argparse.SUPPRESS
             )
+
+
+def _or_none(check):
+    """``check`` for a setting whose default is None: ``none`` or ``null`` sets it back, as TRL's parser allows."""
+
+    def convert(value):
+        return None if isinstance(value, str) and value.strip().lower() in ("none", "null") else check(value)
+
+    convert.__name__ = check.__name__  # argparse names the type in its messages
+    return convert
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -92,6 +92,13 @@ def test_trl_settings_that_would_fail_mid_run_are_refused_by_their_range(capsys,
     assert stderr.strip().splitlines()[-1].startswith(f"error: {message}")
 
 
+def test_a_checked_setting_whose_default_is_none_takes_none_as_trls_parser_does():
+    flags = ["--steps_per_generation", "none", "--min_p", "null", "--eval_steps", "None"]
+    args = parse_args(["--output_dir", "o", *flags])
+    assert (args.steps_per_generation, args.min_p, args.eval_steps) == (None, None, None)
+    assert parse_args(["--output_dir", "o", "--steps_per_generation", "2"]).steps_per_generation == 2
+
+
 def test_bad_yaml_configs(capsys, tmp_path):
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("output_dir: o\nlearning_rat: 1e-5\n")
